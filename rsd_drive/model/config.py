@@ -1,0 +1,128 @@
+"""Configuration of the planner: one dataclass tree, validated on construction, YAML round trip."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from rsd_drive.geometry import GridSpec
+
+ENCODER_SOURCES = ('config', 'pretrained', 'onnx')
+
+
+@dataclass
+class EncoderConfig:
+    """Which frozen vision tower to use and how to feed it.
+
+    source:
+        ``config``: a randomly initialised transformers vision model built from ``model_type``
+        and the size fields below (tests, and the baseline "frozen random" encoder).
+        ``pretrained``: ``from_pretrained`` on the local directory ``path`` (SigLIP, CLIP vision,
+        DINOv2, InternViT; no hub access).
+        ``onnx``: an ONNX graph of a vision backbone at ``path``, output tensor ``onnx_output``.
+    path: local directory or ONNX file; relative paths are resolved against the checkpoint.
+    trust_remote_code: only for towers that ship their own modelling code (InternViT).
+    model_type, hidden_size, num_layers, num_heads, patch_size: used when source is ``config``.
+    image_mean, image_std: input normalisation (per RGB channel) the tower was trained with.
+    """
+
+    source: str = 'config'
+    path: str | None = None
+    trust_remote_code: bool = False
+    model_type: str = 'dinov2'
+    hidden_size: int = 96
+    num_layers: int = 2
+    num_heads: int = 4
+    patch_size: int = 16
+    onnx_output: str | None = None
+    image_mean: tuple = (0.485, 0.456, 0.406)
+    image_std: tuple = (0.229, 0.224, 0.225)
+
+    def __post_init__(self):
+        if self.source not in ENCODER_SOURCES:
+            raise ValueError(f'encoder.source must be one of {ENCODER_SOURCES}, got {self.source!r}')
+        if self.source in ('pretrained', 'onnx') and not self.path:
+            raise ValueError(f'encoder.source={self.source!r} needs encoder.path')
+        self.image_mean = tuple(float(v) for v in self.image_mean)
+        self.image_std = tuple(float(v) for v in self.image_std)
+        if len(self.image_mean) != 3 or len(self.image_std) != 3:
+            raise ValueError('encoder.image_mean and image_std need 3 values (RGB)')
+
+
+@dataclass
+class ModelConfig:
+    """The frozen-encoder planner with RiskHead (FROST-Drive + RSD).
+
+    num_cameras, image_height, image_width: model input; cameras are resized to this size.
+    d_model, num_heads: width of the adapter/planner transformer.
+    bev_size: the BEV query grid is bev_size x bev_size over the risk grid's extent.
+    adapter_layers: cross-attention layers from BEV queries to camera tokens.
+    planner_layers: layers of the planner (ego queries attend to themselves and to BEV tokens).
+    num_ego_queries: learnable ego queries fused with intent and past-state tokens.
+    past_steps: past ego states (x, y, yaw, speed in the current base_link), 4 s at 4 Hz = 16.
+    future_steps, frequency_hz: waypoints decoded by the GRU (20 at 4 Hz = 5 s).
+    num_intents: unknown/straight/left/right.
+    ray_depths: depths (m) sampled along each token's camera ray for the 3D position embedding.
+    grid: the risk grid the RiskHead predicts (and the teacher labels).
+    """
+
+    num_cameras: int = 6
+    image_height: int = 224
+    image_width: int = 224
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    d_model: int = 128
+    num_heads: int = 4
+    bev_size: int = 16
+    adapter_layers: int = 1
+    planner_layers: int = 2
+    num_ego_queries: int = 4
+    past_steps: int = 16
+    future_steps: int = 20
+    frequency_hz: float = 4.0
+    num_intents: int = 4
+    ray_depths: tuple = (2.0, 5.0, 10.0, 20.0, 40.0)
+    grid: GridSpec = field(default_factory=GridSpec)
+
+    def __post_init__(self):
+        if isinstance(self.encoder, dict):
+            self.encoder = EncoderConfig(**self.encoder)
+        if isinstance(self.grid, dict):
+            self.grid = GridSpec(**self.grid)
+        self.ray_depths = tuple(float(d) for d in self.ray_depths)
+        if self.d_model % self.num_heads:
+            raise ValueError(f'd_model={self.d_model} must be divisible by num_heads={self.num_heads}')
+        for name in ('num_cameras', 'image_height', 'image_width', 'bev_size', 'past_steps',
+                     'future_steps', 'num_ego_queries', 'num_intents'):
+            if getattr(self, name) <= 0:
+                raise ValueError(f'{name} must be positive, got {getattr(self, name)}')
+        if self.encoder.source == 'config' and (self.image_height % self.encoder.patch_size
+                                                or self.image_width % self.encoder.patch_size):
+            raise ValueError(f'image size {self.image_height}x{self.image_width} must be a multiple '
+                             f'of the encoder patch size {self.encoder.patch_size}')
+
+    # -- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d['ray_depths'] = list(self.ray_depths)
+        d['encoder']['image_mean'] = list(self.encoder.image_mean)
+        d['encoder']['image_std'] = list(self.encoder.image_std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> 'ModelConfig':
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f'unknown model config keys: {sorted(unknown)}')
+        return cls(**d)
+
+    def save_yaml(self, path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_yaml(cls, path) -> 'ModelConfig':
+        data = yaml.safe_load(Path(path).read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f'{path}: expected a mapping of model config keys')
+        return cls.from_dict(data.get('model', data))
