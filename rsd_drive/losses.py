@@ -18,7 +18,7 @@ REDUCTIONS = ('mean', 'none')
 
 
 def heading_directions(trajs: torch.Tensor) -> torch.Tensor:
-    """Unit longitudinal directions of trajectories [..., T, 2] -> [..., T, 2] (torch).
+    """Return unit longitudinal directions of trajectories [..., T, 2] -> [..., T, 2] (torch).
 
     Same rule as the official RFS (and :func:`rsd_drive.metrics.heading_directions`): the
     displacement from the previous point with the origin prepended; a zero displacement keeps

@@ -34,7 +34,7 @@ def horizon_index(horizon_s: float, frequency: float) -> int:
 
 
 def heading_directions(trajs: np.ndarray) -> np.ndarray:
-    """Unit longitudinal directions of trajectories [..., T, 2] -> [..., T, 2].
+    """Return unit longitudinal directions of trajectories [..., T, 2] -> [..., T, 2].
 
     The direction at step t is the displacement from the previous point, with the origin
     prepended (the ego position now). A zero displacement (stopped vehicle) keeps the previous
@@ -199,7 +199,7 @@ def ade(pred, gt, horizon_s: Optional[float] = None, frequency: float = 4) -> np
 
 
 def fde(pred, gt) -> np.ndarray:
-    """Final displacement error [B]: L2 distance at the last waypoint."""
+    """Return the final displacement error [B]: L2 distance at the last waypoint."""
     pred, gt = _check_traj_pair(pred, gt)
     return np.linalg.norm(pred[:, -1] - gt[:, -1], axis=-1)
 

@@ -1,0 +1,159 @@
+"""The training index: memory-mappable shards of labelled frames plus a manifest.
+
+Layout::
+
+    INDEX/manifest.json          what is complete: shards, frame counts, skip reasons, geometry
+    INDEX/shards/<name>/*.npy    one array per field, first axis = frame
+
+Fields per frame (N cameras at the model's input size H x W):
+
+    images       uint8   [N, H, W, 3]   RGB, resized with rsd_drive.data.preprocess.resize_camera
+    intrinsics   float32 [N, 3, 3]      pinhole matrix at H x W
+    cam_to_ego   float32 [N, 4, 4]      optical frame -> base_link
+    past_states  float32 [16, 4]        x, y, yaw, speed in base_link at t0 (inputs)
+    intent       int64   []             rsd_drive.INTENTS index (input)
+    init_speed   float32 []             m/s at t0
+    future       float32 [20, 2]        logged future waypoints in base_link (planning target)
+    risk         float16 [rows, cols]   teacher risk grid in [0, 1] (distillation target)
+    stamps       int64   []             reference camera stamp, ns
+
+A shard becomes visible only when it is complete: arrays are written to a temporary directory that
+is renamed into place, then the manifest is rewritten atomically under a file lock, so a labeler
+killed at any point leaves either a whole shard or none, and concurrent workers never clash.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+FIELDS = {
+    'images': np.uint8, 'intrinsics': np.float32, 'cam_to_ego': np.float32,
+    'past_states': np.float32, 'intent': np.int64, 'init_speed': np.float32,
+    'future': np.float32, 'risk': np.float16, 'stamps': np.int64,
+}
+MANIFEST = 'manifest.json'
+INDEX_VERSION = 1
+
+
+@contextmanager
+def _locked(index_dir: Path):
+    index_dir.mkdir(parents=True, exist_ok=True)
+    with open(index_dir / '.lock', 'w') as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
+    with os.fdopen(fd, 'w') as fh:
+        json.dump(data, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_manifest(index_dir) -> dict:
+    path = Path(index_dir) / MANIFEST
+    if not path.is_file():
+        return {'version': INDEX_VERSION, 'shards': {}}
+    return json.loads(path.read_text())
+
+
+class ShardWriter:
+    """Accumulates frames of one shard; ``commit`` publishes them atomically."""
+
+    def __init__(self, index_dir, name: str, meta: dict | None = None):
+        self.index_dir, self.name = Path(index_dir), name
+        self.meta = dict(meta or {})
+        self._frames = {k: [] for k in FIELDS}
+
+    def __len__(self) -> int:
+        return len(self._frames['stamps'])
+
+    def add(self, **frame) -> None:
+        missing = set(FIELDS) - set(frame)
+        if missing:
+            raise KeyError(f'frame lacks fields {sorted(missing)}')
+        for k, dtype in FIELDS.items():
+            self._frames[k].append(np.asarray(frame[k], dtype=dtype))
+
+    def commit(self, skipped: dict | None = None, **global_meta) -> Path:
+        """Write the shard and register it in the manifest. ``global_meta`` (e.g. grid, cameras,
+        image_hw) must agree with what the index already holds."""
+        shards = self.index_dir / 'shards'
+        shards.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=shards, prefix=f'.{self.name}.'))
+        try:
+            for k, dtype in FIELDS.items():
+                arr = (np.stack(self._frames[k]) if self._frames[k]
+                       else np.zeros((0,), dtype=dtype))
+                np.save(tmp / f'{k}.npy', arr)
+            final = shards / self.name
+            with _locked(self.index_dir):
+                manifest = read_manifest(self.index_dir)
+                for key, value in global_meta.items():
+                    if key in manifest and manifest[key] != value:
+                        raise ValueError(f'{self.index_dir}: shard {self.name} has {key}={value}, '
+                                         f'the index has {manifest[key]}')
+                    manifest[key] = value
+                if final.exists():
+                    shutil.rmtree(final)
+                tmp.rename(final)
+                manifest['shards'][self.name] = {'frames': len(self), 'skipped': skipped or {},
+                                                 **self.meta}
+                _write_json_atomic(self.index_dir / MANIFEST, manifest)
+            return final
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+class FrameIndex:
+    """Read side: all complete shards, memory-mapped; ``index[i]`` is one frame as a dict."""
+
+    def __init__(self, index_dir):
+        self.index_dir = Path(index_dir)
+        self.manifest = read_manifest(self.index_dir)
+        if not (self.index_dir / MANIFEST).is_file():
+            raise FileNotFoundError(f'{self.index_dir}: no {MANIFEST}; not a training index')
+        self._shards, self._offsets, total = [], [], 0
+        for name, info in sorted(self.manifest['shards'].items()):
+            if info['frames'] == 0:
+                continue
+            arrays = {k: np.load(self.index_dir / 'shards' / name / f'{k}.npy', mmap_mode='r')
+                      for k in FIELDS}
+            self._shards.append((name, arrays))
+            self._offsets.append(total)
+            total += info['frames']
+        self._len = total
+
+    def __len__(self) -> int:
+        return self._len
+
+    @property
+    def shard_names(self) -> list[str]:
+        return [n for n, _ in self._shards]
+
+    def locate(self, i: int) -> tuple[str, int]:
+        if not 0 <= i < self._len:
+            raise IndexError(i)
+        s = int(np.searchsorted(self._offsets, i, side='right')) - 1
+        return self._shards[s][0], i - self._offsets[s]
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < self._len:
+            raise IndexError(i)
+        s = int(np.searchsorted(self._offsets, i, side='right')) - 1
+        arrays = self._shards[s][1]
+        j = i - self._offsets[s]
+        return {k: np.asarray(a[j]) for k, a in arrays.items()}

@@ -1,0 +1,1 @@
+"""Importers: public dataset scenes -> rosbag2 recordings as a vehicle would write them."""
