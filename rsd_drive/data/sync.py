@@ -74,7 +74,8 @@ class OdometryHistory:
             return self._s[i]
         a, b = self._s[i - 1], self._s[i]
         if b.stamp_ns - a.stamp_ns > self.max_gap_ns:
-            raise SyncError('odom_gap', f'{(b.stamp_ns - a.stamp_ns) / 1e9:.3f} s without odometry')
+            raise SyncError('odom_gap',
+                            f'{(b.stamp_ns - a.stamp_ns) / 1e9:.3f} s without odometry')
         w = (t_ns - a.stamp_ns) / (b.stamp_ns - a.stamp_ns)
         return EgoState(t_ns, a.x + w * (b.x - a.x), a.y + w * (b.y - a.y),
                         _wrap(a.yaw + w * _wrap(b.yaw - a.yaw)), a.speed + w * (b.speed - a.speed))
@@ -123,6 +124,9 @@ class FrameSynchronizer:
         self.slop_ns = int(slop_ns)
         self.queue_size = int(queue_size)
         self._queues = {c: deque() for c in self.cameras}
+        # Newest stamp ever accepted per camera: the queue alone forgets consumed messages, so an
+        # old message arriving after its successors were matched would slip through as "new".
+        self._last_stamp = {c: None for c in self.cameras}
         self.dropped = Counter()
         self.emitted = 0
 
@@ -131,14 +135,19 @@ class FrameSynchronizer:
         if q is None:
             self.dropped[f'unknown_camera:{camera}'] += 1
             return []
-        if q and stamp_ns <= q[-1][0]:
+        last = self._last_stamp[camera]
+        if last is not None and stamp_ns <= last:
             self.dropped[f'out_of_order:{camera}'] += 1
             return []
+        self._last_stamp[camera] = int(stamp_ns)
         q.append((int(stamp_ns), payload))
         if len(q) > self.queue_size:
-            q.popleft()
+            t, _ = q.popleft()
             if camera == self.reference:
-                self.dropped['queue_overflow'] += 1
+                # Name the camera that held this reference back when there is one.
+                blocking = [c for c in self.cameras
+                            if c != self.reference and self._nearest(c, t) is None]
+                self.dropped[f'missing:{blocking[0]}' if blocking else 'queue_overflow'] += 1
         return self._match()
 
     def flush(self) -> list[SyncedSet]:

@@ -1,0 +1,49 @@
+"""Replay a recorded drive into the planner on bag time, with RViz.
+
+    ros2 launch rsd_drive replay.launch.py bag:=drives/drive_0000 model_dir:=work_dirs/train/latest
+
+``ros2 bag play --clock`` publishes /clock; every node runs with use_sim_time so input ages,
+latencies and output stamps are in bag time. Without a ROS install, ``rsd-drive replay BAG``
+does the playing (and can record the outputs) through rclpy.
+"""
+from launch import LaunchDescription
+from launch.actions import (DeclareLaunchArgument, ExecuteProcess, IncludeLaunchDescription,
+                            TimerAction)
+from launch.conditions import IfCondition
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node, SetParameter
+from launch_ros.substitutions import FindPackageShare
+
+SHARE = FindPackageShare('rsd_drive')
+ARGUMENTS = {
+    'bag': ('', 'rosbag2 directory to play (required)'),
+    'rate': ('1.0', 'playback speed factor'),
+    'start_delay': ('5.0', 'seconds to wait before playing, so the planner has loaded its model'),
+    'params_file': (PathJoinSubstitution([SHARE, 'config', 'planner.yaml']),
+                    'planner_node parameters'),
+    'model_dir': ('', "checkpoint directory; '' keeps model_dir from params_file"),
+    'backend': ('onnxruntime', 'tensorrt | onnxruntime | torch'),
+    'precision': ('fp32', 'fp32 | fp16'),
+    'rviz': ('true', 'start rviz2 with rviz/rsd_drive.rviz'),
+    'rviz_config': (PathJoinSubstitution([SHARE, 'rviz', 'rsd_drive.rviz']), 'RViz config'),
+}
+
+
+def generate_launch_description():
+    arg = LaunchConfiguration
+    planner = IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(PathJoinSubstitution([SHARE, 'launch',
+                                                            'planner.launch.py'])),
+        launch_arguments={'params_file': arg('params_file'), 'model_dir': arg('model_dir'),
+                          'backend': arg('backend'), 'precision': arg('precision'),
+                          'use_sim_time': 'true'}.items())
+    play = ExecuteProcess(cmd=['ros2', 'bag', 'play', arg('bag'), '--clock', '--rate',
+                               arg('rate')], output='screen')
+    rviz = Node(package='rviz2', executable='rviz2', name='rviz2', output='log',
+                arguments=['-d', arg('rviz_config')], condition=IfCondition(arg('rviz')))
+    return LaunchDescription(
+        [DeclareLaunchArgument(name, default_value=default, description=description)
+         for name, (default, description) in ARGUMENTS.items()]
+        + [SetParameter(name='use_sim_time', value=True), planner, rviz,
+           TimerAction(period=arg('start_delay'), actions=[play])])

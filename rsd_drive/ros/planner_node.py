@@ -1,0 +1,716 @@
+"""``planner_node``: cameras + odometry (+ intent) -> plan, risk grid, markers, diagnostics.
+
+Topics (names are parameters, see config/planner.yaml):
+
+* in, sensor-data QoS: one ``sensor_msgs/Image`` or ``CompressedImage`` per camera, ``CameraInfo``
+  per camera (or intrinsics from the parameters), ``nav_msgs/Odometry``; reliable: the intent as
+  ``std_msgs/String`` (unknown|straight|left|right); ``tf_static`` for extrinsics when chosen and
+  ``tf2_msgs`` is installed (otherwise extrinsics come from the parameters).
+* out, reliable: ``~/path`` (``nav_msgs/Path``, stamped with the reference camera's stamp, in
+  ``output_frame``: ``base_link`` or the odometry frame), ``~/risk_grid`` (``OccupancyGrid``
+  0..100, the model's GridSpec), ``~/markers`` (``MarkerArray``), ``/diagnostics``.
+
+Life cycle, the ros2/demos lifecycle pattern in a plain node (so it runs where ``lifecycle_msgs``
+services are not wanted): ``__init__`` only declares and reads parameters; ``configure()`` loads
+the model or builds the TensorRT engine (seconds to minutes); ``activate()`` creates the
+subscriptions, the inference worker and the timers; ``shutdown()`` frees them. ``main`` runs the
+three in order; ``build_only:=true`` stops after preparing the backend.
+
+Threads: subscription callbacks run on the executor, do only cheap validation and
+synchronisation, and hand complete camera sets to one inference worker through a latest-only
+queue (a newer set replaces a waiting one; replacements are counted as ``queue_drop``), so the
+planner always works on the newest frame instead of a backlog.
+
+Safety: a set is planned only when every camera and the odometry are younger than
+``max_input_age_s`` (ROS time, so bag replay with ``use_sim_time`` works); otherwise no path is
+published and diagnostics report ERROR until fresh data returns. Malformed messages (unknown
+encoding, size not matching step*height, truncated JPEG, NaN odometry, stamps from the future) are
+dropped and counted per reason and input; the node keeps running.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from nav_msgs.msg import OccupancyGrid, Odometry, Path as PathMsg
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.clock import Clock, ClockType
+from rclpy.exceptions import ParameterUninitializedException
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data)
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import String
+from diagnostic_msgs.msg import DiagnosticArray
+from visualization_msgs.msg import MarkerArray
+
+from rsd_drive import INTENTS
+from rsd_drive.data.convert import (MessageError, camera_info_to_intrinsics, check_image,
+                                    odometry_to_state, stamp_to_ns, transform_to_matrix)
+from rsd_drive.data.sync import FrameSynchronizer, OdometryHistory, SyncError
+from rsd_drive.deploy.pipeline import (NODE_STAGES, CameraCalibration, FrameError, FramePlanner,
+                                       LatencyStats)
+from rsd_drive.geometry import camera_to_ego, intrinsics
+from rsd_drive.ros import messages
+
+EXTRINSICS_SOURCES = ('file', 'tf_static')
+T = Parameter.Type
+
+
+class ConfigError(ValueError):
+    """A parameter is missing or inconsistent; the message names it."""
+
+
+# name: (type, description); every one must be set by the parameters file (no code defaults).
+PARAMETERS = {
+    'camera_names': (T.STRING_ARRAY, 'cameras in the order the model sees them; each has '
+                                     'cameras.<name>.* parameters'),
+    'reference_camera': (T.STRING, 'camera whose stamps anchor synchronisation and the plan'),
+    'extrinsics_source': (T.STRING, 'file (cameras.<name>.extrinsics) or tf_static '
+                                    '(needs tf2_msgs)'),
+    'tf_static_topic': (T.STRING, 'tf2_msgs/TFMessage topic with base_frame -> camera frames'),
+    'odom_topic': (T.STRING, 'nav_msgs/Odometry of base_frame in odom_frame'),
+    'intent_topic': (T.STRING, "std_msgs/String with unknown|straight|left|right; '' = none"),
+    'default_intent': (T.STRING, 'intent used until one arrives on intent_topic'),
+    'model_dir': (T.STRING, 'checkpoint directory (config.yaml, model.safetensors); model.onnx '
+                            'is exported there on demand'),
+    'backend': (T.STRING, 'tensorrt | onnxruntime | torch'),
+    'precision': (T.STRING, 'fp32 | fp16 (fp16: tensorrt, or torch on CUDA)'),
+    'device': (T.STRING, 'auto | cpu | cuda'),
+    'engine_cache_dir': (T.STRING, "TensorRT engine cache; '' = <model_dir>/engines"),
+    'build_only': (T.BOOL, 'prepare the backend (export ONNX, build the engine) and exit'),
+    'threads': (T.INTEGER, 'ONNX Runtime intra-op threads; 0 = runtime default'),
+    'sync_slop_s': (T.DOUBLE, 'other cameras must be within this of the reference stamp'),
+    'sync_queue_size': (T.INTEGER, 'messages kept per camera while waiting for a match'),
+    'max_input_age_s': (T.DOUBLE, 'no plan when a camera or the odometry is older than this '
+                                  '(ROS time); diagnostics ERROR'),
+    'odom_max_gap_s': (T.DOUBLE, 'odometry gaps longer than this are not interpolated'),
+    'odom_wait_s': (T.DOUBLE, 'how long the worker waits for odometry to reach a frame stamp'),
+    'base_frame': (T.STRING, 'vehicle frame (REP-105 base_link)'),
+    'odom_frame': (T.STRING, 'odometry frame (REP-105 odom)'),
+    'output_frame': (T.STRING, 'frame of path/grid/markers: base_frame or odom_frame'),
+    'diagnostics_period_s': (T.DOUBLE, 'period of /diagnostics (steady clock)'),
+    'latency_window': (T.INTEGER, 'frames in the rolling latency percentiles'),
+    'marker_risk_threshold': (T.DOUBLE, 'risk cells at or above this are drawn as markers'),
+}
+CAMERA_PARAMETERS = {
+    'image_topic': (T.STRING, 'Image or CompressedImage topic of this camera'),
+    'compressed': (T.BOOL, 'true: sensor_msgs/CompressedImage (JPEG/PNG); false: Image'),
+    'info_topic': (T.STRING, "CameraInfo topic; '' = use intrinsics and image_size"),
+}
+INTRINSICS_PARAMETERS = {  # declared only for cameras without info_topic
+    'intrinsics': (T.DOUBLE_ARRAY, '[fx, fy, cx, cy] in pixels, for images of image_size'),
+    'image_size': (T.INTEGER_ARRAY, '[width, height] the intrinsics refer to'),
+}
+EXTRINSICS_PARAMETERS = {  # declared only with extrinsics_source 'file'
+    'extrinsics': (T.DOUBLE_ARRAY, 'camera mount in base_frame: [x, y, z (m), yaw, pitch (rad)], '
+                                   'yaw left-positive, pitch down-positive'),
+}
+
+
+@dataclass
+class Settings:
+    """Every parameter, read once at start-up."""
+
+    camera_names: list
+    reference_camera: str
+    extrinsics_source: str
+    tf_static_topic: str
+    odom_topic: str
+    intent_topic: str
+    default_intent: str
+    model_dir: str
+    backend: str
+    precision: str
+    device: str
+    engine_cache_dir: str
+    build_only: bool
+    threads: int
+    sync_slop_s: float
+    sync_queue_size: int
+    max_input_age_s: float
+    odom_max_gap_s: float
+    odom_wait_s: float
+    base_frame: str
+    odom_frame: str
+    output_frame: str
+    diagnostics_period_s: float
+    latency_window: int
+    marker_risk_threshold: float
+    cameras: dict  # name -> {image_topic, compressed, info_topic, [intrinsics, image_size],
+    #                          [extrinsics]}
+
+
+class LatestOnlyQueue:
+    """A one-slot hand-over between threads: ``put`` replaces what is waiting (and returns it)."""
+
+    def __init__(self):
+        self._item = None
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, item):
+        with self._cond:
+            dropped, self._item = self._item, item
+            self._cond.notify()
+            return dropped
+
+    def get(self, timeout: float):
+        with self._cond:
+            if self._item is None and not self._closed:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+@dataclass
+class Received:
+    """A validated camera message and what the node knew when it arrived."""
+
+    msg: object
+    recv_ns: int          # ROS time at arrival
+    callback_s: float     # time spent in its callback (validation + synchroniser)
+
+
+@dataclass
+class PendingSet:
+    stamp_ns: int
+    items: list
+    complete_perf: float
+
+
+class PlannerNode(Node):
+    """See the module docstring."""
+
+    def __init__(self, **kwargs):
+        super().__init__('planner_node', **kwargs)
+        self.settings = self._read_settings()
+        s = self.settings
+        self.max_age_ns = int(s.max_input_age_s * 1e9)
+        self.lock = threading.Lock()
+        self.counters = Counter()           # dropped / skipped inputs, '<reason>:<input>'
+        self.received = Counter()           # valid messages per input
+        self.last_stamp_ns = {}             # input -> newest valid stamp (ROS time)
+        self.intrinsics_by_camera = {}      # camera -> (K, (h, w))
+        self.extrinsics_by_camera = {}      # camera -> cam_to_ego 4x4
+        self.camera_frames = {}             # camera -> optical frame id (from image headers)
+        self.static_transforms = {}         # child frame -> (parent frame, 4x4)
+        try:
+            self.intent = self._intent_index(s.default_intent, 'default_intent')
+        except MessageError as e:
+            raise ConfigError(str(e)) from e
+        self.latency = LatencyStats(s.latency_window)
+        self.plans_published = 0
+        self.last_plan_ns = None
+        self.last_skip = 'no frame yet'
+        self.last_now_ns = 0
+        self.odom_cond = threading.Condition(self.lock)
+        self.backend = None
+        self.odometry = self._new_odometry_history()
+        self.sync = self._new_synchronizer()
+        self.planner = None
+        self.worker = None
+        self.queue = LatestOnlyQueue()
+        self.stopping = threading.Event()
+
+    # -- parameters ---------------------------------------------------------------------------
+    def _declare(self, name: str, spec) -> object:
+        ptype, description = spec
+        self.declare_parameter(name, ptype, ParameterDescriptor(description=description))
+        try:
+            return self.get_parameter(name).value
+        except ParameterUninitializedException as e:
+            raise ConfigError(f'parameter {name!r} is not set; every parameter of planner_node '
+                              f'is in config/planner.yaml (--params-file)') from e
+
+    def _read_settings(self) -> Settings:
+        values = {name: self._declare(name, spec) for name, spec in PARAMETERS.items()}
+        values['camera_names'] = list(values['camera_names'])
+        names = values['camera_names']
+        if not names or len(set(names)) != len(names):
+            raise ConfigError(f'camera_names must be unique and non-empty, got {names}')
+        if values['reference_camera'] not in names:
+            raise ConfigError(f"reference_camera {values['reference_camera']!r} not in "
+                              f'camera_names {names}')
+        if values['extrinsics_source'] not in EXTRINSICS_SOURCES:
+            raise ConfigError(f'extrinsics_source must be one of {EXTRINSICS_SOURCES}')
+        if values['output_frame'] not in (values['base_frame'], values['odom_frame']):
+            raise ConfigError(f"output_frame {values['output_frame']!r} must be base_frame "
+                              f"{values['base_frame']!r} or odom_frame {values['odom_frame']!r}")
+        if values['max_input_age_s'] <= 0 or values['sync_slop_s'] <= 0:
+            raise ConfigError('max_input_age_s and sync_slop_s must be positive')
+        cameras = {}
+        for cam in names:
+            prefix = f'cameras.{cam}.'
+            cfg = {k: self._declare(prefix + k, spec) for k, spec in CAMERA_PARAMETERS.items()}
+            if not cfg['info_topic']:
+                cfg.update({k: list(self._declare(prefix + k, spec))
+                            for k, spec in INTRINSICS_PARAMETERS.items()})
+                if len(cfg['intrinsics']) != 4 or len(cfg['image_size']) != 2:
+                    raise ConfigError(f'{prefix}intrinsics needs [fx, fy, cx, cy] and '
+                                      f'{prefix}image_size [width, height]')
+            if values['extrinsics_source'] == 'file':
+                cfg['extrinsics'] = list(self._declare(prefix + 'extrinsics',
+                                                       EXTRINSICS_PARAMETERS['extrinsics']))
+                if len(cfg['extrinsics']) != 5:
+                    raise ConfigError(f'{prefix}extrinsics needs [x, y, z, yaw, pitch]')
+            cameras[cam] = cfg
+        return Settings(cameras=cameras, **values)
+
+    @staticmethod
+    def _intent_index(text: str, source: str) -> int:
+        key = str(text).strip().lower()
+        if key not in INTENTS:
+            raise MessageError('bad_intent', f'{source}: {text!r} is not one of {INTENTS}')
+        return INTENTS.index(key)
+
+    def _new_odometry_history(self) -> OdometryHistory:
+        # Enough history for the model's past states plus the age window on either side.
+        past_s = 16 / 4.0
+        if self.backend is not None:
+            past_s = self.backend.config.past_steps / self.backend.config.frequency_hz
+        horizon_s = past_s + 2 * self.settings.max_input_age_s + 1.0
+        return OdometryHistory(int(self.settings.odom_max_gap_s * 1e9), int(horizon_s * 1e9))
+
+    def _new_synchronizer(self) -> FrameSynchronizer:
+        s = self.settings
+        return FrameSynchronizer(s.camera_names, s.reference_camera, int(s.sync_slop_s * 1e9),
+                                 s.sync_queue_size)
+
+    # -- life cycle -----------------------------------------------------------------------------
+    def configure(self) -> None:
+        """Load the backend (heavy: model load, ONNX export on demand, TensorRT build)."""
+        from rsd_drive.deploy.backends import create_backend
+
+        s = self.settings
+        log = self.get_logger()
+        t0 = time.perf_counter()
+        self.backend = create_backend(s.backend, s.model_dir, s.precision, s.device,
+                                      s.engine_cache_dir or None, s.threads, logger=log.info)
+        self.planner = FramePlanner(self.backend, s.camera_names)
+        self.odometry = self._new_odometry_history()
+        warm = self.backend.warmup()
+        for cam, cfg in s.cameras.items():
+            if not cfg['info_topic']:
+                fx, fy, cx, cy = cfg['intrinsics']
+                width, height = cfg['image_size']
+                self.intrinsics_by_camera[cam] = (intrinsics(fx, fy, cx, cy), (height, width))
+            if s.extrinsics_source == 'file':
+                x, y, z, yaw, pitch = cfg['extrinsics']
+                self.extrinsics_by_camera[cam] = camera_to_ego(x, y, z, yaw, pitch)
+        log.info(f'configured {self.backend.describe()} in {time.perf_counter() - t0:.1f} s '
+                 f'(warm-up {warm * 1e3:.0f} ms); cameras {s.camera_names}')
+
+    def activate(self) -> None:
+        """Subscriptions, publishers, timers and the inference worker."""
+        s = self.settings
+        tf_message = None
+        if s.extrinsics_source == 'tf_static':
+            try:
+                from tf2_msgs.msg import TFMessage as tf_message
+            except ImportError as e:
+                raise ConfigError(f'extrinsics_source tf_static needs tf2_msgs ({e}); install it '
+                                  f'or use extrinsics_source file') from e
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.path_pub = self.create_publisher(PathMsg, '~/path', reliable)
+        self.grid_pub = self.create_publisher(OccupancyGrid, '~/risk_grid', reliable)
+        self.marker_pub = self.create_publisher(MarkerArray, '~/markers', reliable)
+        self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', reliable)
+        for cam, cfg in s.cameras.items():
+            msg_type = CompressedImage if cfg['compressed'] else Image
+            self.create_subscription(msg_type, cfg['image_topic'],
+                                     partial(self._on_image, cam), qos_profile_sensor_data)
+            if cfg['info_topic']:
+                self.create_subscription(CameraInfo, cfg['info_topic'],
+                                         partial(self._on_camera_info, cam),
+                                         qos_profile_sensor_data)
+        self.create_subscription(Odometry, s.odom_topic, self._on_odometry,
+                                 qos_profile_sensor_data)
+        if s.intent_topic:
+            self.create_subscription(String, s.intent_topic, self._on_intent,
+                                     QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+        if tf_message is not None:
+            latched = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            self.create_subscription(tf_message, s.tf_static_topic, self._on_tf_static, latched)
+        # Diagnostics tick on the steady clock: they must keep reporting (stale!) even when the
+        # ROS clock stops, e.g. a replay that ended.
+        self.create_timer(s.diagnostics_period_s, self._publish_diagnostics,
+                          clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self.worker = threading.Thread(target=self._work, name='planner_inference', daemon=True)
+        self.worker.start()
+        self.get_logger().info(f'active: {len(s.cameras)} cameras, odometry {s.odom_topic}, '
+                               f'output frame {s.output_frame}, max input age '
+                               f'{s.max_input_age_s} s')
+
+    def shutdown(self) -> None:
+        self.stopping.set()
+        self.queue.close()
+        if self.worker is not None:
+            self.worker.join(timeout=5.0)
+        if self.backend is not None:
+            self.backend.close()
+
+    # -- time -----------------------------------------------------------------------------------
+    def _now_ns(self) -> int:
+        now = self.get_clock().now().nanoseconds
+        if now + 1_000_000_000 < self.last_now_ns:
+            # Time went backwards (a replay restarted): history and queues belong to another
+            # timeline; start over instead of rejecting every new message as out of order.
+            self.get_logger().warning(f'time jumped back {(self.last_now_ns - now) / 1e9:.1f} s;'
+                                      f' resetting synchronisation and odometry history')
+            with self.lock:
+                self.sync = self._new_synchronizer()
+                self.odometry.clear()
+                self.last_stamp_ns.clear()
+                self.counters['time_jump_back'] += 1
+        self.last_now_ns = now
+        return now
+
+    def _check_stamp(self, source: str, stamp_ns: int, now_ns: int) -> bool:
+        """Reject messages from the future (unsynchronised clocks) or already too old."""
+        if stamp_ns - now_ns > self.max_age_ns:
+            self._count(f'future_stamp:{source}')
+            return False
+        if now_ns - stamp_ns > self.max_age_ns:
+            self._count(f'too_old:{source}')
+            return False
+        return True
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self.lock:
+            self.counters[key] += n
+
+    # -- callbacks (executor thread: cheap work only) -------------------------------------------
+    def _on_image(self, camera: str, msg) -> None:
+        t0 = time.perf_counter()
+        now = self._now_ns()
+        try:
+            check_image(msg)
+            stamp = stamp_to_ns(msg.header.stamp)
+        except MessageError as e:
+            self._count(f'{e.reason}:{camera}')
+            return
+        if not self._check_stamp(camera, stamp, now):
+            return
+        with self.lock:
+            self.received[camera] += 1
+            self.last_stamp_ns[camera] = max(stamp, self.last_stamp_ns.get(camera, 0))
+            self.camera_frames[camera] = msg.header.frame_id
+            item = Received(msg, now, 0.0)
+            sets = self.sync.add(camera, stamp, item)
+            item.callback_s = time.perf_counter() - t0
+        for synced in sets:
+            pending = PendingSet(synced.stamp_ns, synced.payloads, time.perf_counter())
+            if self.queue.put(pending) is not None:
+                self._count('queue_drop')
+
+    def _on_camera_info(self, camera: str, msg: CameraInfo) -> None:
+        try:
+            K, hw = camera_info_to_intrinsics(msg)
+        except MessageError as e:
+            self._count(f'{e.reason}:{camera}')
+            return
+        self.intrinsics_by_camera[camera] = (K, hw)
+
+    def _on_odometry(self, msg: Odometry) -> None:
+        now = self._now_ns()
+        try:
+            state = odometry_to_state(msg)
+        except MessageError as e:
+            self._count(f'{e.reason}:odometry')
+            return
+        if not self._check_stamp('odometry', state.stamp_ns, now):
+            return
+        with self.odom_cond:
+            self.odometry.add(state)
+            self.received['odometry'] += 1
+            self.last_stamp_ns['odometry'] = max(state.stamp_ns,
+                                                 self.last_stamp_ns.get('odometry', 0))
+            self.odom_cond.notify_all()
+
+    def _on_intent(self, msg: String) -> None:
+        try:
+            self.intent = self._intent_index(msg.data, self.settings.intent_topic)
+        except MessageError as e:
+            self._count(f'{e.reason}:intent')
+
+    def _on_tf_static(self, msg) -> None:
+        for tf in msg.transforms:
+            try:
+                T_parent_child = transform_to_matrix(tf.transform)
+            except ValueError:
+                self._count('bad_transform:tf_static')
+                continue
+            self.static_transforms[tf.child_frame_id] = (tf.header.frame_id, T_parent_child)
+
+    def _tf_extrinsics(self, camera: str):
+        """base_frame <- camera optical frame, composed along the tf_static tree."""
+        frame = self.camera_frames.get(camera)
+        T_total, seen = np.eye(4), set()
+        while frame is not None and frame != self.settings.base_frame and frame not in seen:
+            seen.add(frame)
+            parent = self.static_transforms.get(frame)
+            if parent is None:
+                return None
+            frame, T_parent_child = parent
+            T_total = T_parent_child @ T_total
+        return T_total if frame == self.settings.base_frame else None
+
+    # -- inference worker -----------------------------------------------------------------------
+    def _work(self) -> None:
+        while not self.stopping.is_set():
+            pending = self.queue.get(timeout=0.2)
+            if pending is None:
+                continue
+            try:
+                self._plan(pending)
+            except Exception as e:  # noqa: BLE001 - the node must survive any one bad frame
+                self._skip('worker_error', f'{type(e).__name__}: {e}')
+                self.get_logger().error(f'planning failed: {type(e).__name__}: {e}',
+                                        throttle_duration_sec=5.0)
+
+    def _skip(self, reason: str, detail: str = '') -> None:
+        self._count(reason)
+        self.last_skip = f'{reason} {detail}'.strip()
+
+    def _calibrations(self):
+        calibs = []
+        for cam in self.settings.camera_names:
+            intr = self.intrinsics_by_camera.get(cam)
+            if intr is None:
+                return None, f'no_camera_info:{cam}'
+            if self.settings.extrinsics_source == 'file':
+                extr = self.extrinsics_by_camera[cam]
+            else:
+                extr = self._tf_extrinsics(cam)
+                if extr is None:
+                    return None, f'no_extrinsics:{cam}'
+            calibs.append(CameraCalibration(intr[0], intr[1], extr))
+        return calibs, None
+
+    def _past_states(self, t0_ns: int):
+        """Past states at t0, waiting briefly when odometry has not reached t0 yet."""
+        cfg = self.backend.config
+        deadline = time.monotonic() + self.settings.odom_wait_s
+        with self.odom_cond:
+            while True:
+                try:
+                    past = self.odometry.past_states(t0_ns, cfg.past_steps, cfg.frequency_hz)
+                    pose = self.odometry.at(t0_ns)
+                    return past, (pose.x, pose.y, pose.yaw)
+                except SyncError as e:
+                    remaining = deadline - time.monotonic()
+                    if e.reason != 'odom_after_end' or remaining <= 0:
+                        raise
+                    self.odom_cond.wait(remaining)
+
+    def _stale_inputs(self, now_ns: int) -> list:
+        """Inputs older than max_input_age_s (or never seen), as 'name (age)' strings."""
+        stale = []
+        for name in list(self.settings.camera_names) + ['odometry']:
+            last = self.last_stamp_ns.get(name)
+            if last is None:
+                stale.append(f'{name} (never received)')
+            elif now_ns - last > self.max_age_ns:
+                stale.append(f'{name} ({(now_ns - last) / 1e9:.2f} s old)')
+        return stale
+
+    def _plan(self, pending: PendingSet) -> None:
+        s = self.settings
+        start = time.perf_counter()
+        t0 = pending.stamp_ns
+        now = self._now_ns()
+        with self.lock:
+            stale = self._stale_inputs(now)
+        if now - t0 > self.max_age_ns or stale:
+            self._skip('stale', ', '.join(stale) or f'frame {(now - t0) / 1e9:.2f} s old')
+            return
+        calibs, missing = self._calibrations()
+        if calibs is None:
+            self._skip(missing)
+            return
+        try:
+            past, pose = self._past_states(t0)
+        except SyncError as e:
+            self._skip(e.reason, str(e))
+            return
+        try:
+            plan, timings = self.planner.plan([r.msg for r in pending.items], calibs, past,
+                                              self.intent)
+        except FrameError as e:
+            self._skip(e.reason, str(e))
+            return
+        done_ns = self._now_ns()
+        if done_ns - t0 > self.max_age_ns:
+            self._skip('stale_after_inference', f'{(done_ns - t0) / 1e9:.2f} s')
+            return
+        t_post = time.perf_counter()
+        frame = s.output_frame
+        out_pose = pose if frame == s.odom_frame else None
+        grid = self.backend.config.grid
+        path_msg = messages.path_message(plan['waypoints'], t0, frame, out_pose)
+        grid_msg = messages.occupancy_message(plan['risk'], grid, t0, frame, out_pose)
+        marker_msg = messages.markers_message(plan['waypoints'], plan['risk'], grid, t0, frame,
+                                              out_pose, s.marker_risk_threshold,
+                                              lifetime_s=s.max_input_age_s)
+        t_pub = time.perf_counter()
+        self.path_pub.publish(path_msg)
+        self.grid_pub.publish(grid_msg)
+        self.marker_pub.publish(marker_msg)
+        t_end = time.perf_counter()
+        published_ns = self._now_ns()
+        timings.update({
+            'transport': max(r.recv_ns for r in pending.items) / 1e9 - t0 / 1e9,
+            'sync': sum(r.callback_s for r in pending.items),
+            'queue': start - pending.complete_perf,
+            'postprocess': t_pub - t_post,
+            'publish': t_end - t_pub,
+            'total': (published_ns - t0) / 1e9,
+        })
+        with self.lock:
+            self.latency.add(timings)
+            self.plans_published += 1
+            self.last_plan_ns = published_ns
+            self.last_skip = ''
+
+    # -- diagnostics ----------------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        s = self.settings
+        now = self._now_ns()
+        with self.lock:
+            stale = self._stale_inputs(now)
+            counters = dict(self.counters)
+            received = dict(self.received)
+            sync_drops = dict(self.sync.dropped)
+            sync_emitted = self.sync.emitted
+            latency = self.latency.summary()
+            plans = self.plans_published
+            last_plan = self.last_plan_ns
+            last_skip = self.last_skip
+            ages = {name: (None if name not in self.last_stamp_ns
+                           else (now - self.last_stamp_ns[name]) / 1e9)
+                    for name in list(s.camera_names) + ['odometry']}
+        input_values = {}
+        for name, age in ages.items():
+            input_values[f'age_s.{name}'] = 'never' if age is None else f'{age:.3f}'
+            input_values[f'received.{name}'] = received.get(name, 0)
+        input_values.update({f'drops.{k}': v for k, v in sorted(counters.items())})
+        input_values.update({f'sync.{k}': v for k, v in sorted(sync_drops.items())})
+        input_values['sync.emitted'] = sync_emitted
+        input_values['intent'] = INTENTS[self.intent]
+        if stale:
+            in_level, in_msg = 'ERROR', 'stale inputs: ' + ', '.join(stale)
+        else:
+            in_level, in_msg = 'OK', 'all inputs fresh'
+
+        plan_values = {'backend': s.backend, 'precision': s.precision,
+                       'device': self.backend.device if self.backend else 'none',
+                       'plans_published': plans, 'output_frame': s.output_frame}
+        for stage, (p50, p99) in latency.items():
+            plan_values[f'latency_ms.{stage}.p50'] = f'{p50 * 1e3:.2f}'
+            plan_values[f'latency_ms.{stage}.p99'] = f'{p99 * 1e3:.2f}'
+        if 'inference' in latency:
+            node = sum(latency[st][0] for st in NODE_STAGES if st in latency)
+            plan_values['node_overhead_to_inference'] = f'{node / latency["inference"][0]:.3f}'
+        recent = last_plan is not None and now - last_plan <= self.max_age_ns
+        if stale:
+            plan_level, plan_msg = 'ERROR', 'not planning: stale inputs: ' + ', '.join(stale)
+        elif recent:
+            plan_level = 'OK'
+            p50 = latency.get('total', (0.0, 0.0))[0]
+            plan_msg = f'planning; stamp-to-publish p50 {p50 * 1e3:.1f} ms'
+        else:
+            plan_level, plan_msg = 'WARN', f'no recent plan: {last_skip or "waiting for data"}'
+        hw = f'{s.backend}:{s.precision}'
+        array = messages.diagnostic_array(now, [
+            messages.diagnostic_status(f'{self.get_name()}: inputs', in_level, in_msg,
+                                       input_values, hw),
+            messages.diagnostic_status(f'{self.get_name()}: planning', plan_level, plan_msg,
+                                       plan_values, hw),
+        ])
+        self.diag_pub.publish(array)
+
+
+def default_parameters_path() -> Path | None:
+    """config/planner.yaml of a source checkout, or of the installed package's share dir."""
+    candidates = [Path(__file__).resolve().parents[2] / 'config' / 'planner.yaml',
+                  Path(sys.prefix) / 'share' / 'rsd_drive' / 'config' / 'planner.yaml']
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def write_parameters(out_path, cameras: dict | None = None, base=None, **overrides) -> Path:
+    """A parameters file derived from config/planner.yaml, for tools that start the node
+    (benchmarks, tests): ``cameras`` (name -> cameras.<name>.* values, in model order) replaces
+    the camera list and the reference camera becomes the first one; ``overrides`` set top-level
+    parameters. The result still holds every parameter, so the node's own checks apply."""
+    import yaml
+
+    base = Path(base) if base else default_parameters_path()
+    if base is None:
+        raise FileNotFoundError('config/planner.yaml not found (source checkout or share dir)')
+    doc = yaml.safe_load(base.read_text())
+    params = doc['/**']['ros__parameters']
+    if cameras is not None:
+        params['camera_names'] = list(cameras)
+        params['reference_camera'] = next(iter(cameras))
+        params['cameras'] = {name: dict(cfg) for name, cfg in cameras.items()}
+    unknown = set(overrides) - set(PARAMETERS)
+    if unknown:
+        raise ValueError(f'unknown planner_node parameters: {sorted(unknown)}')
+    params.update(overrides)
+    out_path = Path(out_path)
+    out_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return out_path
+
+
+def main(args=None) -> int:
+    """Console script ``planner_node``: declare parameters, configure, activate, spin."""
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = PlannerNode()
+        s = node.settings
+        if s.build_only:
+            from rsd_drive.deploy.backends import prepare_backend
+
+            summary = prepare_backend(s.backend, s.model_dir, s.precision,
+                                      s.engine_cache_dir or None, logger=node.get_logger().info)
+            node.get_logger().info(f'build_only: {summary}')
+            return 0
+        node.configure()
+        node.activate()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+        msg = f'planner_node cannot start: {type(e).__name__}: {e}'
+        if node is not None:
+            node.get_logger().fatal(msg)
+        else:
+            print(msg, file=sys.stderr)
+        code = 1
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""``config/teacher.yaml`` as validated dataclasses (the YAML documents every field)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from rsd_drive.data.bag import repo_config
+from rsd_drive.data.targets import TargetConfig
+
+BACKENDS = ('scene-oracle', 'vlm', 'detector+vlm', 'clipseg')
+BOX_COORDS = ('auto', 'absolute', 'norm1000', 'norm1')
+
+
+def _build(cls, data, where: str):
+    """``cls(**data)`` with unknown keys reported by name (a typo must not pass silently)."""
+    if isinstance(data, cls):
+        return data
+    data = dict(data or {})
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f'{where}: unknown keys {sorted(unknown)}; expected {sorted(known)}')
+    return cls(**data)
+
+
+@dataclass
+class VlmConfig:
+    max_new_tokens: int = 256
+    box_coords: str = 'auto'
+    prompt: str = ('List every object that could become a hazard for the car. Answer with JSON '
+                   'only: [{{"bbox_2d": [x1, y1, x2, y2], "label": "...", "risk": 0.0-1.0, '
+                   '"reason": "..."}}] with boxes in {coords} ({camera} camera).')
+    rank_prompt: str = ('Detector objects (id: label [x1, y1, x2, y2] in {coords}) in the '
+                        '{camera} camera: {candidates}. Answer with JSON only: '
+                        '[{{"id": <id>, "risk": 0.0-1.0, "reason": "..."}}].')
+
+    def __post_init__(self):
+        if self.box_coords not in BOX_COORDS:
+            raise ValueError(f'vlm.box_coords must be one of {BOX_COORDS}')
+        if self.max_new_tokens <= 0:
+            raise ValueError('vlm.max_new_tokens must be positive')
+
+
+@dataclass
+class DetectorConfig:
+    queries: list = field(default_factory=lambda: ['car', 'pedestrian', 'cyclist'])
+    min_score: float = 0.1
+    max_proposals: int = 8
+
+    def __post_init__(self):
+        if not self.queries:
+            raise ValueError('detector.queries must list at least one text query')
+        if self.max_proposals <= 0:
+            raise ValueError('detector.max_proposals must be positive')
+
+
+@dataclass
+class ClipSegConfig:
+    prompts: list = field(default_factory=lambda: [{'text': 'pedestrian crossing the road',
+                                                    'risk': 1.0}])
+    min_heat: float = 0.2
+
+    def __post_init__(self):
+        if not self.prompts:
+            raise ValueError('clipseg.prompts must list at least one prompt')
+        for p in self.prompts:
+            if not isinstance(p, dict) or 'text' not in p or not 0 <= float(p.get('risk', 1)) <= 1:
+                raise ValueError(f'clipseg prompt {p!r}: need {{text, risk in [0, 1]}}')
+
+
+@dataclass
+class OracleConfig:
+    horizon_s: float = 5.0
+    ego_half_width_m: float = 1.0
+    path_sigma_m: float = 1.5
+    path_weight: float = 0.6
+    min_risk: float = 0.05
+    max_age_s: float = 0.25
+
+    def __post_init__(self):
+        if self.horizon_s <= 0 or self.path_sigma_m <= 0 or self.max_age_s <= 0:
+            raise ValueError('oracle.horizon_s, path_sigma_m and max_age_s must be positive')
+
+
+@dataclass
+class ProjectionConfig:
+    ground_z: float = 0.0
+    max_range_m: float = 60.0
+    default_width_m: float = 1.8
+    min_sigma_m: float = 0.5
+    max_width_m: float = 12.0
+
+    def __post_init__(self):
+        if self.max_range_m <= 0 or self.min_sigma_m <= 0 or self.default_width_m <= 0:
+            raise ValueError('projection ranges and sizes must be positive')
+
+
+@dataclass
+class TeacherConfig:
+    backend: str = 'scene-oracle'
+    model_dir: str = ''
+    detector_dir: str = ''
+    device: str = 'cpu'
+    dtype: str = 'float32'
+    cameras: list = field(default_factory=lambda: ['front'])
+    unparsable_answer: str = 'skip'
+    vlm: VlmConfig = field(default_factory=VlmConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    clipseg: ClipSegConfig = field(default_factory=ClipSegConfig)
+    oracle: OracleConfig = field(default_factory=OracleConfig)
+    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+    targets: TargetConfig = field(default_factory=TargetConfig)
+
+    def __post_init__(self):
+        self.vlm = _build(VlmConfig, self.vlm, 'teacher.vlm')
+        self.detector = _build(DetectorConfig, self.detector, 'teacher.detector')
+        self.clipseg = _build(ClipSegConfig, self.clipseg, 'teacher.clipseg')
+        self.oracle = _build(OracleConfig, self.oracle, 'teacher.oracle')
+        self.projection = _build(ProjectionConfig, self.projection, 'teacher.projection')
+        self.targets = _build(TargetConfig, self.targets, 'teacher.targets')
+        if self.backend not in BACKENDS:
+            raise ValueError(f'teacher.backend must be one of {BACKENDS}, got {self.backend!r}')
+        if self.unparsable_answer not in ('skip', 'empty'):
+            raise ValueError("teacher.unparsable_answer must be 'skip' or 'empty'")
+        if self.dtype not in ('float32', 'bfloat16', 'float16'):
+            raise ValueError('teacher.dtype must be float32, bfloat16 or float16')
+        if not self.cameras:
+            raise ValueError('teacher.cameras must name at least one camera')
+        self.cameras = [str(c) for c in self.cameras]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LabelConfig:
+    dataset_config: str = ''
+    model_config: str = ''
+    image_size: list = field(default_factory=list)
+    workers: int = 2
+    chunk_frames: int = 32
+
+    def __post_init__(self):
+        if self.image_size and (len(self.image_size) != 2 or min(self.image_size) <= 0):
+            raise ValueError(f'label.image_size must be [height, width], got {self.image_size}')
+        if self.workers <= 0 or self.chunk_frames <= 0:
+            raise ValueError('label.workers and label.chunk_frames must be positive')
+
+
+@dataclass
+class NodeConfig:
+    bags: list = field(default_factory=list)
+    out_dir: str = ''
+    progress_topic: str = '/rsd/teacher/progress'
+    progress_period_s: float = 1.0
+    exit_when_done: bool = True
+
+
+@dataclass
+class TeacherFile:
+    """The whole of ``config/teacher.yaml``."""
+
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
+
+    def __post_init__(self):
+        self.teacher = _build(TeacherConfig, self.teacher, 'teacher')
+        self.label = _build(LabelConfig, self.label, 'label')
+        self.node = _build(NodeConfig, self.node, 'node')
+
+    @classmethod
+    def load(cls, path=None) -> 'TeacherFile':
+        path = Path(path) if path else repo_config('teacher.yaml')
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise FileNotFoundError(f'teacher config {path}: {exc}') from exc
+        if not isinstance(data, dict):
+            raise ValueError(f'{path}: expected a mapping with teacher/label/node sections')
+        try:
+            return _build(cls, data, str(path))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f'{path}: {exc}') from exc

@@ -1,0 +1,553 @@
+"""The labeling job: bags in; per bag a label bag, shards of the training index, a preview PNG.
+
+One function, :func:`label_bag`, does the per-bag work; :func:`run_job` runs it over many bags
+in-process, in a local process pool, or on a Ray cluster (``ray_address``). Output layout::
+
+    OUT/index/                 training index (rsd_drive.data.index): manifest + shards
+    OUT/labels/<bag_id>/       label bag (rosbag2, MCAP): risk grid, markers, answers, path
+    OUT/previews/<bag_id>.png  the riskiest frame of the bag: camera with boxes + BEV grid
+    OUT/work/<bag_id>/         resume state: chunk-NNNNN.{npz,json}, done.json
+    OUT/summary.json           the last run's per-bag results
+
+Resume: frames are labelled in chunks of ``chunk_frames`` synchronised sets. A chunk is done when
+its index shard is in the manifest *and* its chunk files exist; each is written atomically
+(temp + rename), the shard first. A run killed at any point (kill -9) and started again skips
+done chunks and redoes the rest, re-committing a chunk's shard under the same name, so every
+frame ends up in the index exactly once. The label bag is assembled from the chunk files when the
+whole bag is done.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+import traceback
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rsd_drive.data.bag import (BagError, BagReader, DatasetConfig, MissingTopicsError,
+                                SkippedFrame)
+from rsd_drive.data.index import ShardWriter, read_manifest
+from rsd_drive.data.targets import TargetConfig, TargetError, build_targets, index_frame
+from rsd_drive.geometry import GridSpec
+from rsd_drive.teacher.base import FrameContext, build_teacher
+from rsd_drive.teacher.config import TeacherConfig
+from rsd_drive.teacher.labelbag import LabelRecord, write_label_bag
+from rsd_drive.teacher.projection import teacher_grid
+
+
+@dataclass
+class JobSpec:
+    """Everything a worker needs, as plain data (pickles to pool workers and Ray tasks)."""
+
+    out_dir: str
+    teacher: dict
+    dataset: dict
+    grid: dict
+    image_hw: tuple
+    targets: dict
+    chunk_frames: int = 32
+
+    @property
+    def teacher_config(self) -> TeacherConfig:
+        return TeacherConfig(**self.teacher)
+
+    @property
+    def grid_spec(self) -> GridSpec:
+        return GridSpec(**self.grid)
+
+
+def make_spec(out_dir, teacher: TeacherConfig, dataset: DatasetConfig, model_config=None,
+              image_hw=None, chunk_frames: int = 32) -> JobSpec:
+    """A JobSpec whose grid, image size and target horizon are the model's (``model_config``: a
+    :class:`rsd_drive.model.ModelConfig`, default ``ModelConfig()``); ``image_hw`` overrides the
+    image size."""
+    from rsd_drive.model.config import ModelConfig
+
+    model = model_config or ModelConfig()
+    if model_config is not None and model.num_cameras != len(dataset.cameras):
+        raise ValueError(f'the model expects {model.num_cameras} cameras, the dataset config '
+                         f'lists {len(dataset.cameras)}')
+    hw = tuple(int(v) for v in (image_hw or (model.image_height, model.image_width)))
+    targets = asdict(teacher.targets)
+    targets.update(past_steps=model.past_steps, future_steps=model.future_steps,
+                   frequency_hz=model.frequency_hz)
+    return JobSpec(out_dir=str(out_dir), teacher=teacher.to_dict(), dataset=dataset.to_dict(),
+                   grid=model.grid.to_dict(), image_hw=hw, targets=targets,
+                   chunk_frames=int(chunk_frames))
+
+
+def bag_ids(bags) -> dict:
+    """A readable, unique id per bag: its name, plus a path hash where names collide."""
+    names = {}
+    for b in bags:
+        p = Path(b)
+        names[str(b)] = p.name[:-len(''.join(p.suffixes))] if p.suffixes and p.is_file() \
+            else p.name
+    counts = Counter(names.values())
+    return {b: (n if counts[n] == 1 else
+                f'{n}-{hashlib.sha1(str(Path(b).resolve()).encode()).hexdigest()[:8]}')
+            for b, n in names.items()}
+
+
+def _bag_identity(bag: Path) -> dict:
+    files = [bag] if bag.is_file() else sorted(p for p in bag.rglob('*') if p.is_file())
+    return {'path': str(bag), 'bytes': sum(p.stat().st_size for p in files)}
+
+
+def _write_atomic(path: Path, write) -> None:
+    """``write(tmp_path)`` then rename over ``path`` (fsync'd), so readers see all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, 'rb+') as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json_atomic(path: Path, data) -> None:
+    def write(tmp):
+        Path(tmp).write_text(json.dumps(data, indent=1, sort_keys=True))
+    _write_atomic(Path(path), write)
+
+
+def _save_npz(tmp, **arrays) -> None:
+    with open(tmp, 'wb') as fh:
+        np.savez(fh, **arrays)
+
+
+_TEACHERS: dict = {}
+
+
+def get_teacher(spec: JobSpec):
+    """The process's teacher for this configuration (models load once per worker)."""
+    key = json.dumps(spec.teacher, sort_keys=True)
+    if key not in _TEACHERS:
+        _TEACHERS.clear()
+        _TEACHERS[key] = build_teacher(spec.teacher_config)
+    return _TEACHERS[key]
+
+
+class _Chunk:
+    """Frames of one chunk being labelled."""
+
+    def __init__(self, k: int, spec: JobSpec, bag: Path, bag_id: str, identity: dict):
+        self.k, self.spec, self.bag_id = k, spec, bag_id
+        c = spec.chunk_frames
+        self.seq_start, self.seq_end = k * c, (k + 1) * c
+        self.writer = ShardWriter(Path(spec.out_dir) / 'index', f'{bag_id}-{k:05d}',
+                                  meta={'bag': str(bag), 'bag_id': bag_id, 'chunk': k,
+                                        'seq_start': self.seq_start, 'seq_end': self.seq_end})
+        self.identity = identity
+        self.skipped, self.rejected = Counter(), Counter()
+        self.records, self.stamps, self.risk, self.future = [], [], [], []
+        self.errors = []
+
+    def commit(self, work: Path, cameras, backend: str) -> dict:
+        spec = self.spec
+        npz = work / f'chunk-{self.k:05d}.npz'
+        grid = spec.grid_spec
+        risk = np.stack(self.risk).astype(np.float16) if self.risk else \
+            np.zeros((0, grid.rows, grid.cols), np.float16)
+        future = np.stack(self.future).astype(np.float32) if self.future else \
+            np.zeros((0, 0, 2), np.float32)
+        _write_atomic(npz, lambda tmp: _save_npz(tmp, stamps=np.array(self.stamps, np.int64),
+                                                 risk=risk, future=future))
+        self.writer.meta['rejected'] = dict(self.rejected)
+        self.writer.commit(skipped=dict(self.skipped), grid=spec.grid, cameras=list(cameras),
+                           image_hw=list(spec.image_hw), teacher=backend)
+        info = {'chunk': self.k, 'shard': self.writer.name, 'identity': self.identity,
+                'backend': backend, 'seq_start': self.seq_start, 'seq_end': self.seq_end,
+                'frames': len(self.stamps), 'skipped': dict(self.skipped),
+                'rejected': dict(self.rejected), 'errors': self.errors[:3],
+                'records': self.records}
+        write_json_atomic(work / f'chunk-{self.k:05d}.json', info)
+        return info
+
+
+def _done_chunks(work: Path, index_dir: Path, identity: dict, backend: str) -> dict:
+    shards = read_manifest(index_dir).get('shards', {})
+    done = {}
+    for path in sorted(work.glob('chunk-*.json')):
+        try:
+            info = json.loads(path.read_text())
+        except ValueError:
+            continue  # can't happen with atomic writes; a hand-edited file: redo the chunk
+        if info.get('identity') != identity:
+            # Frames of another version of the bag are in the index: mixing them is not safe.
+            raise BagError(identity['path'], f'changed since it was labelled into '
+                                             f'{index_dir.parent} ({info.get("identity")}); '
+                                             f'label it into a fresh output directory')
+        if info.get('backend') == backend and info.get('shard') in shards \
+                and path.with_suffix('.npz').is_file():
+            done[int(info['chunk'])] = info
+    return done
+
+
+def _preview(path: Path, frame, risk, objects, future, grid: GridSpec, title: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    cam = next((o['camera'] for o in objects if o.get('camera') in frame.cameras),
+               frame.cameras[0])
+    i = frame.cameras.index(cam)
+    fig, (ax_img, ax_bev) = plt.subplots(1, 2, figsize=(11, 4.5))
+    ax_img.imshow(frame.images[i])
+    for o in objects:
+        if o.get('camera') == cam and o.get('box'):
+            x1, y1, x2, y2 = o['box']
+            ax_img.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color='red'))
+            ax_img.text(x1, y1, f'{o["label"]} {o["risk"]:.2f}', color='yellow', fontsize=7)
+    ax_img.set_title(f'{cam} camera')
+    ax_img.axis('off')
+    # base_link x forward drawn upward, y left drawn leftward.
+    ax_bev.imshow(np.asarray(risk, np.float32).T[::-1, ::-1], cmap='magma', vmin=0, vmax=1,
+                  extent=(grid.y_max, grid.origin_y, grid.origin_x, grid.x_max))
+    ax_bev.plot(np.r_[0, future[:, 1]], np.r_[0, future[:, 0]], 'c.-', label='logged future')
+    ax_bev.plot([0], [0], 'w^', markersize=8)
+    ax_bev.set_xlim(grid.y_max, grid.origin_y)
+    ax_bev.set_xlabel('y left (m)')
+    ax_bev.set_ylabel('x forward (m)')
+    ax_bev.set_title('teacher risk grid (base_link)')
+    ax_bev.legend(loc='lower right', fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _write_atomic(path, lambda tmp: fig.savefig(tmp, format='png', dpi=90))
+    plt.close(fig)
+
+
+def label_bag(bag, spec: JobSpec, bag_id: str | None = None, progress=None) -> dict:
+    """Label one bag (resuming finished chunks). Returns the bag's result dict; raises BagError
+    for unreadable bags and MissingTopicsError for bags without the needed topics."""
+    t_start = time.monotonic()
+    bag = Path(bag).resolve()
+    bag_id = bag_id or bag_ids([bag])[str(bag)]
+    out = Path(spec.out_dir)
+    work, label_path, index_dir = out / 'work' / bag_id, out / 'labels' / bag_id, out / 'index'
+    tcfg = spec.teacher_config
+    backend = tcfg.backend
+    if not bag.exists():
+        raise BagError(bag, 'no such bag')
+    identity = _bag_identity(bag)
+    done_file = work / 'done.json'
+    if done_file.is_file():
+        info = json.loads(done_file.read_text())
+        if info.get('identity', {}).get('path') != identity['path']:
+            raise BagError(bag, f'{out} already holds labels named {bag_id} of '
+                                f'{info.get("identity", {}).get("path")}; use another --out')
+        if info.get('identity') != identity:
+            raise BagError(bag, f'changed since it was labelled into {out}; label it into a '
+                                f'fresh output directory')
+        if info.get('identity') == identity and info.get('backend') == backend \
+                and label_path.exists():
+            info['status'], info['seconds'] = 'already_done', 0.0
+            if progress:
+                progress({'bag_id': bag_id, 'state': 'already_done',
+                          'frames_done': info.get('frames_seen', 0),
+                          'frames_total': info.get('frames_seen', 0)})
+            return info
+    work.mkdir(parents=True, exist_ok=True)
+    grid, pcfg = spec.grid_spec, tcfg.projection
+    target_cfg = TargetConfig(**spec.targets)
+    dataset = DatasetConfig.from_dict(spec.dataset)
+    teacher = get_teacher(spec)
+    with BagReader(bag, dataset) as reader:
+        if teacher.needs_objects and not reader.objects:
+            raise MissingTopicsError(
+                bag, f'the {backend} teacher needs ground-truth objects on '
+                     f'{dataset.objects_topic or "(objects_topic unset)"}; the bag has: '
+                     f'{reader.describe_topics()}')
+        done = _done_chunks(work, index_dir, identity, backend)
+        C = spec.chunk_frames
+        total = reader.expected_frames
+        chunk, seen, best = None, 0, None
+
+        def report(state='running'):
+            if progress:
+                progress({'bag_id': bag_id, 'state': state, 'frames_done': seen,
+                          'frames_total': max(total, seen)})
+
+        def finish(c):
+            done[c.k] = c.commit(work, dataset.camera_names, backend)
+
+        for item in reader.frames(decode=lambda seq: seq // C not in done, include_skipped=True):
+            k = item.seq // C
+            if k in done:
+                if item.stamp_ns >= 0:
+                    seen += 1
+                    report()
+                continue
+            if chunk is None or chunk.k != k:
+                if chunk is not None:
+                    finish(chunk)
+                chunk = _Chunk(k, spec, bag, bag_id, identity)
+            if item.stamp_ns >= 0:  # sync drops carry no stamp: they are not frames seen
+                seen += 1
+                report()
+            if isinstance(item, SkippedFrame):
+                chunk.skipped[item.reason] += 1
+                continue
+            t0 = item.stamp_ns
+            try:
+                intent = reader.intent_at(t0)
+                targets = build_targets(reader.odometry, t0, target_cfg, intent)
+            except TargetError as exc:
+                chunk.skipped[f'targets:{exc.reason}'] += 1
+                continue
+            ego = reader.odometry.at(t0)
+            ctx = FrameContext(
+                t0, (ego.x, ego.y, ego.yaw), targets.future, targets.init_speed,
+                target_cfg.frequency_hz, odometry=reader.odometry,
+                objects=reader.objects_at(t0, int(tcfg.oracle.max_age_s * 1e9))
+                if teacher.needs_objects else None)
+            try:
+                output = teacher.label(item, ctx)
+            except Exception as exc:  # noqa: BLE001 - a model failure on one frame: count it
+                chunk.skipped['teacher:error'] += 1
+                chunk.errors.append(f'frame {item.seq} ({t0}): {type(exc).__name__}: {exc}')
+                continue
+            chunk.rejected.update(output.rejected)
+            if not output.parsed and tcfg.unparsable_answer == 'skip':
+                chunk.skipped['teacher:unparsable'] += 1
+                chunk.records.append({'stamp_ns': t0, 'seq': item.seq, 'labelled': False,
+                                      'answer': output.answer, 'objects': []})
+                continue
+            risk, kept, rejected = teacher_grid(output, item, grid, pcfg)
+            chunk.rejected.update(rejected)
+            chunk.writer.add(**index_frame(item, targets, risk, spec.image_hw))
+            objects = [o.to_dict() for o in kept]
+            chunk.records.append({'stamp_ns': t0, 'seq': item.seq, 'labelled': True,
+                                  'answer': output.answer, 'objects': objects})
+            chunk.stamps.append(t0)
+            chunk.risk.append(risk)
+            chunk.future.append(targets.future)
+            score = float(risk.sum())
+            if best is None or score > best[0]:
+                best = (score, item, risk, objects, targets.future)
+        if chunk is not None:
+            finish(chunk)
+        bag_level = {k: v for k, v in reader.bad_messages.items()}
+        extrinsics = dict(reader.extrinsics_source)
+
+    records, skipped, rejected, errors, labelled = [], Counter(), Counter(), [], 0
+    for k in sorted(done):
+        info = done[k]
+        arrays = np.load(work / f'chunk-{k:05d}.npz', allow_pickle=False)
+        by_stamp = {int(t): j for j, t in enumerate(arrays['stamps'])}
+        for rec in info['records']:
+            j = by_stamp.get(int(rec['stamp_ns'])) if rec['labelled'] else None
+            records.append(LabelRecord(
+                rec['stamp_ns'], rec['answer'], rec['objects'],
+                None if j is None else arrays['risk'][j].astype(np.float32),
+                None if j is None else arrays['future'][j]))
+        skipped.update(info['skipped'])
+        rejected.update(info['rejected'])
+        errors.extend(info.get('errors', []))
+        labelled += int(info['frames'])
+    write_label_bag(label_path, records, grid, target_cfg.frequency_hz)
+    if best is not None:
+        _preview(out / 'previews' / f'{bag_id}.png', best[1], best[2], best[3], best[4], grid,
+                 f'{bag_id}: frame {best[1].seq} @ {best[1].stamp_ns} ns, teacher {backend}')
+    result = {
+        'bag': str(bag), 'bag_id': bag_id, 'status': 'ok', 'identity': identity,
+        'backend': backend, 'frames_seen': seen, 'frames_labelled': labelled,
+        'expected_frames': total, 'skipped': dict(skipped), 'bad_messages': bag_level,
+        'rejected': dict(rejected), 'errors': errors[:5], 'extrinsics': extrinsics,
+        'label_bag': str(label_path), 'chunks': len(done),
+        'seconds': round(time.monotonic() - t_start, 3),
+    }
+    write_json_atomic(done_file, result)
+    report_state = {'bag_id': bag_id, 'state': 'done', 'frames_done': seen,
+                    'frames_total': max(total, seen)}
+    if progress:
+        progress(report_state)
+    return result
+
+
+def label_bag_safe(bag, spec: JobSpec, bag_id: str, progress=None) -> dict:
+    """:func:`label_bag` that reports failure in its result instead of raising: the one
+    function a pool worker or a Ray task runs."""
+    t_start = time.monotonic()
+    try:
+        return label_bag(bag, spec, bag_id, progress)
+    except BagError as exc:
+        error, tb = str(exc), None
+    except Exception as exc:  # noqa: BLE001 - other bags must still finish; report everything
+        error, tb = f'{bag}: {type(exc).__name__}: {exc}', traceback.format_exc()
+    if progress:
+        progress({'bag_id': bag_id, 'state': 'failed', 'error': error})
+    result = {'bag': str(bag), 'bag_id': bag_id, 'status': 'failed', 'error': error,
+              'frames_labelled': 0, 'seconds': round(time.monotonic() - t_start, 3)}
+    if tb:
+        result['traceback'] = tb
+    return result
+
+
+# -- running many bags ---------------------------------------------------------------------------
+class ProgressBoard:
+    """tqdm bars: one over bags, one per bag over its frames (drawn by the parent process)."""
+
+    def __init__(self, n_bags: int, enabled: bool = True, on_event=None):
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self.enabled = enabled
+        self.on_event = on_event
+        self.bags = tqdm(total=n_bags, desc='bags', unit='bag', position=0,
+                         disable=not enabled, dynamic_ncols=True)
+        self.frames = {}
+        self.free_positions = []
+        self.next_position = 1
+
+    def update(self, event: dict) -> None:
+        if self.on_event:
+            self.on_event(event)
+        bag_id, state = event.get('bag_id'), event.get('state')
+        bar = self.frames.get(bag_id)
+        if bar is None and state == 'running' and self.enabled:
+            pos = self.free_positions.pop(0) if self.free_positions else self.next_position
+            self.next_position = max(self.next_position, pos + 1)
+            bar = self._tqdm(total=event.get('frames_total') or None, desc=bag_id,
+                             unit='frame', position=pos, leave=False, dynamic_ncols=True)
+            bar.position_ = pos
+            self.frames[bag_id] = bar
+        if bar is not None and 'frames_done' in event:
+            if event.get('frames_total') and bar.total != event['frames_total']:
+                bar.total = event['frames_total']
+            bar.update(max(0, event['frames_done'] - bar.n))
+        if state in ('done', 'failed', 'already_done'):
+            if bar is not None:
+                bar.close()
+                self.free_positions.append(bar.position_)
+                del self.frames[bag_id]
+            self.bags.update(1)
+            if state == 'failed':
+                self.bags.write(f'FAILED {event.get("error")}')
+
+    def close(self) -> None:
+        for bar in self.frames.values():
+            bar.close()
+        self.bags.close()
+
+
+def _worker_init(threads: int) -> None:
+    # Share the cores between workers; torch reads these at import (only model backends use it).
+    for var in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
+        os.environ[var] = str(max(1, threads))
+
+
+def _pool_task(bag, spec, bag_id, queue):
+    return label_bag_safe(bag, spec, bag_id, progress=queue.put if queue is not None else None)
+
+
+def _run_pool(bags, ids, spec, workers, board):
+    import multiprocessing as mp
+    import threading
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = mp.get_context('spawn')  # no fork: torch/ROS threads in the parent must not be cloned
+    manager = ctx.Manager()
+    queue = manager.Queue()
+
+    def drain():
+        while True:
+            event = queue.get()
+            if event is None:  # end of the run
+                return
+            board.update(event)
+
+    drainer = threading.Thread(target=drain, daemon=True)
+    drainer.start()
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    results = {}
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                                 initargs=(threads,)) as pool:
+            futures = {pool.submit(_pool_task, str(b), spec, ids[str(b)], queue): b
+                       for b in bags}
+            for fut, b in futures.items():
+                try:
+                    results[str(b)] = fut.result()
+                except Exception as exc:  # noqa: BLE001 - a worker died (OOM kill, segfault)
+                    results[str(b)] = {'bag': str(b), 'bag_id': ids[str(b)],
+                                       'status': 'failed', 'frames_labelled': 0,
+                                       'error': f'{b}: worker died: {exc}'}
+                    board.update({'bag_id': ids[str(b)], 'state': 'failed',
+                                  'error': results[str(b)]['error']})
+    finally:
+        queue.put(None)
+        drainer.join(timeout=5)
+        manager.shutdown()
+    return [results[str(b)] for b in bags]
+
+
+def _run_ray(bags, ids, spec, address, board):
+    try:
+        import ray
+    except ImportError as exc:
+        raise RuntimeError("--ray-address needs the 'ray' package, which is not installed "
+                           "(pip install 'ray[default]'); without it, use --workers N for a "
+                           'local process pool') from exc
+    ray.init(address=address, ignore_reinit_error=True)
+    task = ray.remote(num_cpus=1)(label_bag_safe)
+    refs = {task.remote(str(b), spec, ids[str(b)], None): str(b) for b in bags}
+    results, pending = {}, list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        for ref in ready:
+            res = ray.get(ref)
+            results[refs[ref]] = res
+            board.update({'bag_id': res['bag_id'], 'state': res['status'] if res['status']
+                          in ('failed', 'already_done') else 'done', 'error': res.get('error')})
+    return [results[str(b)] for b in bags]
+
+
+@dataclass
+class JobSummary:
+    bags: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list:
+        return [b for b in self.bags if b['status'] == 'failed']
+
+    @property
+    def frames_labelled(self) -> int:
+        return sum(int(b.get('frames_labelled', 0)) for b in self.bags)
+
+    def to_dict(self) -> dict:
+        return {'bags': self.bags, 'seconds': self.seconds, 'failed': len(self.failed),
+                'frames_labelled': self.frames_labelled}
+
+
+def run_job(bags, spec: JobSpec, workers: int = 1, ray_address: str | None = None,
+            show_progress: bool = True, on_progress=None) -> JobSummary:
+    """Label ``bags``; failures are reported per bag in the summary, never raised."""
+    t_start = time.monotonic()
+    bags = [str(b) for b in bags]
+    ids = bag_ids(bags)
+    board = ProgressBoard(len(bags), enabled=show_progress, on_event=on_progress)
+    try:
+        if ray_address:
+            results = _run_ray(bags, ids, spec, ray_address, board)
+        elif workers <= 1 or len(bags) == 1:
+            results = [label_bag_safe(b, spec, ids[b], progress=board.update) for b in bags]
+        else:
+            results = _run_pool(bags, ids, spec, min(workers, len(bags)), board)
+    finally:
+        board.close()
+    summary = JobSummary(results, round(time.monotonic() - t_start, 3))
+    write_json_atomic(Path(spec.out_dir) / 'summary.json', summary.to_dict())
+    return summary

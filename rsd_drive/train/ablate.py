@@ -1,0 +1,200 @@
+"""``rsd-drive ablate``: does risk distillation help? lambda = 0 vs lambda > 0 (and loss kinds)
+over several seeds, as a table of mean +- spread.
+
+Every run trains from the same config except (risk_weight, risk_loss, seed) and is scored on the
+validation index from its *final* checkpoint (choosing the best-by-validation checkpoint would
+select on the data it is scored on). All runs share one frozen encoder (``encoder_seed``) and so
+one feature cache. Finished runs are kept under ``OUT/runs/`` with their ``result.json`` and are
+not retrained when the ablation is run again; an interrupted run resumes from its last
+checkpoint.
+
+Writes ``ablation.json`` (every run and the summary), ``ablation.md`` (the table) and
+``ablation.png``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+# (key in the evaluation report, column title, higher is better)
+METRICS = (('rfs', 'RFS', True), ('ade_3s', 'ADE@3s (m)', False), ('ade_5s', 'ADE@5s (m)', False),
+           ('fde', 'FDE (m)', False), ('risk_pearson', 'risk CC', True),
+           ('risk_kl', 'risk KL', False), ('risk_topk_recall', 'risk top-k recall', True))
+
+
+def variants(risk_weights, kinds) -> list[dict]:
+    """Lambda = 0 once (the loss kind is irrelevant there), every kind for each lambda > 0."""
+    out = []
+    for w in risk_weights:
+        if w < 0:
+            raise ValueError(f'risk weights must be >= 0, got {w}')
+        if w == 0:
+            out.append({'name': 'lambda=0', 'risk_weight': 0.0, 'risk_loss': kinds[0]})
+        else:
+            out += [{'name': f'lambda={w:g} {k}', 'risk_weight': float(w), 'risk_loss': k}
+                    for k in kinds]
+    return out
+
+
+def aggregate(values) -> dict:
+    """mean, spread (sample standard deviation; 0 for one run), min, max, n."""
+    v = np.asarray(values, dtype=np.float64)
+    return {'mean': float(v.mean()), 'std': float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            'min': float(v.min()), 'max': float(v.max()), 'n': int(len(v))}
+
+
+def markdown_table(summary: dict, baseline: dict | None = None) -> str:
+    head = '| variant | runs | ' + ' | '.join(title for _, title, _ in METRICS) + ' |'
+    lines = [head, '|' + '---|' * (len(METRICS) + 2)]
+    for name, stats in summary.items():
+        cells = [f'{stats[k]["mean"]:.3f} ± {stats[k]["std"]:.3f}' for k, _, _ in METRICS]
+        lines.append(f'| {name} | {stats["rfs"]["n"]} | ' + ' | '.join(cells) + ' |')
+    if baseline:
+        cells = [f'{baseline[k]:.3f}' if k in baseline else '' for k, _, _ in METRICS]
+        lines.append('| constant velocity | - | ' + ' | '.join(cells) + ' |')
+    lines.append('')
+    lines.append('mean ± sample standard deviation over seeds; validation index, final '
+                 'checkpoint.')
+    return '\n'.join(lines)
+
+
+def plot(summary: dict, baseline: dict | None, path: Path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    shown = [('rfs', 'RFS (higher is better)'), ('ade_5s', 'ADE@5s m (lower is better)'),
+             ('risk_pearson', 'risk CC with teacher (higher is better)')]
+    names = list(summary)
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.4))
+    for ax, (key, title) in zip(axes, shown):
+        means = [summary[n][key]['mean'] for n in names]
+        stds = [summary[n][key]['std'] for n in names]
+        ax.bar(range(len(names)), means, yerr=stds, capsize=4, color='tab:blue')
+        for x, n in enumerate(names):  # every seed as a dot
+            runs = summary[n][key]['values']
+            ax.plot([x] * len(runs), runs, 'k.', ms=4)
+        if baseline and key in baseline:
+            ax.axhline(baseline[key], color='k', ls='--', lw=1, label='constant velocity')
+            ax.legend(fontsize=7)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=20, fontsize=7)
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix='.png')
+    os.close(fd)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def run_ablation(model_cfg, train_cfg, out, risk_weights=(0.0, 1.0), kinds=('l1',),
+                 seeds=(0, 1, 2), progress: bool = True, encoder_in_loop: bool = False) -> dict:
+    """Train and score every (variant, seed); ``train_cfg`` must name index and val_index.
+
+    Returns {'runs': [...], 'summary': {variant: {metric: {mean, std, min, max, n, values}}},
+    'baseline': constant-velocity numbers, 'table': markdown}.
+    """
+    from rsd_drive.train.evaluate import evaluate_checkpoint
+    from rsd_drive.train.trainer import latest_checkpoint, train
+
+    if not train_cfg.index or not train_cfg.val_index:
+        raise ValueError('the ablation needs a training index and a validation index')
+    if not seeds or not kinds:
+        raise ValueError('the ablation needs at least one seed and one risk loss kind')
+    out = Path(out)
+    (out / 'runs').mkdir(parents=True, exist_ok=True)
+    runs, baseline = [], None
+    for variant in variants(risk_weights, kinds):
+        for seed in seeds:
+            slug = variant['name'].replace('=', '').replace(' ', '_') + f'_seed{seed}'
+            run_dir = out / 'runs' / slug
+            result_file = run_dir / 'result.json'
+            if result_file.is_file():
+                result = json.loads(result_file.read_text())
+            else:
+                # An interrupted run continues from its last checkpoint, if it wrote one.
+                resume = latest_checkpoint(run_dir / 'train') is not None
+                if run_dir.exists() and not resume:
+                    shutil.rmtree(run_dir)
+                cfg = replace(train_cfg, risk_weight=variant['risk_weight'],
+                              risk_loss=variant['risk_loss'], seed=int(seed),
+                              out=str(run_dir / 'train'))
+                if progress:
+                    print(f'ablation: {variant["name"]}, seed {seed}', file=sys.stderr)
+                summary = train(model_cfg, cfg, encoder_in_loop=encoder_in_loop,
+                                resume=resume, progress=progress)
+                report = evaluate_checkpoint(summary['checkpoint'], train_cfg.val_index,
+                                             features='auto', cache_dir=train_cfg.cache_dir,
+                                             progress=False)
+                result = {'variant': variant['name'], 'seed': int(seed),
+                          'risk_weight': variant['risk_weight'],
+                          'risk_loss': variant['risk_loss'],
+                          'checkpoint': summary['checkpoint'],
+                          'metrics': {k: report['overall']['model'][k] for k, _, _ in METRICS},
+                          'baseline_cv': report['overall']['cv']}
+                _write_atomic(result_file, json.dumps(result, indent=1))
+            runs.append(result)
+            baseline = result['baseline_cv']
+    summary = {}
+    for name in dict.fromkeys(r['variant'] for r in runs):
+        mine = [r for r in runs if r['variant'] == name]
+        summary[name] = {k: {**aggregate([r['metrics'][k] for r in mine]),
+                             'values': [r['metrics'][k] for r in mine]} for k, _, _ in METRICS}
+    table = markdown_table(summary, baseline)
+    result = {'runs': runs, 'summary': summary, 'baseline': baseline, 'table': table,
+              'seeds': list(seeds)}
+    _write_atomic(out / 'ablation.json', json.dumps(result, indent=1))
+    _write_atomic(out / 'ablation.md', '# Risk distillation ablation\n\n' + table + '\n')
+    plot(summary, baseline, out / 'ablation.png')
+    return result
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument('--config', default='config/train.yaml',
+                        help='YAML with model: and train: sections (default: %(default)s)')
+    parser.add_argument('--index', help='training index (overrides train.index)')
+    parser.add_argument('--val-index', help='validation index (overrides train.val_index)')
+    parser.add_argument('--out', required=True, help='ablation directory')
+    parser.add_argument('--risk-weights', type=float, nargs='+', default=[0.0, 1.0],
+                        help='lambda values (default: %(default)s)')
+    parser.add_argument('--kinds', nargs='+', default=['l1', 'mse', 'kl'],
+                        help='risk loss kinds for lambda > 0 (default: %(default)s)')
+    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    parser.add_argument('--max-steps', type=int, help='override train.max_steps of every run')
+    parser.add_argument('--epochs', type=int, help='override train.epochs of every run')
+    parser.add_argument('--device', help='override train.device')
+    parser.add_argument('--encoder-in-loop', action='store_true')
+    parser.add_argument('--no-progress', action='store_true')
+
+
+def run(args) -> int:
+    from rsd_drive.train.config import load_config
+
+    try:
+        model_cfg, train_cfg = load_config(args.config)
+        overrides = {k: v for k, v in (('index', args.index), ('val_index', args.val_index),
+                                       ('max_steps', args.max_steps), ('epochs', args.epochs),
+                                       ('device', args.device)) if v is not None}
+        train_cfg = replace(train_cfg, **overrides)
+        result = run_ablation(model_cfg, train_cfg, args.out, args.risk_weights, args.kinds,
+                              args.seeds, not args.no_progress, args.encoder_in_loop)
+    except (OSError, ValueError) as e:
+        print(f'rsd-drive ablate: {e}', file=sys.stderr)
+        return 2
+    print(result['table'])
+    print(f'written: {Path(args.out) / "ablation.md"}, ablation.json, ablation.png')
+    return 0

@@ -1,0 +1,130 @@
+"""Training configuration: one dataclass validated on construction, YAML round trip.
+
+The YAML file (``config/train.yaml``) has two sections: ``model:`` holds ModelConfig fields (the
+architecture), ``train:`` holds TrainConfig fields (the optimisation). Command-line paths
+(``--index``, ``--val-index``, ``--out``) override the ``train:`` paths.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from rsd_drive.losses import RISK_LOSS_KINDS
+from rsd_drive.model.config import ModelConfig
+
+DEVICES = ('auto', 'cpu', 'cuda')
+
+
+@dataclass
+class TrainConfig:
+    """How the adapter, planner, GRU decoder and RiskHead are trained.
+
+    lr, weight_decay, betas: AdamW (weight decay on matrices only, not on biases/norms/queries).
+    warmup_steps: linear warm-up from 0 to ``lr``; then cosine decay to ``min_lr_ratio * lr``.
+    epochs, max_steps: length of the run; ``max_steps > 0`` wins over ``epochs``.
+    batch_size: frames per optimizer step *per process* (DDP multiplies it by the world size).
+    grad_clip: max global gradient norm (0 disables clipping).
+    risk_loss: 'l1' (RSD), 'mse' or 'kl'; risk_weight: lambda in L = L_plan + lambda * L_risk.
+    seed: initialisation of the trainable parts and the data order.
+    encoder_seed: initialisation of a randomly initialised encoder (``encoder.source: config``),
+        kept apart from ``seed`` so the runs of an ablation share one frozen encoder and one
+        feature cache.
+    checkpoint_every, eval_every: in optimizer steps (0 disables; a final checkpoint and
+        validation always happen at the end). log_every: TensorBoard scalars every N steps (the
+        CSV log has every step).
+    keep_checkpoints: the newest step checkpoints kept on disk (best/ is kept separately).
+    amp: mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); CPU runs
+        are always fp32.
+    device: 'auto' (CUDA when available), 'cpu' or 'cuda'.
+    num_workers: DataLoader worker processes.
+    index, val_index: training and validation index directories; out: run directory;
+        cache_dir: where frozen features are cached (default: ``<index>/features``).
+    """
+
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    betas: tuple = (0.9, 0.999)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05
+    epochs: int = 30
+    max_steps: int = 0
+    batch_size: int = 16
+    grad_clip: float = 1.0
+    risk_loss: str = 'l1'
+    risk_weight: float = 1.0
+    seed: int = 0
+    encoder_seed: int = 0
+    checkpoint_every: int = 500
+    eval_every: int = 250
+    log_every: int = 10
+    keep_checkpoints: int = 3
+    amp: bool = True
+    device: str = 'auto'
+    num_workers: int = 0
+    index: str | None = None
+    val_index: str | None = None
+    out: str | None = None
+    cache_dir: str | None = None
+
+    def __post_init__(self):
+        self.betas = tuple(float(b) for b in self.betas)
+        if len(self.betas) != 2:
+            raise ValueError(f'train.betas needs two values, got {self.betas}')
+        if self.risk_loss not in RISK_LOSS_KINDS:
+            raise ValueError(f'train.risk_loss must be one of {RISK_LOSS_KINDS}, '
+                             f'got {self.risk_loss!r}')
+        if self.device not in DEVICES:
+            raise ValueError(f'train.device must be one of {DEVICES}, got {self.device!r}')
+        for name in ('lr', 'batch_size'):
+            if getattr(self, name) <= 0:
+                raise ValueError(f'train.{name} must be positive, got {getattr(self, name)}')
+        for name in ('weight_decay', 'warmup_steps', 'max_steps', 'grad_clip', 'risk_weight',
+                     'checkpoint_every', 'eval_every', 'log_every', 'num_workers', 'epochs'):
+            if getattr(self, name) < 0:
+                raise ValueError(f'train.{name} must be >= 0, got {getattr(self, name)}')
+        if self.max_steps == 0 and self.epochs == 0:
+            raise ValueError('train: set epochs or max_steps (both are 0)')
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f'train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}')
+        if self.keep_checkpoints < 1:
+            raise ValueError(f'train.keep_checkpoints must be >= 1, got {self.keep_checkpoints}')
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d['betas'] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> 'TrainConfig':
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f'unknown train config keys: {sorted(unknown)}')
+        return cls(**d)
+
+
+def load_config(path) -> tuple[ModelConfig, TrainConfig]:
+    """Read a YAML file with ``model:`` and ``train:`` sections."""
+    path = Path(path)
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict) or 'model' not in data or 'train' not in data:
+        raise ValueError(f'{path}: expected a mapping with "model:" and "train:" sections')
+    unknown = set(data) - {'model', 'train'}
+    if unknown:
+        raise ValueError(f'{path}: unknown top-level sections {sorted(unknown)}')
+    try:
+        return (ModelConfig.from_dict(data['model'] or {}),
+                TrainConfig.from_dict(data['train'] or {}))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f'{path}: {e}') from e
+
+
+def save_config(path, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+    """Write both sections (atomically: temp file + rename)."""
+    path = Path(path)
+    text = yaml.safe_dump({'model': model_cfg.to_dict(), 'train': train_cfg.to_dict()},
+                          sort_keys=False)
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -1,0 +1,435 @@
+"""Shared pieces of the deployment tests: a tiny checkpoint, a small generated drive bag, planner
+parameters derived from config/planner.yaml, and the planner node in its own process.
+
+The node runs as ``sys.executable -m rsd_drive.ros.planner_node`` with the inherited environment
+(the ROS wheels need it; conftest has already confined DDS to this host and a per-run domain).
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rsd_drive.geometry import GridSpec, intrinsics
+from rsd_drive.model import EncoderConfig, ModelConfig, RiskPlanner
+
+REPO = Path(__file__).resolve().parents[1]
+CAMERAS = ('front', 'front_left', 'front_right')
+YAWS = {'front': 0.0, 'front_left': math.radians(55), 'front_right': math.radians(-55)}
+IMAGE_HW = (64, 96)
+GRID = GridSpec(rows=24, cols=32, resolution=1.5, origin_x=-12.0, origin_y=-18.0)
+START_NS = 1_700_000_000 * 10**9
+IMAGE_HZ, ODOM_HZ = 10.0, 50.0
+SPEED = 5.0
+YAW_RATE = 0.05
+
+
+def tiny_config(num_cameras: int = len(CAMERAS), image_hw=IMAGE_HW) -> ModelConfig:
+    return ModelConfig(num_cameras=num_cameras, image_height=image_hw[0],
+                       image_width=image_hw[1], d_model=32, num_heads=4, bev_size=8,
+                       planner_layers=1, num_ego_queries=2, grid=GRID,
+                       encoder=EncoderConfig(hidden_size=32, num_layers=1, num_heads=2,
+                                             patch_size=16))
+
+
+def make_checkpoint(path, seed: int = 0, config: ModelConfig | None = None) -> Path:
+    """A RiskPlanner checkpoint whose trainable weights are perturbed (non-trivial outputs)."""
+    torch.manual_seed(seed)
+    model = RiskPlanner(config or tiny_config())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.startswith('encoder.'):
+                p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(path)
+    return Path(path)
+
+
+def camera_K(camera: str, hw=IMAGE_HW) -> np.ndarray:
+    h, w = hw
+    fx = 0.5 * w / math.tan(math.radians(35))
+    return intrinsics(fx, fx, (w - 1) / 2, (h - 1) / 2)
+
+
+def camera_extrinsics(camera: str) -> list:
+    return [1.5, 0.0, 1.6, YAWS.get(camera, 0.0), math.radians(5)]
+
+
+def ego_pose(t_s: float):
+    """Ego (x, y, yaw, speed) in odom at t seconds after START: a gentle left curve."""
+    yaw = YAW_RATE * t_s
+    if abs(YAW_RATE) < 1e-9:
+        return SPEED * t_s, 0.0, 0.0, SPEED
+    r = SPEED / YAW_RATE
+    return r * math.sin(yaw), r * (1 - math.cos(yaw)), yaw, SPEED
+
+
+def planner_params(tmp_path, model_dir, cameras=CAMERAS, use_info_topics=True, compressed=(),
+                   **overrides) -> Path:
+    """config/planner.yaml narrowed to ``cameras`` and pointed at ``model_dir`` (so every test
+    also checks that the shipped file is complete)."""
+    from rsd_drive.ros.planner_node import write_parameters
+
+    specs = {}
+    for cam in cameras:
+        K = camera_K(cam)
+        specs[cam] = dict(
+            compressed=cam in compressed,
+            image_topic=f'/cameras/{cam}/image_raw' + ('/compressed' if cam in compressed else ''),
+            info_topic=f'/cameras/{cam}/camera_info' if use_info_topics else '',
+            intrinsics=[float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])],
+            image_size=[IMAGE_HW[1], IMAGE_HW[0]], extrinsics=camera_extrinsics(cam))
+    settings = dict(model_dir=str(model_dir), backend='onnxruntime', threads=1,
+                    diagnostics_period_s=0.25)
+    settings.update(overrides)
+    return write_parameters(Path(tmp_path) / 'planner_test.yaml', specs, **settings)
+
+
+# -- a small drive as a rosbag2 (MCAP) ------------------------------------------------------------
+def frame_image(camera_index: int, frame: int, hw=IMAGE_HW) -> np.ndarray:
+    """Deterministic RGB content that changes per camera and frame."""
+    h, w = hw
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([(xx * 3 + frame * 7) % 256, (yy * 5 + camera_index * 40) % 256,
+                    ((xx + yy + frame) * 2) % 256], axis=-1)
+    return img.astype(np.uint8)
+
+
+def write_drive_bag(path, duration_s: float = 6.0, cameras=CAMERAS, intent: str = 'left',
+                    jitter_ns: int = 3_000_000) -> dict:
+    """Cameras (rgb8 Image + CameraInfo) at 10 Hz, odometry at 50 Hz, intent at 1 Hz and one
+    tf_static (a type the rclpy side does not have: replay must skip it). Returns the stamps."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.ROS2_JAZZY)
+    T = ts.types
+    Time = T['builtin_interfaces/msg/Time']
+
+    def header(t_ns, frame):
+        return T['std_msgs/msg/Header'](stamp=Time(sec=t_ns // 10**9, nanosec=t_ns % 10**9),
+                                        frame_id=frame)
+
+    events = []
+    n_frames = int(duration_s * IMAGE_HZ)
+    for k in range(n_frames):
+        t_ref = START_NS + int(k * 1e9 / IMAGE_HZ)
+        for ci, cam in enumerate(cameras):
+            events.append((t_ref + (0 if ci == 0 else (jitter_ns * ci) % 5_000_000),
+                           1, 'image', (ci, cam, k)))
+    for k in range(int(duration_s * ODOM_HZ) + 1):
+        events.append((START_NS + int(k * 1e9 / ODOM_HZ), 0, 'odom', None))
+    for k in range(int(duration_s) + 1):
+        events.append((START_NS + k * 10**9, 2, 'intent', None))
+    events.append((START_NS, -1, 'tf_static', None))
+    events.sort(key=lambda e: (e[0], e[1]))
+
+    stamps = {'front_stamps': [], 'odom_stamps': [], 'start_ns': START_NS}
+    path = Path(path)
+    writer = Writer(path, version=Writer.VERSION_LATEST, storage_plugin=StoragePlugin.MCAP)
+    with writer:
+        conns = {}
+        for cam in cameras:
+            conns[f'img:{cam}'] = writer.add_connection(f'/cameras/{cam}/image_raw',
+                                                        'sensor_msgs/msg/Image', typestore=ts)
+            conns[f'info:{cam}'] = writer.add_connection(f'/cameras/{cam}/camera_info',
+                                                         'sensor_msgs/msg/CameraInfo',
+                                                         typestore=ts)
+        conns['odom'] = writer.add_connection('/odom', 'nav_msgs/msg/Odometry', typestore=ts)
+        conns['intent'] = writer.add_connection('/scenario/intent', 'std_msgs/msg/String',
+                                                typestore=ts)
+        conns['tf_static'] = writer.add_connection('/tf_static', 'tf2_msgs/msg/TFMessage',
+                                                   typestore=ts)
+        h, w = IMAGE_HW
+        for t_ns, _, kind, data in events:
+            if kind == 'image':
+                ci, cam, k = data
+                img = frame_image(ci, k)
+                msg = T['sensor_msgs/msg/Image'](
+                    header=header(t_ns, f'{cam}_optical'), height=h, width=w, encoding='rgb8',
+                    is_bigendian=0, step=w * 3, data=img.reshape(-1))
+                writer.write(conns[f'img:{cam}'], t_ns,
+                             bytes(ts.serialize_cdr(msg, 'sensor_msgs/msg/Image')))
+                K = camera_K(cam)
+                info = T['sensor_msgs/msg/CameraInfo'](
+                    header=header(t_ns, f'{cam}_optical'), height=h, width=w,
+                    distortion_model='plumb_bob', d=np.zeros(5), k=K.reshape(-1),
+                    r=np.eye(3).reshape(-1), p=np.hstack([K, np.zeros((3, 1))]).reshape(-1),
+                    binning_x=0, binning_y=0,
+                    roi=T['sensor_msgs/msg/RegionOfInterest'](
+                        x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+                writer.write(conns[f'info:{cam}'], t_ns,
+                             bytes(ts.serialize_cdr(info, 'sensor_msgs/msg/CameraInfo')))
+                if ci == 0:
+                    stamps['front_stamps'].append(t_ns)
+            elif kind == 'odom':
+                writer.write(conns['odom'], t_ns, bytes(ts.serialize_cdr(
+                    odometry(ts, header(t_ns, 'odom'), (t_ns - START_NS) / 1e9),
+                    'nav_msgs/msg/Odometry')))
+                stamps['odom_stamps'].append(t_ns)
+            elif kind == 'intent':
+                writer.write(conns['intent'], t_ns, bytes(ts.serialize_cdr(
+                    T['std_msgs/msg/String'](data=intent), 'std_msgs/msg/String')))
+            else:
+                tfs = [T['geometry_msgs/msg/TransformStamped'](
+                    header=header(t_ns, 'base_link'), child_frame_id=f'{cam}_optical',
+                    transform=T['geometry_msgs/msg/Transform'](
+                        translation=T['geometry_msgs/msg/Vector3'](x=1.5, y=0.0, z=1.6),
+                        rotation=T['geometry_msgs/msg/Quaternion'](x=0.0, y=0.0, z=0.0,
+                                                                   w=1.0)))
+                       for cam in cameras]
+                writer.write(conns['tf_static'], t_ns, bytes(ts.serialize_cdr(
+                    T['tf2_msgs/msg/TFMessage'](transforms=tfs), 'tf2_msgs/msg/TFMessage')))
+    return stamps
+
+
+def odometry(ts, hdr, t_s: float):
+    T = ts.types
+    x, y, yaw, v = ego_pose(t_s)
+    cov = np.zeros(36)
+    pose = T['geometry_msgs/msg/PoseWithCovariance'](
+        pose=T['geometry_msgs/msg/Pose'](
+            position=T['geometry_msgs/msg/Point'](x=x, y=y, z=0.0),
+            orientation=T['geometry_msgs/msg/Quaternion'](x=0.0, y=0.0, z=math.sin(yaw / 2),
+                                                          w=math.cos(yaw / 2))),
+        covariance=cov)
+    vec = T['geometry_msgs/msg/Vector3']
+    twist = T['geometry_msgs/msg/TwistWithCovariance'](
+        twist=T['geometry_msgs/msg/Twist'](linear=vec(x=v, y=0.0, z=0.0),
+                                           angular=vec(x=0.0, y=0.0, z=YAW_RATE)),
+        covariance=cov)
+    return T['nav_msgs/msg/Odometry'](header=hdr, child_frame_id='base_link', pose=pose,
+                                      twist=twist)
+
+
+# -- the node in its own process ------------------------------------------------------------------
+class NodeProcess:
+    """``planner_node`` in a subprocess; its log is collected line by line for waiting on."""
+
+    def __init__(self, params_file, *extra_ros_args, name: str = 'planner_node'):
+        env = dict(os.environ, PYTHONUNBUFFERED='1', RCUTILS_LOGGING_BUFFERED_STREAM='0')
+        cmd = [sys.executable, '-m', 'rsd_drive.ros.planner_node', '--ros-args',
+               '--params-file', str(params_file), *extra_ros_args]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self.lines = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self._cond:
+                self.lines.append(line.rstrip('\n'))
+                self._cond.notify_all()
+
+    @property
+    def log(self) -> str:
+        with self._cond:
+            return '\n'.join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 60.0) -> str:
+        """Block until a log line matches ``pattern``; fail with the log if it never does."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            seen = 0
+            while True:
+                for line in self.lines[seen:]:
+                    if regex.search(line):
+                        return line
+                seen = len(self.lines)
+                remaining = deadline - time.monotonic()
+                exited = self.proc.poll() is not None and not self._reader.is_alive()
+                if remaining <= 0 or exited:
+                    raise AssertionError(f'node log never matched {pattern!r} '
+                                         f'(exit code {self.proc.poll()}):\n{self.log}')
+                self._cond.wait(min(remaining, 0.5))
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGINT (clean shutdown path), then SIGKILL of this one process if it hangs."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(2)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._reader.join(timeout=5)
+        return self.proc.returncode
+
+
+# -- a test-side ROS peer: publishes inputs, collects the node's outputs --------------------------
+def rgb_image_msg(stamp_ns: int, camera: str, rgb: np.ndarray):
+    from sensor_msgs.msg import Image
+
+    msg = Image()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp_ns), 10**9)
+    msg.header.frame_id = f'{camera}_optical'
+    msg.height, msg.width = rgb.shape[:2]
+    msg.encoding, msg.step = 'rgb8', rgb.shape[1] * 3
+    msg.data = rgb.tobytes()
+    return msg
+
+
+def jpeg_image_msg(stamp_ns: int, camera: str, rgb: np.ndarray):
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+
+    msg = CompressedImage()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp_ns), 10**9)
+    msg.header.frame_id = f'{camera}_optical'
+    msg.format = 'jpeg'
+    msg.data = cv2.imencode('.jpg', rgb[..., ::-1])[1].tobytes()
+    return msg
+
+
+def odometry_msg(stamp_ns: int, t_s: float):
+    from nav_msgs.msg import Odometry
+
+    x, y, yaw, v = ego_pose(t_s)
+    msg = Odometry()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp_ns), 10**9)
+    msg.header.frame_id, msg.child_frame_id = 'odom', 'base_link'
+    msg.pose.pose.position.x, msg.pose.pose.position.y = x, y
+    msg.pose.pose.orientation.z, msg.pose.pose.orientation.w = math.sin(yaw / 2), math.cos(yaw / 2)
+    msg.twist.twist.linear.x = v
+    return msg
+
+
+class Peer:
+    """An rclpy node in the test process (own context, spun in a thread) that talks to the
+    planner node: camera/odometry publishers, and collectors for its path and diagnostics."""
+
+    def __init__(self, cameras=CAMERAS, compressed=()):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from nav_msgs.msg import Odometry, OccupancyGrid, Path as PathMsg
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from sensor_msgs.msg import CompressedImage, Image
+
+        self.rclpy = rclpy
+        self.cameras, self.compressed = list(cameras), set(compressed)
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node('test_peer', context=self.context)
+        self.image_pubs = {}
+        for cam in self.cameras:
+            if cam in self.compressed:
+                self.image_pubs[cam] = self.node.create_publisher(
+                    CompressedImage, f'/cameras/{cam}/image_raw/compressed',
+                    qos_profile_sensor_data)
+            else:
+                self.image_pubs[cam] = self.node.create_publisher(
+                    Image, f'/cameras/{cam}/image_raw', qos_profile_sensor_data)
+        self.odom_pub = self.node.create_publisher(Odometry, '/odom', qos_profile_sensor_data)
+        self.lock = threading.Lock()
+        self.paths, self.grids, self.diagnostics = [], [], []
+        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        self.node.create_subscription(PathMsg, '/planner_node/path',
+                                      lambda m: self._keep(self.paths, m), reliable)
+        self.node.create_subscription(OccupancyGrid, '/planner_node/risk_grid',
+                                      lambda m: self._keep(self.grids, m), reliable)
+        self.node.create_subscription(DiagnosticArray, '/diagnostics',
+                                      lambda m: self._keep(self.diagnostics, m), reliable)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.spinner = threading.Thread(target=self.executor.spin, daemon=True)
+        self.spinner.start()
+        self.frame = 0
+        self.t0_ns = time.time_ns()  # odometry trajectory starts here
+
+    def _keep(self, store: list, msg) -> None:
+        with self.lock:
+            store.append((time.monotonic(), msg))
+
+    def wait_for_node(self, timeout: float = 30.0) -> None:
+        """Until the planner's subscriptions and publishers are matched with ours."""
+        topic = next(iter(self.image_pubs.values())).topic_name
+        self.wait_until(lambda: self.node.count_subscribers(topic) > 0
+                        and self.node.count_publishers('/planner_node/path') > 0, timeout,
+                        'planner node never appeared in the ROS graph')
+        time.sleep(0.5)
+
+    def publish_frame(self, stamp_ns: int, cameras=None) -> None:
+        self.frame += 1
+        for ci, cam in enumerate(self.cameras):
+            if cameras is not None and cam not in cameras:
+                continue
+            rgb = frame_image(ci, self.frame)
+            make = jpeg_image_msg if cam in self.compressed else rgb_image_msg
+            self.image_pubs[cam].publish(make(stamp_ns, cam, rgb))
+
+    def publish_odometry(self, stamp_ns: int) -> None:
+        self.odom_pub.publish(odometry_msg(stamp_ns, (stamp_ns - self.t0_ns) / 1e9))
+
+    def wait_until(self, predicate, timeout: float, what: str = 'condition'):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.05)
+        raise AssertionError(f'timed out after {timeout} s waiting for {what}')
+
+    def diagnostics_since(self, t_monotonic: float) -> list:
+        with self.lock:
+            return [m for t, m in self.diagnostics if t >= t_monotonic]
+
+    def paths_since(self, t_monotonic: float) -> list:
+        with self.lock:
+            return [m for t, m in self.paths if t >= t_monotonic]
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=1.0)
+        self.spinner.join(timeout=2.0)
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.context)
+
+
+class Streamer:
+    """Publishes live inputs stamped with the wall clock: odometry at 50 Hz and the enabled
+    cameras at 10 Hz, until stopped. ``cameras``/``odometry`` can be switched while running."""
+
+    def __init__(self, peer: Peer):
+        self.peer = peer
+        self.cameras = set(peer.cameras)
+        self.odometry = True
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        tick = 0
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            now_ns = time.time_ns()
+            if self.odometry:
+                self.peer.publish_odometry(now_ns)
+            if tick % 5 == 0 and self.cameras:
+                self.peer.publish_frame(now_ns, set(self.cameras))
+            tick += 1
+            next_t += 1.0 / ODOM_HZ
+            self._stop.wait(max(0.0, next_t - time.monotonic()))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=2.0)
+
+
+def diagnostic_status(array, suffix: str):
+    """(level int, message, {key: value}) of the status whose name ends with ``suffix``."""
+    for status in array.status:
+        if status.name.endswith(suffix):
+            return (int.from_bytes(status.level, 'little') if isinstance(status.level, bytes)
+                    else int(status.level), status.message,
+                    {kv.key: kv.value for kv in status.values})
+    return None

@@ -1,0 +1,100 @@
+"""The teacher_labeler node over real DDS: a subprocess runs the job; this test listens to its
+progress topic and /diagnostics with rclpy."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers_bags import dataset_config, write_drive
+from rsd_drive.data.index import FrameIndex
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def ros_node():
+    import rclpy
+    from rclpy.node import Node
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = Node('teacher_labeler_listener', context=context)
+    try:
+        yield rclpy, node
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+
+
+def test_node_labels_reports_progress_and_diagnostics(tmp_path, ros_node):
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from rclpy.executors import SingleThreadedExecutor
+    from std_msgs.msg import String
+
+    rclpy, node = ros_node
+    good = write_drive(tmp_path / 'good', cameras=['front'], n_frames=4)
+    broken = write_drive(tmp_path / 'broken', cameras=['front'], n_frames=4)
+    mcap = next(broken.glob('*.mcap'))
+    mcap.write_bytes(mcap.read_bytes()[:mcap.stat().st_size // 2])
+    dataset = tmp_path / 'dataset.yaml'
+    dataset.write_text(yaml.safe_dump({'dataset': dataset_config(['front']).to_dict()}))
+    cfg = yaml.safe_load((REPO / 'config' / 'teacher.yaml').read_text())
+    cfg['label'].update(image_size=[16, 16], chunk_frames=2, workers=1)
+    cfg['node'].update(progress_topic='/test/teacher_progress', progress_period_s=0.2)
+    cfg_file = tmp_path / 'teacher.yaml'
+    cfg_file.write_text(yaml.safe_dump(cfg))
+
+    progress, diagnostics = [], []
+    node.create_subscription(String, '/test/teacher_progress',
+                             lambda m: progress.append(json.loads(m.data)), 10)
+    node.create_subscription(DiagnosticArray, '/diagnostics',
+                             lambda m: diagnostics.extend(
+                                 s for s in m.status if s.name.startswith('teacher_labeler')), 10)
+    executor = SingleThreadedExecutor(context=node.context)
+    executor.add_node(node)
+    out = tmp_path / 'out'
+    cmd = [sys.executable, '-m', 'rsd_drive.ros.teacher_labeler', '--ros-args',
+           '-p', f'config_file:={cfg_file}', '-p', f'bags:=[{good},{broken}]',
+           '-p', f'out_dir:={out}', '-p', f'dataset_config:={dataset}']
+    proc = subprocess.Popen(cmd, env=os.environ.copy(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while proc.poll() is None and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+        end = time.monotonic() + 1.0  # drain what is still in flight
+        while time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.05)
+        assert proc.poll() is not None, 'node did not exit when the job was done'
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log = proc.communicate(timeout=10)[0].decode()
+    assert proc.returncode == 1, log  # one bag failed
+    assert progress, f'no progress messages; node log:\n{log}'
+    final = progress[-1]
+    assert final['state'] == 'done' and final['bags_done'] == 2 and final['bags_failed'] == 1
+    assert final['frames_labelled'] == 4
+    assert any(str(broken) in e for e in final['errors'])
+    assert diagnostics and diagnostics[-1].level == DiagnosticStatus.ERROR
+    values = {kv.key: kv.value for kv in diagnostics[-1].values}
+    assert values['bags_done'] == '2/2' and values['frames_labelled'] == '4'
+    assert 'bag failed' in log
+    assert len(FrameIndex(out / 'index')) == 4
+    assert (out / 'labels' / 'good' / 'metadata.yaml').is_file()
+
+
+def test_node_without_bags_exits_with_a_clear_error(tmp_path):
+    cfg = yaml.safe_load((REPO / 'config' / 'teacher.yaml').read_text())
+    cfg_file = tmp_path / 'teacher.yaml'
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    done = subprocess.run([sys.executable, '-m', 'rsd_drive.ros.teacher_labeler', '--ros-args',
+                           '-p', f'config_file:={cfg_file}'], env=os.environ.copy(),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert 'needs bags and out_dir' in done.stderr
