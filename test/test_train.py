@@ -47,7 +47,7 @@ def small_config(data, out, **overrides):
 
 def test_training_lowers_validation_loss_and_beats_constant_velocity(data, tmp_path):
     cfg = TrainConfig(lr=2e-3, warmup_steps=50, max_steps=500, batch_size=16, eval_every=250,
-                      checkpoint_every=100, keep_checkpoints=2, risk_loss='kl', risk_weight=1.0,
+                      checkpoint_every=100, keep_checkpoints=2, risk_loss='mse', risk_weight=1.0,
                       index=str(data['train']), val_index=str(data['val']),
                       out=str(tmp_path / 'run'))
     summary = train(tiny_model_config(), cfg, progress=False)
@@ -58,9 +58,9 @@ def test_training_lowers_validation_loss_and_beats_constant_velocity(data, tmp_p
     assert before['rfs'] == pytest.approx(before['rfs_cv'])
     assert after['val_loss'] < 0.7 * before['val_loss']
     assert after['val_plan_loss'] < before['val_plan_loss']
-    assert after['rfs'] > after['rfs_cv'] + 0.5
+    assert after['rfs'] > after['rfs_cv'] + 1.0
     assert after['ade_5s'] < after['ade_5s_cv']
-    assert after['risk_pearson'] > 0.3  # the RiskHead learned where the teacher's risk is
+    assert after['risk_pearson'] > 0.2  # the RiskHead learned where the teacher's risk is
 
     run = tmp_path / 'run'
     log = rows(run / 'train_log.csv')

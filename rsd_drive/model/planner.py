@@ -122,11 +122,15 @@ class GRUDecoder(nn.Module):
 
 
 class RiskHead(nn.Module):
-    """BEV feature map [B, d, S, S] -> risk grid [B, rows, cols] in [0, 1]."""
+    """BEV feature map [B, d, S, S] -> risk grid [B, rows, cols] in [0, 1].
 
-    def __init__(self, d: int, rows: int, cols: int):
+    Convolutions run at the BEV resolution and at 2x; the logits are then resized to the grid,
+    which keeps the head cheap when the grid is much finer than the BEV queries.
+    """
+
+    def __init__(self, d: int, bev_size: int, rows: int, cols: int):
         super().__init__()
-        self.size = (rows, cols)
+        self.size, self.mid = (rows, cols), (2 * bev_size, 2 * bev_size)
         self.conv1 = nn.Conv2d(d, d // 2, 3, padding=1)
         self.conv2 = nn.Conv2d(d // 2, d // 4, 3, padding=1)
         self.out = nn.Conv2d(d // 4, 1, 1)
@@ -134,9 +138,10 @@ class RiskHead(nn.Module):
 
     def forward(self, bev):
         x = F.gelu(self.conv1(bev))
+        x = F.interpolate(x, size=self.mid, mode='bilinear', align_corners=False)
+        x = self.out(F.gelu(self.conv2(x)))
         x = F.interpolate(x, size=self.size, mode='bilinear', align_corners=False)
-        x = F.gelu(self.conv2(x))
-        return torch.sigmoid(self.out(x)).squeeze(1)
+        return torch.sigmoid(x)[:, 0]
 
 
 class RiskPlanner(nn.Module):
@@ -175,7 +180,7 @@ class RiskPlanner(nn.Module):
         self.planner = nn.ModuleList(DecoderBlock(d, c.num_heads) for _ in range(c.planner_layers))
         self.plan_norm = nn.LayerNorm(d)
         self.decoder = GRUDecoder(d, d, c.future_steps, c.frequency_hz)
-        self.risk_head = RiskHead(d, c.grid.rows, c.grid.cols)
+        self.risk_head = RiskHead(d, c.bev_size, c.grid.rows, c.grid.cols)
 
     # -- pieces ---------------------------------------------------------------------------------
     def encode(self, images: torch.Tensor) -> torch.Tensor:
