@@ -39,44 +39,55 @@ def random_index(path: Path, model_cfg, frames: int, seed: int = 0) -> Path:
     return path
 
 
-def measure(model_cfg, train_cfg, index, epochs: int, work: Path, progress: bool) -> dict:
-    """Cache build time, then per-epoch times of both modes on the same index."""
+def measure(model_cfg, train_cfg, index, epochs: int, work: Path, progress: bool,
+            repeats: int = 1) -> dict:
+    """Cache build time, then per-epoch times of both modes on the same index.
+
+    The two modes alternate ``repeats`` times and every number is a median, so a machine whose
+    load drifts during the benchmark biases neither side.
+    """
+    import torch
+
     from rsd_drive.train.cache import FeatureCache, training_encoder
     from rsd_drive.train.trainer import resolve_device, train
 
-    import torch
-
-    cache_dir = work / 'features'
     encoder = training_encoder(model_cfg, train_cfg.encoder_seed)
     device = resolve_device(train_cfg.device)
     encoder.to(device)
     with torch.inference_mode():  # warm-up (thread pools, allocator) outside the timing
         encoder(torch.rand(2, 3, model_cfg.image_height, model_cfg.image_width, device=device))
-    stats = FeatureCache(index, encoder, cache_dir).build(
-        batch_size=train_cfg.batch_size, device=device, progress=progress)
-    base = replace(train_cfg, index=str(index), val_index=None, cache_dir=str(cache_dir),
-                   max_steps=0, epochs=epochs, eval_every=0, checkpoint_every=0)
+    builds, times = [], {'cached': [], 'in_loop': []}
+    for r in range(repeats):
+        cache_dir = work / f'features_{r}'
+        stats = FeatureCache(index, encoder, cache_dir).build(
+            batch_size=train_cfg.batch_size, device=device, progress=progress)
+        builds.append(stats['seconds'])
+        base = replace(train_cfg, index=str(index), val_index=None, cache_dir=str(cache_dir),
+                       max_steps=0, epochs=epochs, eval_every=0, checkpoint_every=0)
+        for mode in ('cached', 'in_loop'):
+            summary = train(model_cfg, replace(base, out=str(work / f'{mode}_{r}')),
+                            encoder_in_loop=mode == 'in_loop', progress=progress)
+            epoch_times = summary['epoch_times']
+            # The first epoch carries one-off warm-up (allocator, thread pools): drop it.
+            times[mode] += epoch_times[1:] if len(epoch_times) > 1 else epoch_times
     e = model_cfg.encoder
-    result = {'frames': stats['frames'], 'cache_build_s': stats['seconds'], 'epochs': epochs,
-              'encoder': (f'{e.source} {e.path}' if e.path else
-                          f'{e.model_type} hidden {e.hidden_size} x {e.num_layers} layers'),
-              'parameters': {'frozen': sum(p.numel() for p in encoder.parameters())}}
-    for mode, in_loop in (('cached', False), ('in_loop', True)):
-        summary = train(model_cfg, replace(base, out=str(work / mode)), encoder_in_loop=in_loop,
-                        progress=progress)
-        times = summary['epoch_times']
-        # The first epoch carries one-off warm-up (allocator, thread pools): drop it if we can.
-        result[f'{mode}_epoch_s'] = statistics.median(times[1:] if len(times) > 1 else times)
-        result[f'{mode}_epoch_times'] = times
-    return result
+    return {'frames': stats['frames'], 'epochs': epochs, 'repeats': repeats,
+            'encoder': (f'{e.source} {e.path}' if e.path else
+                        f'{e.model_type} hidden {e.hidden_size} x {e.num_layers} layers'),
+            'frozen_parameters': sum(p.numel() for p in encoder.parameters()),
+            'cache_build_s': statistics.median(builds), 'cache_build_times': builds,
+            'cached_epoch_s': statistics.median(times['cached']),
+            'in_loop_epoch_s': statistics.median(times['in_loop']),
+            'cached_epoch_times': times['cached'], 'in_loop_epoch_times': times['in_loop']}
 
 
 def format_table(r: dict) -> str:
     cached, in_loop = r['cached_epoch_s'], r['in_loop_epoch_s']
     saved = in_loop - cached
-    break_even = r['cache_build_s'] / saved if saved > 0 else float('inf')
-    lines = [f'train epoch time, {r["frames"]} frames, median of {r["epochs"]} epochs '
-             f'(first dropped when possible); frozen encoder {r["encoder"]}',
+    break_even = r['cache_build_s'] / saved if saved > 0 else None
+    lines = [f'train epoch time, {r["frames"]} frames; medians over {r["repeats"]} alternating '
+             f'repeats of {r["epochs"]} epochs (first epoch of each run dropped); frozen encoder '
+             f'{r["encoder"]} ({r["frozen_parameters"] / 1e6:.1f} M parameters)',
              '| mode | epoch (s) | frames/s | ratio to cached |', '|---|---|---|---|',
              f'| cached features | {cached:.3f} | {r["frames"] / cached:.1f} | 1.00 |',
              f'| encoder in the loop | {in_loop:.3f} | {r["frames"] / in_loop:.1f} | '
@@ -84,7 +95,8 @@ def format_table(r: dict) -> str:
              f'| cache build (once) | {r["cache_build_s"]:.3f} | '
              f'{r["frames"] / max(r["cache_build_s"], 1e-9):.1f} | '
              f'{r["cache_build_s"] / cached:.2f} |',
-             f'caching pays for itself after {break_even:.2f} epochs']
+             (f'caching pays for itself after {break_even:.2f} epochs' if saved > 0 else
+              'the encoder is too cheap here for caching to pay off')]
     return '\n'.join(lines)
 
 
@@ -94,6 +106,8 @@ def add_arguments(parser) -> None:
     parser.add_argument('--index', help='an existing index (default: random frames)')
     parser.add_argument('--frames', type=int, default=64, help='random frames without --index')
     parser.add_argument('--epochs', type=int, default=3)
+    parser.add_argument('--repeats', type=int, default=2,
+                        help='alternate the two modes this many times (medians)')
     parser.add_argument('--batch-size', type=int, help='override train.batch_size')
     parser.add_argument('--device', help='override train.device')
     parser.add_argument('--encoder-hidden', type=int,
@@ -140,7 +154,8 @@ def run(args) -> int:
         else:
             index = random_index(work / 'index', model_cfg, args.frames)
         FrameIndex(index)  # fail early on a bad path
-        result = measure(model_cfg, train_cfg, index, args.epochs, work, not args.no_progress)
+        result = measure(model_cfg, train_cfg, index, args.epochs, work, not args.no_progress,
+                         args.repeats)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(format_table(result))
