@@ -99,8 +99,8 @@ def write_train_config(path: Path, demo: dict, encoder_cfg, indexes: dict, **tra
 
     model_cfg, train_cfg = load_config(_config_path('train.yaml'))
     h, w = demo['image_size']
-    model_cfg = replace(model_cfg, image_height=int(h), image_width=int(w), encoder=encoder_cfg)
-    model_cfg.__post_init__()
+    model_cfg = replace(model_cfg, image_height=int(h), image_width=int(w), encoder=encoder_cfg,
+                        **demo.get('model', {}))  # replace() re-runs the config's validation
     train_cfg = replace(train_cfg, index=str(indexes['train']), val_index=str(indexes['val']),
                         **train_overrides)
     save_config(path, model_cfg, train_cfg)
@@ -252,18 +252,19 @@ def run(args) -> int:
         rand_yaml = out / 'train_random_encoder.yaml'
         rand_model, rand_train = write_train_config(
             rand_yaml, demo, random_like(encoder_cfg), index, **steps)
+        (out / 'encoders').mkdir(exist_ok=True)
         for split in ('train', 'val'):
             _check(cli_main(['cache', str(index[split]), '--config', str(rand_yaml)]),
                    f'random-encoder feature cache {split}')
-        results = {}
-        for name, mcfg, tcfg in (('pretrained', model_cfg, train_cfg),
-                                 ('random', rand_model, rand_train)):
-            cfg = replace(tcfg, max_steps=int(demo['ablation_steps']),
-                          eval_every=int(demo['ablation_steps']))
-            res = run_ablation(mcfg, cfg, out / 'encoders' / name,
-                               risk_weights=(float(demo['risk_weight']),),
-                               kinds=(tcfg.risk_loss,), seeds=demo['ablation_seeds'])
-            results[name] = res['summary']
+        # The pretrained arm is the ablation's lambda > 0 runs: same config, steps and seeds.
+        ablation = json.loads((out / 'ablation' / 'ablation.json').read_text())
+        pretrained = {k: v for k, v in ablation['summary'].items() if k != 'lambda=0'}
+        cfg = replace(rand_train, max_steps=int(demo['ablation_steps']),
+                      eval_every=int(demo['ablation_steps']))
+        random = run_ablation(rand_model, cfg, out / 'encoders' / 'random',
+                              risk_weights=(float(demo['risk_weight']),),
+                              kinds=(rand_train.risk_loss,), seeds=demo['ablation_seeds'])
+        results = {'pretrained': pretrained, 'random': random['summary']}
         path = out / 'encoders' / 'encoders.json'
         path.write_text(json.dumps(results, indent=1))
         return str(path)
