@@ -135,10 +135,10 @@ def run_node_on_bag(out: Path, checkpoint: Path, bag: Path, rate: float) -> dict
     from rsd_drive.ros.replay import replay
 
     params = write_parameters(out / 'planner_demo.yaml', model_dir=str(checkpoint),
-                              backend='onnxruntime', use_sim_time=True)
+                              backend='onnxruntime')
     log = open(out / 'planner_node.log', 'w')
     node = subprocess.Popen([sys.executable, '-m', 'rsd_drive.ros.planner_node', '--ros-args',
-                             '--params-file', str(params)], stdout=log, stderr=subprocess.STDOUT,
+                             '--params-file', str(params), '-p', 'use_sim_time:=true'], stdout=log, stderr=subprocess.STDOUT,
                             env=dict(os.environ))
     record = out / 'node_outputs'
     try:

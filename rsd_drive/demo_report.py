@@ -41,6 +41,7 @@ def write_summary_png(path: Path, val_index_dir, drive_name: str, outputs: dict,
     index = FrameIndex(val_index_dir)
     cameras = index.manifest.get('cameras') or [f'cam{i}' for i in range(6)]
     picks = _pick_frames(index, set(outputs['paths']))
+    t0 = min(int(index.get(i, ('stamps',))['stamps']) for i in range(len(index)))
     extent = (grid.origin_y + grid.rows * grid.resolution, grid.origin_y,
               grid.origin_x, grid.origin_x + grid.cols * grid.resolution)
     fig = plt.figure(figsize=(18, 5.2 * len(picks)))
@@ -73,12 +74,13 @@ def write_summary_png(path: Path, val_index_dir, drive_name: str, outputs: dict,
             ax.set_ylim(extent[2], extent[3])
             ax.set_xlabel('y (m, left +)')
             ax.set_ylabel('x (m, forward +)')
-            ax.set_title(f'{title}\n{drive_name} t={stamp / 1e9:.1f}s intent '
-                         f'{INTENTS[int(f["intent"])]} v0={float(f["init_speed"]):.1f} m/s',
+            ax.set_title(f'{title}\nt=+{(stamp - t0) / 1e9:.1f} s, intent '
+                         f'{INTENTS[int(f["intent"])]}, v0={float(f["init_speed"]):.1f} m/s',
                          fontsize=9)
             if k == 0:
                 ax.legend(loc='lower right', fontsize=7, facecolor='grey')
-    fig.suptitle('rsd_drive demo: held-out drive replayed through planner_node', fontsize=14)
+    fig.suptitle(f'rsd_drive demo: held-out drive {drive_name} replayed through planner_node',
+                 fontsize=14)
     tmp = path.with_suffix('.tmp.png')
     fig.savefig(tmp, dpi=80, bbox_inches='tight')
     plt.close(fig)

@@ -58,6 +58,8 @@ def export_onnx(model: RiskPlanner, out_path, batch_size: int = 1) -> Path:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
+    if not isinstance(model.encoder, torch.nn.Module) or not list(model.encoder.parameters()):
+        return _export_with_onnx_encoder(model, out_path, batch_size)
     inputs = example_inputs(model, batch_size)
     args = tuple(inputs[k] for k in INPUT_NAMES)
     fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=out_path.name, suffix='.tmp')
@@ -74,6 +76,26 @@ def export_onnx(model: RiskPlanner, out_path, batch_size: int = 1) -> Path:
             os.unlink(tmp)
     sidecar = {'inputs': input_spec(inputs), 'outputs': list(OUTPUT_NAMES), 'opset': OPSET,
                'model_config': model.config.to_dict()}
+    out_path.with_suffix('.json').write_text(json.dumps(sidecar, indent=1))
+    return out_path
+
+
+def _export_with_onnx_encoder(model: RiskPlanner, out_path: Path, batch_size: int) -> Path:
+    """An ONNX-graph encoder can't be traced from torch: export the heads (``plan``) and join
+    them with the encoder's own graph into one graph of the same inputs and outputs."""
+    from rsd_drive.model.onnx_encoder import export_heads_onnx, merge_with_planner_onnx
+
+    enc = model.encoder
+    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
+        heads = export_heads_onnx(model, Path(tmp) / 'heads.onnx', batch_size)
+        merge_with_planner_onnx(enc.source_path, heads, out_path,
+                                image_hw=(model.config.image_height, model.config.image_width),
+                                image_mean=model.config.encoder.image_mean,
+                                image_std=model.config.encoder.image_std,
+                                encoder_output=model.config.encoder.onnx_output)
+    inputs = example_inputs(model, batch_size)
+    sidecar = {'inputs': input_spec(inputs), 'outputs': list(OUTPUT_NAMES), 'opset': OPSET,
+               'model_config': model.config.to_dict(), 'encoder_graph': str(enc.source_path)}
     out_path.with_suffix('.json').write_text(json.dumps(sidecar, indent=1))
     return out_path
 
