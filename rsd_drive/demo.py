@@ -1,9 +1,9 @@
 """``rsd-drive demo`` (``make demo``): the whole job end to end on generated scenario drives.
 
-drives -> teacher labels + training index -> frozen-encoder feature cache -> training ->
-evaluation -> lambda ablation -> pretrained vs random frozen encoder -> ONNX export -> replay of a
-held-out drive through ``planner_node`` over real DDS, outputs recorded -> ``summary.png`` and
-``report.md``.
+drives -> teacher labels + training index -> frozen-encoder feature cache -> training of the
+lambda = 0 and lambda > 0 arms over seeds -> evaluation of the deployed checkpoint -> pretrained vs
+random frozen encoder -> ONNX export -> replay of a held-out drive through ``planner_node`` over
+real DDS, outputs recorded -> ``summary.png`` and ``report.md``.
 
 Every stage calls the same code a user runs (the CLI subcommands and their functions), on the sizes
 of config/demo.yaml. Each stage is skipped when its outputs already exist, so an interrupted demo
@@ -169,18 +169,21 @@ def run(args) -> int:
     from rsd_drive.demo_report import write_report, write_summary_png
     from rsd_drive.scenario import ScenarioConfig, generate_drives
 
+    from rsd_drive.ros.dds import confine_dds_to_host
+
+    confine_dds_to_host()  # the replay stage starts nodes: DDS stays on this host
     t_start = time.monotonic()
     demo = yaml.safe_load(Path(args.config or _config_path('demo.yaml')).read_text())['demo']
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stages = Stages(out, total=10)
+    stages = Stages(out, total=9)
     drives, labels = out / 'drives', out / 'labels'
     # `rsd-drive label --out DIR` writes DIR/index (training index) and DIR/labels (label bags).
     index = {split: labels / split / 'index' for split in ('train', 'val')}
     encoder_cfg, encoder_desc = choose_encoder(demo['encoder'])
     train_yaml = out / 'train.yaml'
-    steps = dict(max_steps=int(demo['train_steps']), risk_weight=float(demo['risk_weight']),
-                 eval_every=max(50, int(demo['train_steps']) // 6))
+    steps = dict(demo.get('train', {}), risk_weight=float(demo['risk_weight']))
+    steps['eval_every'] = int(steps['max_steps'])  # runs are scored once, by the final checkpoint
     model_cfg, train_cfg = write_train_config(train_yaml, demo, encoder_cfg, index, **steps)
     print(f'rsd_drive demo -> {out}/  (frozen encoder: {encoder_desc})')
 
@@ -214,14 +217,19 @@ def run(args) -> int:
     stages.run('features', 'frozen encoder once per frame (fp16 feature cache)', cache)
 
     def train():
-        _check(cli_main(['train', '--config', str(train_yaml), '--out', str(out / 'train')]),
-               'training')
-        from rsd_drive.train.trainer import latest_checkpoint
-        best = out / 'train' / 'best'
-        return str(best if best.is_dir() else latest_checkpoint(out / 'train'))
+        from rsd_drive.train.ablate import run_ablation
+        result = run_ablation(model_cfg, train_cfg, out / 'ablation',
+                              risk_weights=(0.0, float(demo['risk_weight'])),
+                              kinds=(train_cfg.risk_loss,), seeds=demo['seeds'])
+        print(result['table'])
+        deployed = next(r for r in result['runs'] if r['risk_weight'] > 0
+                        and r['seed'] == demo['seeds'][0])
+        return {'ablation': str(out / 'ablation' / 'ablation.json'),
+                'checkpoint': deployed['checkpoint']}
 
-    checkpoint = Path(stages.run('train', f'adapter + planner + GRU + RiskHead, '
-                                          f'lambda={demo["risk_weight"]}', train))
+    trained = stages.run('train', f'adapter + planner + GRU + RiskHead: lambda=0 and '
+                                  f'lambda={demo["risk_weight"]}, seeds {demo["seeds"]}', train)
+    checkpoint = Path(trained['checkpoint'])
 
     def evaluate():
         from rsd_drive.train.evaluate import evaluate_checkpoint, format_report
@@ -229,20 +237,8 @@ def run(args) -> int:
         print(format_report(report))
         return str(out / 'eval' / 'report.json')
 
-    stages.run('evaluate', 'RFS, ADE, FDE, risk agreement on held-out drives', evaluate)
-
-    def ablation():
-        from rsd_drive.train.ablate import run_ablation
-        cfg = replace(train_cfg, max_steps=int(demo['ablation_steps']),
-                      eval_every=int(demo['ablation_steps']))
-        result = run_ablation(model_cfg, cfg, out / 'ablation',
-                              risk_weights=(0.0, float(demo['risk_weight'])),
-                              kinds=(train_cfg.risk_loss,), seeds=demo['ablation_seeds'])
-        print(result['table'])
-        return str(out / 'ablation' / 'ablation.json')
-
-    stages.run('ablation', f'lambda=0 vs lambda={demo["risk_weight"]} over seeds '
-                           f'{demo["ablation_seeds"]}', ablation)
+    stages.run('evaluate', f'the deployed checkpoint (lambda={demo["risk_weight"]}, seed '
+                           f'{demo["seeds"][0]}) on held-out drives: RFS, ADE, risk', evaluate)
 
     def encoders():
         if not demo['compare_random_encoder'] or encoder_cfg.source == 'config':
@@ -259,11 +255,9 @@ def run(args) -> int:
         # The pretrained arm is the ablation's lambda > 0 runs: same config, steps and seeds.
         ablation = json.loads((out / 'ablation' / 'ablation.json').read_text())
         pretrained = {k: v for k, v in ablation['summary'].items() if k != 'lambda=0'}
-        cfg = replace(rand_train, max_steps=int(demo['ablation_steps']),
-                      eval_every=int(demo['ablation_steps']))
-        random = run_ablation(rand_model, cfg, out / 'encoders' / 'random',
+        random = run_ablation(rand_model, rand_train, out / 'encoders' / 'random',
                               risk_weights=(float(demo['risk_weight']),),
-                              kinds=(rand_train.risk_loss,), seeds=demo['ablation_seeds'])
+                              kinds=(rand_train.risk_loss,), seeds=demo['seeds'])
         results = {'pretrained': pretrained, 'random': random['summary']}
         path = out / 'encoders' / 'encoders.json'
         path.write_text(json.dumps(results, indent=1))

