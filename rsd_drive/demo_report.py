@@ -162,9 +162,12 @@ def write_report(path: Path, out: Path, state: dict, demo: dict, encoder_desc: s
     lines += ['', '## Files', '',
               '- `summary.png`: cameras, teacher vs student risk, logged vs planned path',
               '- `eval/`: report.json, per-sample BEV panels, worst samples, training curves',
-              '- `ablation/`: ablation.md/json/png; `encoders/`: encoder comparison',
-              '- `train/`: checkpoints (best/), logs; `node_outputs/`: the node\'s recorded bag',
-              '- `index/`, `drives/`: the training index and the scenario bags', '']
+              '- `ablation/`: ablation.md/json/png and every run (`runs/*/train`: checkpoints, '
+              'CSV/TensorBoard logs); `encoders/`: the random-encoder arm',
+              f'- deployed checkpoint with `model.onnx`: `{done["train"]["checkpoint"]}`',
+              '- `node_outputs/`: the bag recorded from planner_node; `planner_node.log`',
+              '- `drives/`: the scenario bags; `labels/<split>/`: label bags, previews and the '
+              'training index (`index/`, with its feature caches)', '']
     tmp = path.with_suffix('.tmp')
     tmp.write_text('\n'.join(lines))
     tmp.replace(path)

@@ -80,20 +80,33 @@ class OdometryHistory:
         return EgoState(t_ns, a.x + w * (b.x - a.x), a.y + w * (b.y - a.y),
                         _wrap(a.yaw + w * _wrap(b.yaw - a.yaw)), a.speed + w * (b.speed - a.speed))
 
-    def sample_in_frame(self, t0_ns: int, offsets_s) -> np.ndarray:
-        """States at t0 + offsets, expressed in base_link at t0: [len, 4] (x, y, yaw, speed)."""
+    def sample_in_frame(self, t0_ns: int, offsets_s, extrapolate_start: bool = False):
+        """States at t0 + offsets, expressed in base_link at t0: [len, 4] (x, y, yaw, speed).
+
+        extrapolate_start: times before the first state are extrapolated back from it at constant
+        velocity along its heading (instead of raising ``odom_before_start``).
+        """
         ref = self.at(t0_ns)
         c, s = math.cos(ref.yaw), math.sin(ref.yaw)
         out = np.empty((len(offsets_s), 4), dtype=np.float32)
         for k, dt in enumerate(offsets_s):
-            st = self.at(t0_ns + int(round(dt * 1e9)))
+            t = t0_ns + int(round(dt * 1e9))
+            if extrapolate_start and t < self._t[0]:
+                first = self._s[0]
+                back = (t - first.stamp_ns) / 1e9 * first.speed
+                st = EgoState(t, first.x + back * math.cos(first.yaw),
+                              first.y + back * math.sin(first.yaw), first.yaw, first.speed)
+            else:
+                st = self.at(t)
             dx, dy = st.x - ref.x, st.y - ref.y
             out[k] = (c * dx + s * dy, -s * dx + c * dy, _wrap(st.yaw - ref.yaw), st.speed)
         return out
 
-    def past_states(self, t0_ns: int, steps: int = 16, frequency_hz: float = 4.0) -> np.ndarray:
+    def past_states(self, t0_ns: int, steps: int = 16, frequency_hz: float = 4.0,
+                    extrapolate_start: bool = False) -> np.ndarray:
         """[steps, 4] past states, oldest first, the last row is t0 (0, 0, 0, v0)."""
-        return self.sample_in_frame(t0_ns, [-(steps - 1 - k) / frequency_hz for k in range(steps)])
+        return self.sample_in_frame(t0_ns, [-(steps - 1 - k) / frequency_hz for k in range(steps)],
+                                    extrapolate_start)
 
     def future_waypoints(self, t0_ns: int, steps: int = 20, frequency_hz: float = 4.0):
         """[steps, 2] logged future positions in base_link at t0 (the planning target)."""

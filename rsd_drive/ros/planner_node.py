@@ -58,11 +58,19 @@ from rsd_drive.data.convert import (MessageError, camera_info_to_intrinsics, che
 from rsd_drive.data.sync import FrameSynchronizer, OdometryHistory, SyncError
 from rsd_drive.deploy.pipeline import (NODE_STAGES, CameraCalibration, FrameError, FramePlanner,
                                        LatencyStats)
-from rsd_drive.geometry import camera_to_ego, intrinsics
+from rsd_drive.geometry import camera_to_ego, intrinsics, make_transform, quaternion_to_matrix
 from rsd_drive.ros import messages
 
 EXTRINSICS_SOURCES = ('file', 'tf_static')
 T = Parameter.Type
+
+
+def extrinsics_to_matrix(values) -> np.ndarray:
+    """cam_to_ego from [x, y, z, yaw, pitch] (a mount) or [x, y, z, qx, qy, qz, qw] (a pose)."""
+    if len(values) == 5:
+        return camera_to_ego(*values)
+    x, y, z, qx, qy, qz, qw = values
+    return make_transform(quaternion_to_matrix(qx, qy, qz, qw), (x, y, z))
 
 
 class ConfigError(ValueError):
@@ -93,6 +101,9 @@ PARAMETERS = {
     'max_input_age_s': (T.DOUBLE, 'no plan when a camera or the odometry is older than this '
                                   '(ROS time); diagnostics ERROR'),
     'odom_max_gap_s': (T.DOUBLE, 'odometry gaps longer than this are not interpolated'),
+    'pad_short_history': (T.BOOL, 'plan with less than the model\'s past window of odometry by '
+                                  'extrapolating the earliest state back at constant velocity '
+                                  '(start-up, short recordings); false: wait for full history'),
     'odom_wait_s': (T.DOUBLE, 'how long the worker waits for odometry to reach a frame stamp'),
     'base_frame': (T.STRING, 'vehicle frame (REP-105 base_link)'),
     'odom_frame': (T.STRING, 'odometry frame (REP-105 odom)'),
@@ -112,7 +123,8 @@ INTRINSICS_PARAMETERS = {  # declared only for cameras without info_topic
 }
 EXTRINSICS_PARAMETERS = {  # declared only with extrinsics_source 'file'
     'extrinsics': (T.DOUBLE_ARRAY, 'camera mount in base_frame: [x, y, z (m), yaw, pitch (rad)], '
-                                   'yaw left-positive, pitch down-positive'),
+                                   'yaw left-positive, pitch down-positive; or the optical frame '
+                                   'pose [x, y, z, qx, qy, qz, qw] (calibrated rigs)'),
 }
 
 
@@ -139,6 +151,7 @@ class Settings:
     max_input_age_s: float
     odom_max_gap_s: float
     odom_wait_s: float
+    pad_short_history: bool
     base_frame: str
     odom_frame: str
     output_frame: str
@@ -265,8 +278,9 @@ class PlannerNode(Node):
             if values['extrinsics_source'] == 'file':
                 cfg['extrinsics'] = list(self._declare(prefix + 'extrinsics',
                                                        EXTRINSICS_PARAMETERS['extrinsics']))
-                if len(cfg['extrinsics']) != 5:
-                    raise ConfigError(f'{prefix}extrinsics needs [x, y, z, yaw, pitch]')
+                if len(cfg['extrinsics']) not in (5, 7):
+                    raise ConfigError(f'{prefix}extrinsics needs [x, y, z, yaw, pitch] or '
+                                      f'[x, y, z, qx, qy, qz, qw]')
             cameras[cam] = cfg
         return Settings(cameras=cameras, **values)
 
@@ -309,8 +323,7 @@ class PlannerNode(Node):
                 width, height = cfg['image_size']
                 self.intrinsics_by_camera[cam] = (intrinsics(fx, fy, cx, cy), (height, width))
             if s.extrinsics_source == 'file':
-                x, y, z, yaw, pitch = cfg['extrinsics']
-                self.extrinsics_by_camera[cam] = camera_to_ego(x, y, z, yaw, pitch)
+                self.extrinsics_by_camera[cam] = extrinsics_to_matrix(cfg['extrinsics'])
         log.info(f'configured {self.backend.describe()} in {time.perf_counter() - t0:.1f} s '
                  f'(warm-up {warm * 1e3:.0f} ms); cameras {s.camera_names}')
 
@@ -509,7 +522,8 @@ class PlannerNode(Node):
         with self.odom_cond:
             while True:
                 try:
-                    past = self.odometry.past_states(t0_ns, cfg.past_steps, cfg.frequency_hz)
+                    past = self.odometry.past_states(t0_ns, cfg.past_steps, cfg.frequency_hz,
+                                                     self.settings.pad_short_history)
                     pose = self.odometry.at(t0_ns)
                     return past, (pose.x, pose.y, pose.yaw)
                 except SyncError as e:
