@@ -14,8 +14,8 @@ from test_planner_node import read_bag, stamp_ns
 @pytest.fixture(scope='module')
 def dgp_frames(dgp_bag, repo_root):
     cfg = DatasetConfig.from_yaml(repo_root / 'config' / 'dgp_dataset.yaml')
-    reader = BagReader(dgp_bag, cfg)
-    frames = list(reader.frames(decode=False))
+    with BagReader(dgp_bag, cfg) as reader:
+        frames = list(reader.frames(decode=False))
     return cfg, reader, frames
 
 
