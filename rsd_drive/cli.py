@@ -1,8 +1,9 @@
 """``rsd-drive``: the offline command line (scenario drives, labeling, caching, training,
 evaluation, export, replay, benchmarks, demo).
 
-Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
-modules are imported only when their subcommand runs, so ``rsd-drive --help`` stays fast.
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
+``run(args) -> int``; modules are imported only when their subcommand runs, so
+``rsd-drive --help`` stays fast.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 SUBCOMMANDS = {
     'scenario': ('rsd_drive.scenario.cli', 'generate synthetic scenario drives as rosbag2 (MCAP)'),
     'import': ('rsd_drive.importers.cli', 'convert a public dataset scene into a rosbag2'),
-    'label': ('rsd_drive.teacher.cli', 'label bags with the VLM teacher; build the training index'),
+    'label': ('rsd_drive.teacher.cli', 'label bags with the VLM teacher; build the index'),
     'cache': ('rsd_drive.train.cache', 'run the frozen encoder once per frame; cache features'),
     'train': ('rsd_drive.train.cli', 'train adapter, planner, GRU decoder and RiskHead'),
     'eval': ('rsd_drive.train.evaluate', 'evaluate a checkpoint: RFS, ADE/FDE, risk agreement'),

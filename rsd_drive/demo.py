@@ -138,7 +138,8 @@ def run_node_on_bag(out: Path, checkpoint: Path, bag: Path, rate: float) -> dict
                               backend='onnxruntime')
     log = open(out / 'planner_node.log', 'w')
     node = subprocess.Popen([sys.executable, '-m', 'rsd_drive.ros.planner_node', '--ros-args',
-                             '--params-file', str(params), '-p', 'use_sim_time:=true'], stdout=log, stderr=subprocess.STDOUT,
+                             '--params-file', str(params), '-p', 'use_sim_time:=true'],
+                            stdout=log, stderr=subprocess.STDOUT,
                             env=dict(os.environ))
     record = out / 'node_outputs'
     try:
@@ -189,7 +190,8 @@ def run(args) -> int:
 
     def make_drives():
         scen = ScenarioConfig.from_yaml(_config_path('scenario.yaml'))
-        scen = replace(scen, duration_s=float(demo['duration_s']), image_hz=float(demo['image_hz']))
+        scen = replace(scen, duration_s=float(demo['duration_s']),
+                       image_hz=float(demo['image_hz']))
         train = generate_drives(drives / 'train', demo['train_seed'], demo['train_drives'], scen)
         val = generate_drives(drives / 'val', demo['val_seed'], demo['val_drives'], scen)
         return {'train': [str(p) for p in train], 'val': [str(p) for p in val]}

@@ -13,6 +13,7 @@ def _pick_frames(index, stamps_with_output, count: int = 2) -> list[int]:
                   if int(index.get(i, ('stamps',))['stamps']) in stamps_with_output]
     if not candidates:
         raise RuntimeError('no validation frame has a published plan to show')
+
     def score(i):
         f = index.get(i, ('risk', 'intent'))
         return (float(np.asarray(f['risk'], dtype=np.float32).max())

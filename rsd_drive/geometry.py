@@ -1,9 +1,9 @@
 """Frames, camera models and the BEV grid shared by the teacher, the model and the node.
 
-Conventions (REP-103/105): ``base_link`` has x forward, y left, z up, origin on the ground below the
-rear axle. Cameras use the optical frame (z forward, x right, y down). ``cam_to_ego`` is the 4x4
-transform taking optical-frame points into ``base_link``. ``K`` is the 3x3 pinhole matrix for the
-image size it is used with.
+Conventions (REP-103/105): ``base_link`` has x forward, y left, z up, origin on the ground below
+the rear axle. Cameras use the optical frame (z forward, x right, y down). ``cam_to_ego`` is the
+4x4 transform taking optical-frame points into ``base_link``. ``K`` is the 3x3 pinhole matrix for
+the image size it is used with.
 """
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ class GridSpec:
         col = np.floor((np.asarray(x, dtype=np.float64) - self.origin_x) / self.resolution)
         row = np.floor((np.asarray(y, dtype=np.float64) - self.origin_y) / self.resolution)
         inside = (col >= 0) & (col < self.cols) & (row >= 0) & (row < self.rows)
-        return np.where(inside, row, -1).astype(np.int64), np.where(inside, col, -1).astype(np.int64)
+        return (np.where(inside, row, -1).astype(np.int64),
+                np.where(inside, col, -1).astype(np.int64))
 
     def cell_centers(self):
         """(x, y) arrays of shape [rows, cols] with every cell's centre in metres."""

@@ -31,7 +31,8 @@ def test_node_plans_every_synchronised_real_frame(tmp_path, dgp_bag, dgp_frames)
         cameras[cam.name] = dict(image_topic=cam.image_topic, compressed=True,
                                  info_topic=cam.info_topic, intrinsics=[1.0, 1.0, 0.0, 0.0],
                                  image_size=[1936, 1216],
-                                 extrinsics=[*map(float, T[:3, 3]), *matrix_to_quaternion(T[:3, :3])])
+                                 extrinsics=[*map(float, T[:3, 3]),
+                                             *matrix_to_quaternion(T[:3, :3])])
     ckpt = make_checkpoint(tmp_path / 'ckpt', config=tiny_config(num_cameras=len(cameras)))
     # The scene holds 0.2 s of odometry: plan with the history extrapolated back; the scene is
     # replayed in sim time, so inputs are fresh whatever the machine's speed.

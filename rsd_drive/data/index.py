@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+from rsd_drive.atomic import write_json_atomic
 
 FIELDS = {
     'images': np.uint8, 'intrinsics': np.float32, 'cam_to_ego': np.float32,
@@ -51,15 +52,6 @@ def _locked(index_dir: Path):
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
-    with os.fdopen(fd, 'w') as fh:
-        json.dump(data, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def read_manifest(index_dir) -> dict:
@@ -111,7 +103,7 @@ class ShardWriter:
                 tmp.rename(final)
                 manifest['shards'][self.name] = {'frames': len(self), 'skipped': skipped or {},
                                                  **self.meta}
-                _write_json_atomic(self.index_dir / MANIFEST, manifest)
+                write_json_atomic(self.index_dir / MANIFEST, manifest)
             return final
         finally:
             if tmp.exists():

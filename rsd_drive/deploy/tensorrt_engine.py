@@ -18,13 +18,13 @@ import argparse
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from rsd_drive.atomic import write_bytes_atomic
 
 PRECISIONS = ('fp32', 'fp16')
 KEY_SCHEMA = 1
@@ -212,25 +212,11 @@ class EnginePaths:
         return cls(engine, engine.with_name(engine.name + '.json'))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def store_engine(paths: EnginePaths, engine_bytes: bytes, key: EngineKey) -> None:
     """Engine first, key last: a key never describes a half-written or older engine."""
     paths.key.unlink(missing_ok=True)
-    _write_atomic(paths.engine, bytes(engine_bytes))
-    _write_atomic(paths.key, json.dumps(key.to_dict(), indent=1).encode())
+    write_bytes_atomic(paths.engine, bytes(engine_bytes))
+    write_bytes_atomic(paths.key, json.dumps(key.to_dict(), indent=1).encode())
 
 
 def decide(paths: EnginePaths, wanted: EngineKey) -> list[str]:

@@ -41,7 +41,8 @@ class EncoderConfig:
 
     def __post_init__(self):
         if self.source not in ENCODER_SOURCES:
-            raise ValueError(f'encoder.source must be one of {ENCODER_SOURCES}, got {self.source!r}')
+            raise ValueError(f'encoder.source must be one of {ENCODER_SOURCES}, '
+                             f'got {self.source!r}')
         if self.source in ('pretrained', 'onnx') and not self.path:
             raise ValueError(f'encoder.source={self.source!r} needs encoder.path')
         self.image_mean = tuple(float(v) for v in self.image_mean)
@@ -91,15 +92,16 @@ class ModelConfig:
             self.grid = GridSpec(**self.grid)
         self.ray_depths = tuple(float(d) for d in self.ray_depths)
         if self.d_model % self.num_heads:
-            raise ValueError(f'd_model={self.d_model} must be divisible by num_heads={self.num_heads}')
+            raise ValueError(f'd_model={self.d_model} must be divisible by '
+                             f'num_heads={self.num_heads}')
         for name in ('num_cameras', 'image_height', 'image_width', 'bev_size', 'past_steps',
                      'future_steps', 'num_ego_queries', 'num_intents'):
             if getattr(self, name) <= 0:
                 raise ValueError(f'{name} must be positive, got {getattr(self, name)}')
         if self.encoder.source == 'config' and (self.image_height % self.encoder.patch_size
                                                 or self.image_width % self.encoder.patch_size):
-            raise ValueError(f'image size {self.image_height}x{self.image_width} must be a multiple '
-                             f'of the encoder patch size {self.encoder.patch_size}')
+            raise ValueError(f'image size {self.image_height}x{self.image_width} must be a '
+                             f'multiple of the encoder patch size {self.encoder.patch_size}')
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict:

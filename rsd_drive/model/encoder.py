@@ -83,7 +83,8 @@ class FrozenEncoder(nn.Module):
             model.config = hf_cfg
         patch = getattr(hf_cfg, 'patch_size', None)
         if patch is None:
-            raise ValueError(f'{path}: the model config has no patch_size; not a ViT vision tower?')
+            raise ValueError(f'{path}: the model config has no patch_size; '
+                             f'not a ViT vision tower?')
         return cls(model, patch, cfg.image_mean, cfg.image_std)
 
 

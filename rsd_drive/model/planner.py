@@ -4,7 +4,7 @@ One file, read top to bottom:
 
 1. ``FrozenEncoder`` (encoder.py) turns every camera image into patch tokens (never trained).
 2. Each token gets a 3D position embedding from its camera ray (PETR-style), computed in the graph
-   from the intrinsics and camera->base_link extrinsics, so calibration is an input, not a constant.
+   from the intrinsics and camera->base_link extrinsics: calibration is an input, not a constant.
 3. ``BEV adapter``: a grid of learnable BEV queries cross-attends to all cameras' tokens
    (FROST-Drive's learnable-query adapter, laid out on the ground so RSD has a BEV map).
 4. ``Planner``: learnable ego queries + an intent token + a past-state token attend to the BEV.
@@ -155,9 +155,10 @@ class RiskPlanner(nn.Module):
         # Patch-centre pixel coordinates of the token grid, in model-input pixels.
         gh, gw = self.encoder.token_grid(hw)
         stride_y, stride_x = c.image_height / gh, c.image_width / gw
-        v, u = torch.meshgrid((torch.arange(gh) + 0.5) * stride_y, (torch.arange(gw) + 0.5) * stride_x,
-                              indexing='ij')
-        self.register_buffer('token_uv', torch.stack([u.flatten(), v.flatten()], -1), persistent=False)
+        v, u = torch.meshgrid((torch.arange(gh) + 0.5) * stride_y,
+                              (torch.arange(gw) + 0.5) * stride_x, indexing='ij')
+        self.register_buffer('token_uv', torch.stack([u.flatten(), v.flatten()], -1),
+                             persistent=False)
         self.register_buffer('ray_depths', torch.tensor(c.ray_depths), persistent=False)
 
         # BEV query cell centres over the risk grid's extent.
@@ -253,7 +254,8 @@ class RiskPlanner(nn.Module):
         if config.encoder.source == 'config':
             self.encoder.save_pretrained(path / 'encoder')
             config.encoder.source, config.encoder.path = 'pretrained', 'encoder'
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.trainable_state_dict().items()}
+        tensors = {k: v.detach().contiguous().cpu()
+                   for k, v in self.trainable_state_dict().items()}
         tmp = path / (WEIGHTS_NAME + '.tmp')
         save_file(tensors, str(tmp), metadata={'format': 'pt', 'rsd_drive': 'RiskPlanner'})
         tmp.replace(path / WEIGHTS_NAME)

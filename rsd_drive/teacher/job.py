@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 import traceback
 from collections import Counter
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rsd_drive.atomic import write_atomic, write_json_atomic
 from rsd_drive.data.bag import (BagError, BagReader, DatasetConfig, MissingTopicsError,
                                 SkippedFrame)
 from rsd_drive.data.index import ShardWriter, read_manifest
@@ -100,27 +100,6 @@ def _bag_identity(bag: Path) -> dict:
     return {'path': str(bag), 'bytes': sum(p.stat().st_size for p in files)}
 
 
-def _write_atomic(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename over ``path`` (fsync'd), so readers see all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, 'rb+') as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json_atomic(path: Path, data) -> None:
-    def write(tmp):
-        Path(tmp).write_text(json.dumps(data, indent=1, sort_keys=True))
-    _write_atomic(Path(path), write)
-
-
 def _save_npz(tmp, **arrays) -> None:
     with open(tmp, 'wb') as fh:
         np.savez(fh, **arrays)
@@ -161,8 +140,8 @@ class _Chunk:
             np.zeros((0, grid.rows, grid.cols), np.float16)
         future = np.stack(self.future).astype(np.float32) if self.future else \
             np.zeros((0, 0, 2), np.float32)
-        _write_atomic(npz, lambda tmp: _save_npz(tmp, stamps=np.array(self.stamps, np.int64),
-                                                 risk=risk, future=future))
+        write_atomic(npz, lambda tmp: _save_npz(tmp, stamps=np.array(self.stamps, np.int64),
+                                                risk=risk, future=future))
         self.writer.meta['rejected'] = dict(self.rejected)
         self.writer.commit(skipped=dict(self.skipped), grid=spec.grid, cameras=list(cameras),
                            image_hw=list(spec.image_hw), teacher=backend)
@@ -224,7 +203,7 @@ def _preview(path: Path, frame, risk, objects, future, grid: GridSpec, title: st
     ax_bev.legend(loc='lower right', fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    _write_atomic(path, lambda tmp: fig.savefig(tmp, format='png', dpi=90))
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format='png', dpi=90))
     plt.close(fig)
 
 

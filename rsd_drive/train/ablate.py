@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rsd_drive.atomic import write_text_atomic
+
 # (key in the evaluation report, column title, higher is better)
 METRICS = (('rfs', 'RFS', True), ('ade_3s', 'ADE@3s (m)', False), ('ade_5s', 'ADE@5s (m)', False),
            ('fde', 'FDE (m)', False), ('risk_pearson', 'risk CC', True),
@@ -95,12 +97,6 @@ def plot(summary: dict, baseline: dict | None, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def run_ablation(model_cfg, train_cfg, out, risk_weights=(0.0, 1.0), kinds=('l1',),
                  seeds=(0, 1, 2), progress: bool = True, encoder_in_loop: bool = False) -> dict:
     """Train and score every (variant, seed); ``train_cfg`` must name index and val_index.
@@ -146,7 +142,7 @@ def run_ablation(model_cfg, train_cfg, out, risk_weights=(0.0, 1.0), kinds=('l1'
                           'checkpoint': summary['checkpoint'],
                           'metrics': {k: report['overall']['model'][k] for k, _, _ in METRICS},
                           'baseline_cv': report['overall']['cv']}
-                _write_atomic(result_file, json.dumps(result, indent=1))
+                write_text_atomic(result_file, json.dumps(result, indent=1))
             runs.append(result)
             baseline = result['baseline_cv']
     summary = {}
@@ -157,8 +153,8 @@ def run_ablation(model_cfg, train_cfg, out, risk_weights=(0.0, 1.0), kinds=('l1'
     table = markdown_table(summary, baseline)
     result = {'runs': runs, 'summary': summary, 'baseline': baseline, 'table': table,
               'seeds': list(seeds)}
-    _write_atomic(out / 'ablation.json', json.dumps(result, indent=1))
-    _write_atomic(out / 'ablation.md', '# Risk distillation ablation\n\n' + table + '\n')
+    write_text_atomic(out / 'ablation.json', json.dumps(result, indent=1))
+    write_text_atomic(out / 'ablation.md', '# Risk distillation ablation\n\n' + table + '\n')
     plot(summary, baseline, out / 'ablation.png')
     return result
 

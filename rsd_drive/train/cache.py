@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rsd_drive.atomic import write_json_atomic
 from rsd_drive.data.index import FrameIndex
 from rsd_drive.data.preprocess import model_inputs
 
@@ -165,13 +166,6 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
-    with os.fdopen(fd, 'w') as fh:
-        json.dump(data, fh, indent=1)
-    os.replace(tmp, path)
-
-
 def _create_memmap_atomic(path: Path, shape) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
     os.close(fd)
@@ -261,8 +255,8 @@ class FeatureCache:
         _create_memmap_atomic(shard_dir / FEATURES_FILE, (stop - start, *self.frame_shape))
         done = np.zeros(stop - start, dtype=bool)
         _save_npy_atomic(shard_dir / DONE_FILE, done)
-        _write_json_atomic(shard_dir / SOURCE_FILE,
-                           {'frames': stop - start, 'digest': self._digest(name, start, stop)})
+        write_json_atomic(shard_dir / SOURCE_FILE,
+                          {'frames': stop - start, 'digest': self._digest(name, start, stop)})
         return done
 
     @torch.inference_mode()
@@ -274,7 +268,7 @@ class FeatureCache:
             self.encoder.to(device).eval()
         self.path.mkdir(parents=True, exist_ok=True)
         with _locked(self.path):
-            _write_json_atomic(self.path / IDENTITY_FILE, self.identity)
+            write_json_atomic(self.path / IDENTITY_FILE, self.identity)
             plan = [(n, a, b, self._prepare_shard(n, a, b)) for n, a, b in self.ranges]
             todo = sum(int((~done).sum()) for *_, done in plan)
             budget = todo if max_frames is None else min(todo, int(max_frames))

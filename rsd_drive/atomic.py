@@ -1,0 +1,37 @@
+"""Writing files so readers see all or nothing: write a temporary file beside the target, fsync,
+rename over it. A process killed at any point leaves the old file (or none), never half of one."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomic(path, write) -> Path:
+    """``write(tmp_path)`` fills a temporary file that then replaces ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, 'rb+') as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_bytes_atomic(path, data: bytes) -> Path:
+    return write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def write_text_atomic(path, text: str) -> Path:
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_json_atomic(path, data, sort_keys: bool = False) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=1, sort_keys=sort_keys))
