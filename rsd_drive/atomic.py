@@ -2,10 +2,25 @@
 rename over it. A process killed at any point leaves the old file (or none), never half of one."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+
+
+@contextmanager
+def locked(directory):
+    """Exclusive lock on ``directory`` across processes (parallel labelers, cache builders)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / '.lock', 'w') as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def write_atomic(path, write) -> Path:

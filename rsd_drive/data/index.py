@@ -23,16 +23,14 @@ killed at any point leaves either a whole shard or none, and concurrent workers 
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import shutil
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from rsd_drive.atomic import write_json_atomic
+from rsd_drive.atomic import locked, write_json_atomic
 
 FIELDS = {
     'images': np.uint8, 'intrinsics': np.float32, 'cam_to_ego': np.float32,
@@ -41,17 +39,6 @@ FIELDS = {
 }
 MANIFEST = 'manifest.json'
 INDEX_VERSION = 1
-
-
-@contextmanager
-def _locked(index_dir: Path):
-    index_dir.mkdir(parents=True, exist_ok=True)
-    with open(index_dir / '.lock', 'w') as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def read_manifest(index_dir) -> dict:
@@ -91,7 +78,7 @@ class ShardWriter:
                        else np.zeros((0,), dtype=dtype))
                 np.save(tmp / f'{k}.npy', arr)
             final = shards / self.name
-            with _locked(self.index_dir):
+            with locked(self.index_dir):
                 manifest = read_manifest(self.index_dir)
                 for key, value in global_meta.items():
                     if key in manifest and manifest[key] != value:

@@ -19,7 +19,6 @@ that declares them done is renamed into place, so a frame marked done is always 
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -27,13 +26,12 @@ import shutil
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from rsd_drive.atomic import write_json_atomic
+from rsd_drive.atomic import locked, write_json_atomic
 from rsd_drive.data.index import FrameIndex
 from rsd_drive.data.preprocess import model_inputs
 
@@ -175,16 +173,6 @@ def _create_memmap_atomic(path: Path, shape) -> None:
     os.replace(tmp, path)
 
 
-@contextmanager
-def _locked(directory: Path):
-    with open(directory / '.lock', 'w') as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 # -- the cache ----------------------------------------------------------------------------------
 class FeatureCache:
     """The cached features of one index for one encoder + preprocessing (may be incomplete)."""
@@ -267,7 +255,7 @@ class FeatureCache:
         if isinstance(self.encoder, torch.nn.Module):
             self.encoder.to(device).eval()
         self.path.mkdir(parents=True, exist_ok=True)
-        with _locked(self.path):
+        with locked(self.path):
             write_json_atomic(self.path / IDENTITY_FILE, self.identity)
             plan = [(n, a, b, self._prepare_shard(n, a, b)) for n, a, b in self.ranges]
             todo = sum(int((~done).sum()) for *_, done in plan)
