@@ -8,3 +8,19 @@ __version__ = '0.1.0'
 
 # Driving intent indices, in the Waymo Open E2E order.
 INTENTS = ('unknown', 'straight', 'left', 'right')
+
+
+def config_file(name: str):
+    """A file of the package's ``config/``: the source tree's, else the installed share directory
+    (colcon: via ament_index; pip: ``<prefix>/share/rsd_drive/config``)."""
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parents[1] / 'config' / name
+    if here.is_file():
+        return here
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        return Path(get_package_share_directory('rsd_drive')) / 'config' / name
+    except Exception:  # noqa: BLE001 - ament_index is optional; fall back to the pip layout
+        return Path(sys.prefix) / 'share' / 'rsd_drive' / 'config' / name

@@ -23,19 +23,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from rsd_drive import config_file
 from rsd_drive.cli import main as cli_main
-
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _config_path(name: str) -> Path:
-    """A file of config/, from a source checkout or the installed share directory."""
-    local = PACKAGE_ROOT / 'config' / name
-    if local.is_file():
-        return local
-    from ament_index_python.packages import get_package_share_directory
-
-    return Path(get_package_share_directory('rsd_drive')) / 'config' / name
 
 
 class Stages:
@@ -97,7 +86,7 @@ def random_like(encoder_cfg):
 def write_train_config(path: Path, demo: dict, encoder_cfg, indexes: dict, **train_overrides):
     from rsd_drive.train.config import load_config, save_config
 
-    model_cfg, train_cfg = load_config(_config_path('train.yaml'))
+    model_cfg, train_cfg = load_config(config_file('train.yaml'))
     h, w = demo['image_size']
     model_cfg = replace(model_cfg, image_height=int(h), image_width=int(w), encoder=encoder_cfg,
                         **demo.get('model', {}))  # replace() re-runs the config's validation
@@ -174,7 +163,7 @@ def run(args) -> int:
 
     confine_dds_to_host()  # the replay stage starts nodes: DDS stays on this host
     t_start = time.monotonic()
-    demo = yaml.safe_load(Path(args.config or _config_path('demo.yaml')).read_text())['demo']
+    demo = yaml.safe_load(Path(args.config or config_file('demo.yaml')).read_text())['demo']
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages(out, total=9)
@@ -189,7 +178,7 @@ def run(args) -> int:
     print(f'rsd_drive demo -> {out}/  (frozen encoder: {encoder_desc})')
 
     def make_drives():
-        scen = ScenarioConfig.from_yaml(_config_path('scenario.yaml'))
+        scen = ScenarioConfig.from_yaml(config_file('scenario.yaml'))
         scen = replace(scen, duration_s=float(demo['duration_s']),
                        image_hz=float(demo['image_hz']))
         train = generate_drives(drives / 'train', demo['train_seed'], demo['train_drives'], scen)

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from rsd_drive import config_file
 from rsd_drive.data.convert import (MessageError, camera_info_to_intrinsics, image_to_rgb,
                                     odometry_to_state, stamp_to_ns, transform_to_matrix)
 from rsd_drive.data.sync import FrameSynchronizer, OdometryHistory, SyncError
@@ -56,19 +57,6 @@ class BagError(RuntimeError):
 
 class MissingTopicsError(BagError):
     """The bag lacks topics the dataset config needs; the message lists what it does have."""
-
-
-def repo_config(name: str) -> Path:
-    """A file of the package's ``config/``: the source tree's, else the installed share dir."""
-    here = Path(__file__).resolve().parents[2] / 'config' / name
-    if here.is_file():
-        return here
-    try:  # installed with colcon: <prefix>/share/rsd_drive/config
-        from ament_index_python.packages import get_package_share_directory
-        return Path(get_package_share_directory('rsd_drive')) / 'config' / name
-    except Exception:  # noqa: BLE001 - ament_index is optional; fall back to the pip layout
-        import sys
-        return Path(sys.prefix) / 'share' / 'rsd_drive' / 'config' / name
 
 
 # -- configuration -------------------------------------------------------------------------------
@@ -126,7 +114,7 @@ class DatasetConfig:
 
     @classmethod
     def from_yaml(cls, path=None) -> 'DatasetConfig':
-        path = Path(path) if path else repo_config('dataset.yaml')
+        path = Path(path) if path else config_file('dataset.yaml')
         try:
             data = yaml.safe_load(path.read_text())
         except OSError as exc:

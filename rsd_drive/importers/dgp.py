@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rsd_drive import config_file
 from rsd_drive.geometry import make_transform, matrix_to_quaternion, quaternion_to_matrix
 
 log = logging.getLogger(__name__)
@@ -504,9 +505,7 @@ class ImportSummary:
 
 def default_dataset_config() -> Path:
     """``config/dgp_dataset.yaml`` of the source tree or of the installed package."""
-    from rsd_drive.data.bag import repo_config
-
-    return repo_config('dgp_dataset.yaml')
+    return config_file('dgp_dataset.yaml')
 
 
 def read_dataset_config(path):

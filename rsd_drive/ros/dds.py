@@ -1,19 +1,14 @@
 """Keep DDS on this host for tools that start their own nodes (demo, benchmarks)."""
 import os
-from pathlib import Path
 
-LOOPBACK_PROFILE = Path(__file__).resolve().parents[2] / 'config' / 'fastdds_loopback.xml'
+from rsd_drive import config_file
 
 
 def confine_dds_to_host() -> None:
     """Use the project's loopback Fast DDS profile (UDP on 127.0.0.1, shared memory for images)
     unless the caller chose a profile; must run before rclpy creates its first participant.
     Measured here: without shared memory most best-effort 640x360 frames never arrived."""
-    profile = LOOPBACK_PROFILE
-    if not profile.is_file():  # installed package: config/ lives in the share directory
-        from ament_index_python.packages import get_package_share_directory
-
-        profile = Path(get_package_share_directory('rsd_drive')) / 'config' / profile.name
+    profile = config_file('fastdds_loopback.xml')
     if 'FASTDDS_DEFAULT_PROFILES_FILE' not in os.environ and profile.is_file():
         os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] = str(profile)
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')

@@ -52,6 +52,7 @@ from std_msgs.msg import String
 from diagnostic_msgs.msg import DiagnosticArray
 from visualization_msgs.msg import MarkerArray
 
+from rsd_drive import config_file
 from rsd_drive import INTENTS
 from rsd_drive.data.convert import (MessageError, camera_info_to_intrinsics, check_image,
                                     odometry_to_state, stamp_to_ns, transform_to_matrix)
@@ -661,9 +662,8 @@ class PlannerNode(Node):
 
 def default_parameters_path() -> Path | None:
     """config/planner.yaml of a source checkout, or of the installed package's share dir."""
-    candidates = [Path(__file__).resolve().parents[2] / 'config' / 'planner.yaml',
-                  Path(sys.prefix) / 'share' / 'rsd_drive' / 'config' / 'planner.yaml']
-    return next((p for p in candidates if p.is_file()), None)
+    path = config_file('planner.yaml')
+    return path if path.is_file() else None
 
 
 def write_parameters(out_path, cameras: dict | None = None, base=None, **overrides) -> Path:

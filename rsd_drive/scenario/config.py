@@ -5,13 +5,13 @@ equal) so that ``ScenarioConfig()`` is the same drive a user gets from the comma
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from rsd_drive import config_file
 from rsd_drive.geometry import camera_to_ego, intrinsics
 
 STORAGES = ('mcap', 'sqlite3')
@@ -200,6 +200,5 @@ class ScenarioConfig:
 
 def default_config_path() -> Path | None:
     """``config/scenario.yaml`` of a source checkout, or of an installed package's share dir."""
-    candidates = [Path(__file__).resolve().parents[2] / 'config' / 'scenario.yaml',
-                  Path(sys.prefix) / 'share' / 'rsd_drive' / 'config' / 'scenario.yaml']
-    return next((p for p in candidates if p.is_file()), None)
+    path = config_file('scenario.yaml')
+    return path if path.is_file() else None

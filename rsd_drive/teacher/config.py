@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from rsd_drive.data.bag import repo_config
+from rsd_drive import config_file
 from rsd_drive.data.targets import TargetConfig
 
 BACKENDS = ('scene-oracle', 'vlm', 'detector+vlm', 'clipseg')
@@ -173,7 +173,7 @@ class TeacherFile:
 
     @classmethod
     def load(cls, path=None) -> 'TeacherFile':
-        path = Path(path) if path else repo_config('teacher.yaml')
+        path = Path(path) if path else config_file('teacher.yaml')
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except OSError as exc:
