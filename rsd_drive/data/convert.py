@@ -36,6 +36,15 @@ def is_compressed(msg) -> bool:
     return hasattr(msg, 'format') and not hasattr(msg, 'encoding')
 
 
+def _uint8_view(data) -> np.ndarray:
+    """A uint8 view of a message's ``data`` without copying: rclpy gives array.array, rosbags
+    numpy arrays, both expose the buffer protocol (a bytes() copy of a 1080p frame costs ms)."""
+    try:
+        return np.frombuffer(data, dtype=np.uint8)
+    except (TypeError, ValueError):  # a plain list, or a non-contiguous array
+        return np.asarray(data, dtype=np.uint8).ravel()
+
+
 def check_image(msg) -> None:
     """Cheap structural check of an Image / CompressedImage without decoding it (what a node can
     afford in a subscription callback): encoding, sizes, step*height, JPEG start/end markers."""
@@ -70,7 +79,7 @@ def image_to_rgb(msg) -> np.ndarray:
     """sensor_msgs/Image or CompressedImage -> HxWx3 uint8 RGB (a copy it owns)."""
     check_image(msg)
     if is_compressed(msg):
-        buf = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+        buf = _uint8_view(msg.data)
         bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
         if bgr is None:
             raise MessageError('decode_failed', f'cannot decode {msg.format!r} image '
@@ -78,10 +87,7 @@ def image_to_rgb(msg) -> np.ndarray:
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     enc = str(msg.encoding).lower()
     h, w, step, ch = int(msg.height), int(msg.width), int(msg.step), _CHANNELS[enc]
-    data = msg.data
-    raw = np.frombuffer(data if isinstance(data, (bytes, bytearray)) else bytes(data),
-                        dtype=np.uint8)
-    img = raw.reshape(h, step)[:, :w * ch].reshape(h, w, ch)
+    img = _uint8_view(msg.data).reshape(h, step)[:, :w * ch].reshape(h, w, ch)
     if enc == 'rgb8':
         return img.copy()
     if enc == 'bgr8':
