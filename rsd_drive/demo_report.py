@@ -89,12 +89,6 @@ def write_summary_png(path: Path, val_index_dir, drive_name: str, outputs: dict,
     return path
 
 
-def _fmt_eval(report: dict) -> str:
-    from rsd_drive.train.evaluate import format_report
-
-    return format_report(report)
-
-
 def _latency_table(diagnostics: dict) -> str:
     rows = []
     for name, values in diagnostics.items():
@@ -113,6 +107,8 @@ def _latency_table(diagnostics: dict) -> str:
 
 def write_report(path: Path, out: Path, state: dict, demo: dict, encoder_desc: str,
                  outputs: dict) -> Path:
+    from rsd_drive.train.evaluate import format_report
+
     done = state['done']
     evaluation = json.loads(Path(done['evaluate']).read_text())
     ablation = json.loads(Path(done['train']['ablation']).read_text())
@@ -129,7 +125,7 @@ def write_report(path: Path, out: Path, state: dict, demo: dict, encoder_desc: s
         f'Learned planner RFS {o["model"]["rfs"]:.2f} vs constant-velocity baseline '
         f'{o["cv"]["rfs"]:.2f}; ADE@3s {o["model"]["ade_3s"]:.2f} m vs {o["cv"]["ade_3s"]:.2f} m; '
         f'ADE@5s {o["model"]["ade_5s"]:.2f} m vs {o["cv"]["ade_5s"]:.2f} m.', '',
-        _fmt_eval(evaluation), '',
+        format_report(evaluation), '',
         'RFS: the official Waymo E2E definition with the logged future as the single rated '
         'trajectory (label 10), so it ranges 4..10. Risk columns compare the RiskHead with the '
         'teacher\'s grid (Pearson CC, KL, recall of the top 5 % cells).', '',

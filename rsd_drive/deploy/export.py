@@ -58,7 +58,9 @@ def export_onnx(model: RiskPlanner, out_path, batch_size: int = 1) -> Path:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    if not isinstance(model.encoder, torch.nn.Module) or not list(model.encoder.parameters()):
+    from rsd_drive.model.onnx_encoder import OnnxFrozenEncoder
+
+    if isinstance(model.encoder, OnnxFrozenEncoder):
         return _export_with_onnx_encoder(model, out_path, batch_size)
     inputs = example_inputs(model, batch_size)
     args = tuple(inputs[k] for k in INPUT_NAMES)
