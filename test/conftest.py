@@ -1,7 +1,10 @@
 """Test-wide setup. DDS is confined to this host *before* any test can start rclpy: the loopback
 Fast DDS profile from config/, LOCALHOST discovery, and a ROS_DOMAIN_ID unique to this run so
 parallel runs on one machine never see each other's topics."""
+import fcntl
 import os
+import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,47 @@ SHARED_DATA = REPO.parent / 'shared' / 'data'
 os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] = str(REPO / 'config' / 'fastdds_loopback.xml')
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
-os.environ['ROS_DOMAIN_ID'] = str(1 + os.getpid() % 100)  # 1..100, distinct per run
+
+
+def _claim_domain_id(first: int = 101, last: int = 232) -> int:
+    """A ROS_DOMAIN_ID no other test run on this machine holds, kept for this process's life.
+
+    Each candidate is claimed with an exclusive lock on a file named after it (released by the
+    kernel when this process ends, however it ends); a candidate whose DDS discovery port on
+    127.0.0.1 is taken (a participant of that domain outside any test run) is passed over.
+    Domains 101..232: above the ids people use by hand, within what Fast DDS can map to ports
+    (7400 + 250 * id < 65536). The search starts at a pid-derived offset so runs rarely contend.
+    """
+    span = last - first + 1
+    lock_dir = Path(tempfile.gettempdir()) / 'rsd_drive_ros_domains'
+    lock_dir.mkdir(exist_ok=True)
+    for step in range(span):
+        domain = first + (os.getpid() + step) % span
+        fh = open(lock_dir / f'{domain}.lock', 'w')
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            continue
+        if _discovery_port_free(domain):
+            _DOMAIN_LOCKS.append(fh)
+            return domain
+        fh.close()
+    raise RuntimeError(f'no free ROS_DOMAIN_ID in {first}..{last} (locks in {lock_dir})')
+
+
+def _discovery_port_free(domain: int) -> bool:
+    """Fast DDS's first unicast metatraffic port of ``domain`` (7410 + 250 * domain)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind(('127.0.0.1', 7410 + 250 * domain))
+        except OSError:
+            return False
+    return True
+
+
+_DOMAIN_LOCKS = []
+os.environ['ROS_DOMAIN_ID'] = str(_claim_domain_id())
 os.environ['HF_HUB_OFFLINE'] = '1'
 os.environ['TRANSFORMERS_OFFLINE'] = '1'
 

@@ -86,3 +86,72 @@ def test_concurrent_writers_all_land(tmp_path):
 def test_not_an_index(tmp_path):
     with pytest.raises(FileNotFoundError, match='manifest'):
         FrameIndex(tmp_path)
+
+
+def _fsync_recorder(monkeypatch):
+    """Record the path of every fsync'ed file descriptor, in order (the real fsync still runs)."""
+    import os
+    real, seen = os.fsync, []
+
+    def fsync(fd):
+        seen.append(os.readlink(f'/proc/self/fd/{fd}'))
+        return real(fd)
+    monkeypatch.setattr(os, 'fsync', fsync)
+    return seen
+
+
+def test_shard_files_are_fsynced_before_the_manifest_names_them(tmp_path, monkeypatch):
+    seen = _fsync_recorder(monkeypatch)
+    write_shard(tmp_path, 'a', range(3))
+    manifest_at = next(i for i, p in enumerate(seen) if '.manifest.json.' in p)
+    arrays = [i for i, p in enumerate(seen) if p.endswith('.npy')]
+    assert sorted(p.rsplit('/', 1)[1] for p in (seen[i] for i in arrays)) == \
+        sorted(f'{k}.npy' for k in FIELDS)
+    assert max(arrays) < manifest_at
+    # The shards directory (holding the renamed shard) is synced before the manifest too.
+    assert any(p == str(tmp_path / 'shards') for p in seen[:manifest_at])
+
+
+@pytest.mark.parametrize('exchange', [True, False], ids=['renameat2', 'rename-aside'])
+def test_recommit_replaces_the_shard_without_a_gap(tmp_path, monkeypatch, exchange):
+    import threading
+
+    import rsd_drive.data.index as index_module
+    if not exchange:
+        monkeypatch.setattr(index_module, '_exchange', lambda a, b: False)
+    write_shard(tmp_path, 'a', range(3))
+    shard = tmp_path / 'shards' / 'a'
+    gaps, stop = [], threading.Event()
+
+    def watch():  # a reader that opens the shard while it is being replaced
+        while not stop.is_set():
+            try:
+                np.load(shard / 'stamps.npy')
+            except (FileNotFoundError, ValueError) as exc:
+                gaps.append(exc)
+
+    reader = threading.Thread(target=watch)
+    reader.start()
+    try:
+        for k in range(20):
+            write_shard(tmp_path, 'a', range(10 * k, 10 * k + 3))
+    finally:
+        stop.set()
+        reader.join()
+    (tmp_path / 'x').mkdir(), (tmp_path / 'y').mkdir()
+    if exchange and not index_module._exchange(tmp_path / 'x', tmp_path / 'y'):
+        pytest.skip('this file system has no renameat2(RENAME_EXCHANGE)')
+    if exchange:
+        assert gaps == []
+    assert [int(s) for s in np.load(shard / 'stamps.npy')] == [1190, 1191, 1192]
+    assert sorted(p.name for p in (tmp_path / 'shards').iterdir()) == ['a']  # old ones deleted
+    assert len(FrameIndex(tmp_path)) == 3
+
+
+def test_a_commit_killed_midway_leaves_nothing_behind_after_the_next(tmp_path):
+    write_shard(tmp_path, 'a', range(2))
+    (tmp_path / 'shards' / '.a.deadbeef').mkdir()  # a writer SIGKILLed before its rename
+    (tmp_path / 'shards' / '.a.old.cafe').mkdir()  # one killed before deleting the old shard
+    (tmp_path / 'shards' / '.b.0123').mkdir()      # another shard's writer: not ours to touch
+    write_shard(tmp_path, 'a', range(2))
+    assert sorted(p.name for p in (tmp_path / 'shards').iterdir()) == ['.b.0123', 'a']

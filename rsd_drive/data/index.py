@@ -23,7 +23,9 @@ killed at any point leaves either a whole shard or none, and concurrent workers 
 """
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -68,7 +70,14 @@ class ShardWriter:
 
     def commit(self, skipped: dict | None = None, **global_meta) -> Path:
         """Write the shard and register it in the manifest. ``global_meta`` (e.g. grid, cameras,
-        image_hw) must agree with what the index already holds."""
+        image_hw) must agree with what the index already holds.
+
+        Crash order: every array is fsynced (and its directory) before the shard is renamed into
+        place, and the shard before the manifest names it. A shard re-committed under an existing
+        name (a resumed chunk) replaces the old one without a moment where neither is there: the
+        two directories are swapped atomically (``renameat2(RENAME_EXCHANGE)``) where the file
+        system can, else the old one is renamed aside, the new one in, and the old one deleted.
+        """
         shards = self.index_dir / 'shards'
         shards.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=shards, prefix=f'.{self.name}.'))
@@ -76,7 +85,11 @@ class ShardWriter:
             for k, dtype in FIELDS.items():
                 arr = (np.stack(self._frames[k]) if self._frames[k]
                        else np.zeros((0,), dtype=dtype))
-                np.save(tmp / f'{k}.npy', arr)
+                with open(tmp / f'{k}.npy', 'wb') as fh:
+                    np.save(fh, arr)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            _fsync_dir(tmp)
             final = shards / self.name
             with locked(self.index_dir):
                 manifest = read_manifest(self.index_dir)
@@ -85,16 +98,64 @@ class ShardWriter:
                         raise ValueError(f'{self.index_dir}: shard {self.name} has {key}={value}, '
                                          f'the index has {manifest[key]}')
                     manifest[key] = value
-                if final.exists():
-                    shutil.rmtree(final)
-                tmp.rename(final)
+                _remove_stale_temporaries(shards, self.name, keep=tmp)
+                old = _replace_dir(tmp, final)
+                _fsync_dir(shards)
                 manifest['shards'][self.name] = {'frames': len(self), 'skipped': skipped or {},
                                                  **self.meta}
                 write_json_atomic(self.index_dir / MANIFEST, manifest)
+                if old is not None:
+                    shutil.rmtree(old, ignore_errors=True)
             return final
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temporaries(shards: Path, name: str, keep: Path) -> None:
+    """Temporary directories of this shard left by a writer killed mid-commit (one writer per
+    shard name at a time: the chunk's bag is labelled by one worker)."""
+    for p in shards.glob(f'.{name}.*'):
+        if p != keep and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def _replace_dir(new: Path, final: Path) -> Path | None:
+    """Put ``new`` at ``final``. Returns the directory now holding the old shard (to delete once
+    the manifest is written), or None if there was none."""
+    if not final.exists():
+        new.rename(final)
+        return None
+    if _exchange(new, final):
+        return new  # ``new`` now holds the old shard
+    aside = Path(tempfile.mkdtemp(dir=final.parent, prefix=f'.{final.name}.old.'))
+    aside.rmdir()
+    final.rename(aside)
+    new.rename(final)
+    return aside
 
 
 class FrameIndex:
