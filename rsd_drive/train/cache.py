@@ -9,6 +9,7 @@ Layout (default ``<INDEX>/features``; one directory per cache key)::
     <cache_root>/<key>/<shard>/source.json        which index shard (frames, content digest)
     <cache_root>/<key>/<shard>/features.npy       float16 [F, N, P, C] (np.lib.format.open_memmap)
     <cache_root>/<key>/<shard>/done.npy           bool [F], replaced atomically after every batch
+    <cache_root>/<key>/.locks/<shard>/.lock       one builder per shard at a time
 
 The key hashes the encoder's identity (every weight tensor and its architecture config, or the
 encoder's own ``fingerprint()``, e.g. an ONNX encoder's file hash) and the preprocessing (image
@@ -16,6 +17,11 @@ size, normalisation mean/std, token grid, storage dtype). A changed encoder or p
 a new key, so a stale cache is never read; a re-written index shard (different content digest)
 is recomputed. A killed run resumes from the done mask: features are flushed before the mask
 that declares them done is renamed into place, so a frame marked done is always on disk.
+
+Under torchrun (``torchrun --nproc_per_node N -m rsd_drive.cli cache ...``) every rank encodes
+its own whole shards (:func:`rank_shards`) into the same cache, then all ranks meet in one
+all-reduce bounded by the process group's explicit timeout (``--dist-timeout``); the cache is
+byte for byte the one a single process builds.
 """
 from __future__ import annotations
 
@@ -26,10 +32,13 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from rsd_drive.atomic import locked, write_json_atomic
 from rsd_drive.data.index import FrameIndex
@@ -39,6 +48,7 @@ CACHE_VERSION = 1
 FEATURE_DTYPE = np.float16
 FEATURES_FILE, DONE_FILE, SOURCE_FILE, IDENTITY_FILE = (
     'features.npy', 'done.npy', 'source.json', 'identity.json')
+LOCKS_DIR = '.locks'  # <key>/.locks/<shard>/.lock: one builder per shard at a time
 # Config entries that describe where/when a model was saved, not what it computes.
 _VOLATILE_CONFIG_KEYS = {'transformers_version', 'architectures', 'dtype', 'torch_dtype'}
 
@@ -134,6 +144,20 @@ def shard_ranges(index: FrameIndex) -> list[tuple[str, int, int]]:
         raise CacheError(f'{index.index_dir}: manifest frame counts ({start}) do not match the '
                          f'index ({len(index)} frames)')
     return ranges
+
+
+def rank_shards(ranges, world_size: int) -> list[list[int]]:
+    """Which shards (positions in ``ranges``) each of ``world_size`` ranks encodes: whole shards,
+    the largest first to the rank with the fewest frames so far (ties: the lower rank). The same
+    on every rank, so the ranks agree without talking."""
+    if world_size < 1:
+        raise ValueError(f'world_size must be positive, got {world_size}')
+    load, plan = [0] * world_size, [[] for _ in range(world_size)]
+    for i in sorted(range(len(ranges)), key=lambda i: (-(ranges[i][2] - ranges[i][1]), i)):
+        r = min(range(world_size), key=lambda r: (load[r], r))
+        plan[r].append(i)
+        load[r] += ranges[i][2] - ranges[i][1]
+    return [sorted(p) for p in plan]
 
 
 def index_image_hw(index: FrameIndex) -> tuple[int, int]:
@@ -247,48 +271,61 @@ class FeatureCache:
                           {'frames': stop - start, 'digest': self._digest(name, start, stop)})
         return done
 
+    def _encode_shard(self, name, start, stop, batch_size, device, budget, bar) -> int:
+        """Compute the shard's missing frames (at most ``budget``) under the shard's lock."""
+        with locked(self.path / LOCKS_DIR / name):
+            done = self._prepare_shard(name, start, stop)
+            pending = np.flatnonzero(~done)[:budget]
+            if not len(pending):
+                return 0
+            shard_dir = self.path / name
+            features = np.load(shard_dir / FEATURES_FILE, mmap_mode='r+')
+            for b in range(0, len(pending), batch_size):
+                rows = pending[b:b + batch_size]
+                frames = [self.index[start + int(j)] for j in rows]
+                images = model_inputs(np.stack([f['images'] for f in frames]),
+                                      np.stack([f['intrinsics'] for f in frames]),
+                                      np.stack([f['cam_to_ego'] for f in frames]),
+                                      np.stack([f['past_states'] for f in frames]),
+                                      np.stack([f['intent'] for f in frames]))['images']
+                x = torch.from_numpy(images).to(device)
+                tokens = self.encoder(x.flatten(0, 1))
+                tokens = tokens.view(len(rows), *self.frame_shape)
+                features[rows] = tokens.to('cpu', torch.float32).numpy().astype(FEATURE_DTYPE)
+                features.flush()  # on disk before the mask says so
+                done[rows] = True
+                _save_npy_atomic(shard_dir / DONE_FILE, done)
+                bar.update(len(rows))
+            del features
+            return len(pending)
+
     @torch.inference_mode()
     def build(self, batch_size: int = 16, device=None, progress: bool = True,
-              max_frames: int | None = None) -> dict:
-        """Compute the missing frames (at most ``max_frames`` this call). Returns counts/timing."""
+              max_frames: int | None = None, rank: int = 0, world_size: int = 1) -> dict:
+        """Compute the missing frames (at most ``max_frames`` by this process this call).
+        Returns counts/timing.
+
+        With ``world_size`` > 1 (one process per rank, e.g. under torchrun) this process encodes
+        only the shards :func:`rank_shards` gives ``rank``; every rank writes into the same cache,
+        each shard under its own lock, so the result is the cache one process would build."""
         device = torch.device(device) if device is not None else _module_device(self.encoder)
         if isinstance(self.encoder, torch.nn.Module):
             self.encoder.to(device).eval()
         self.path.mkdir(parents=True, exist_ok=True)
         with locked(self.path):
             write_json_atomic(self.path / IDENTITY_FILE, self.identity)
-            plan = [(n, a, b, self._prepare_shard(n, a, b)) for n, a, b in self.ranges]
-            todo = sum(int((~done).sum()) for *_, done in plan)
-            budget = todo if max_frames is None else min(todo, int(max_frames))
-            bar = _progress(budget, f'cache {self.key[:8]}', progress)
-            computed, t0 = 0, time.perf_counter()
-            for name, start, stop, done in plan:
-                if computed >= budget:
-                    break
-                pending = np.flatnonzero(~done)[:budget - computed]
-                if not len(pending):
-                    continue
-                shard_dir = self.path / name
-                features = np.load(shard_dir / FEATURES_FILE, mmap_mode='r+')
-                for b in range(0, len(pending), batch_size):
-                    rows = pending[b:b + batch_size]
-                    frames = [self.index[start + int(j)] for j in rows]
-                    images = model_inputs(np.stack([f['images'] for f in frames]),
-                                          np.stack([f['intrinsics'] for f in frames]),
-                                          np.stack([f['cam_to_ego'] for f in frames]),
-                                          np.stack([f['past_states'] for f in frames]),
-                                          np.stack([f['intent'] for f in frames]))['images']
-                    x = torch.from_numpy(images).to(device)
-                    tokens = self.encoder(x.flatten(0, 1))
-                    tokens = tokens.view(len(rows), *self.frame_shape)
-                    features[rows] = tokens.to('cpu', torch.float32).numpy().astype(FEATURE_DTYPE)
-                    features.flush()  # on disk before the mask says so
-                    done[rows] = True
-                    _save_npy_atomic(shard_dir / DONE_FILE, done)
-                    computed += len(rows)
-                    bar.update(len(rows))
-                del features
-            bar.close()
+        mine = [self.ranges[i] for i in rank_shards(self.ranges, world_size)[rank]]
+        todo = sum(int((~self._done_mask(n, a, b)).sum()) for n, a, b in mine)
+        budget = todo if max_frames is None else min(todo, int(max_frames))
+        desc = f'cache {self.key[:8]}' + (f' rank {rank}/{world_size}' if world_size > 1 else '')
+        bar = _progress(budget, desc, progress)
+        computed, t0 = 0, time.perf_counter()
+        for name, start, stop in mine:
+            if computed >= budget:
+                break
+            computed += self._encode_shard(name, start, stop, batch_size, device,
+                                           budget - computed, bar)
+        bar.close()
         elapsed = time.perf_counter() - t0
         return {'key': self.key, 'path': str(self.path), 'computed': computed,
                 'missing': self.missing_frames(), 'frames': len(self.index),
@@ -346,6 +383,64 @@ def ensure_cache(index, encoder, cache_dir=None, batch_size: int = 16, device=No
     if not cache.is_complete():
         cache.build(batch_size=batch_size, device=device, progress=progress)
     return cache.reader()
+
+
+# -- several processes (torchrun) --------------------------------------------------------------
+DEFAULT_DIST_TIMEOUT_S = 1800.0
+
+
+def torchrun_ranks() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) without it."""
+    return (int(os.environ.get('RANK', '0')), int(os.environ.get('WORLD_SIZE', '1')),
+            int(os.environ.get('LOCAL_RANK', '0')))
+
+
+@contextmanager
+def process_group(device, timeout_s: float = DEFAULT_DIST_TIMEOUT_S):
+    """torchrun's process group (gloo on CPU, NCCL on CUDA) with an explicit timeout, for the
+    duration of the block; nothing outside torchrun or when a group already exists."""
+    _, world, _ = torchrun_ranks()
+    if world <= 1 or dist.is_initialized():
+        yield
+        return
+    backend = 'nccl' if torch.device(device).type == 'cuda' else 'gloo'
+    dist.init_process_group(backend, timeout=timedelta(seconds=float(timeout_s)))
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def build_on_all_ranks(cache: FeatureCache, batch_size: int = 16, device=None,
+                       progress: bool = True, max_frames: int | None = None) -> dict:
+    """:meth:`FeatureCache.build` of this rank's share; with a process group, the ranks then meet
+    in one all-reduce (bounded by the group's timeout) that tells every rank whether all shares
+    were built. Raises CacheError on every rank if any rank failed."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    stats, failure = None, None
+    try:
+        stats = cache.build(batch_size=batch_size, device=device, progress=progress and rank == 0,
+                            max_frames=max_frames, rank=rank, world_size=world)
+    except Exception as exc:  # noqa: BLE001 - tell the other ranks before raising
+        failure = exc
+        if world == 1:
+            raise
+    if world == 1:
+        return stats
+    on = torch.device(device) if dist.get_backend() == 'nccl' else torch.device('cpu')
+    counts = torch.zeros(world + 1, dtype=torch.float64, device=on)  # [failed ranks, per rank]
+    counts[0] = float(failure is not None)
+    counts[1 + rank] = float(stats['computed'] if stats else 0)
+    dist.all_reduce(counts)  # every rank waits here for all: bounded by the group's timeout
+    if failure is not None:
+        raise failure
+    if counts[0] > 0:
+        raise CacheError(f'{int(counts[0])} of {world} ranks failed to encode their shards of '
+                         f'{cache.path}; see their output')
+    per_rank = [int(c) for c in counts[1:].tolist()]
+    stats.update(computed=sum(per_rank), per_rank=per_rank, missing=cache.missing_frames(),
+                 world_size=world)
+    return stats
 
 
 # -- encoders for the command line --------------------------------------------------------------
@@ -406,18 +501,37 @@ def add_arguments(parser) -> None:
                         help='compute at most this many frames now (the rest on a later run)')
     parser.add_argument('--prune', action='store_true',
                         help='delete caches of other encoders/preprocessing under the cache root')
+    parser.add_argument('--dist-timeout', type=float, default=DEFAULT_DIST_TIMEOUT_S,
+                        help='under torchrun: seconds a rank waits for the others before it '
+                             'fails (default: %(default)s)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
 
 
-def run(args) -> int:
-    device = args.device
+def resolve_cache_device(device: str) -> str:
+    """``auto`` -> cuda when available; under torchrun ``cuda`` means this rank's GPU."""
     if device == 'auto':
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    _, world, local_rank = torchrun_ranks()
+    if world > 1 and device == 'cuda':
+        device = f'cuda:{local_rank}'
+        torch.cuda.set_device(device)
+    return device
+
+
+def run(args) -> int:
+    device = resolve_cache_device(args.device)
+    with process_group(device, args.dist_timeout):
+        code = _run(args, device)
+    return code
+
+
+def _run(args, device) -> int:
+    rank = dist.get_rank() if dist.is_initialized() else 0
     try:
         index = FrameIndex(args.index)
         encoder = _encoder_from_args(args)
         cache = FeatureCache(index, encoder, args.cache_dir)
-        stale = cache.other_keys()
+        stale = cache.other_keys() if rank == 0 else []
         if stale and args.prune:
             for path in stale:
                 shutil.rmtree(path)
@@ -425,13 +539,17 @@ def run(args) -> int:
         elif stale:
             print(f'note: {len(stale)} cache(s) of another encoder/preprocessing under '
                   f'{cache.root} (not used; --prune deletes them)')
-        stats = cache.build(batch_size=args.batch_size, device=device,
-                            progress=not args.no_progress, max_frames=args.max_frames)
+        stats = build_on_all_ranks(cache, batch_size=args.batch_size, device=device,
+                                   progress=not args.no_progress, max_frames=args.max_frames)
     except (OSError, ValueError, CacheError) as e:  # OSError: e.g. a read-only index directory
         print(f'rsd-drive cache: {e}', file=sys.stderr)
         return 2
+    if rank != 0:
+        return 0
     state = 'complete' if stats['missing'] == 0 else f'{stats["missing"]} frames still missing'
+    ranks = (f' by {stats["world_size"]} ranks ({" + ".join(map(str, stats["per_rank"]))})'
+             if stats.get('world_size', 1) > 1 else '')
     print(f'cache {stats["key"]} at {stats["path"]}: computed {stats["computed"]} of '
-          f'{stats["frames"]} frames in {stats["seconds"]:.1f} s '
+          f'{stats["frames"]} frames{ranks} in {stats["seconds"]:.1f} s '
           f'({stats["frames_per_s"]:.1f} frames/s); {state}')
     return 0
