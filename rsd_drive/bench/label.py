@@ -1,8 +1,10 @@
 """``rsd-drive bench label``: frames/s of reading drives and of labelling them (1, 2 workers).
 
 Without BAG arguments it records small scenario drives first (rsd_drive.scenario). Prints a table
-with the ratios (2 workers over 1, labelling over reading) and writes it as JSON and PNG beside
-the bench's work directory. Speed is measured here, never asserted in tests.
+with the ratios (2 workers over 1 of the same runner, labelling over reading) and writes it as
+JSON and PNG beside the bench's work directory. ``--ray`` adds the same worker counts as Ray tasks
+on a local cluster (127.0.0.1 only; started before its clock starts) beside the process pool.
+Speed is measured here, never asserted in tests.
 """
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ def add_arguments(parser) -> None:
     parser.add_argument('--image-size', default='224x224', help='index image size HxW')
     parser.add_argument('--workers', type=int, nargs='+', default=[1, 2],
                         help='worker counts to compare')
+    parser.add_argument('--ray', action='store_true',
+                        help='also label as Ray tasks on a local cluster of as many CPUs as '
+                             'workers')
     parser.add_argument('--work-dir', help='where drives and outputs go (default: a temp dir)')
 
 
@@ -62,24 +67,38 @@ def measure_reading(bags, dataset) -> tuple:
     return frames, time.perf_counter() - t0
 
 
-def measure_labelling(bags, spec, workers: int) -> tuple:
+def measure_labelling(bags, spec, workers: int, ray_address: str | None = None) -> tuple:
     """(frames labelled, seconds, failed bags) of a fresh labelling run."""
     from rsd_drive.teacher.job import run_job
 
     out = Path(spec.out_dir)
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    summary = run_job(bags, spec, workers=workers, show_progress=False)
+    summary = run_job(bags, spec, workers=workers, show_progress=False, ray_address=ray_address)
     return summary.frames_labelled, time.perf_counter() - t0, len(summary.failed)
 
 
+def measure_ray(bags, spec, workers: int) -> tuple:
+    """:func:`measure_labelling` as Ray tasks on a fresh local cluster of ``workers`` CPUs; the
+    cluster starts (and stops) outside the measured time."""
+    from rsd_drive.teacher.ray_run import connect, import_ray
+
+    ray = import_ray('local')
+    connect('local', num_cpus=workers)
+    try:
+        return measure_labelling(bags, spec, workers, ray_address='local')
+    finally:
+        ray.shutdown()
+
+
 def format_table(rows) -> str:
-    base = next((r for r in rows if r['what'] == 'label, 1 worker'), None)
     read = next((r for r in rows if r['what'] == 'read + decode'), None)
+    base = {r.get('runner'): r for r in rows if r.get('workers') == 1}
     lines = [f'{"what":<22} {"frames":>7} {"seconds":>8} {"frames/s":>9} {"vs 1 worker":>12} '
              f'{"vs reading":>11}']
     for r in rows:
-        vs1 = f'{r["fps"] / base["fps"]:.2f}x' if base and base['fps'] else '-'
+        b = base.get(r.get('runner')) if r.get('runner') else None
+        vs1 = f'{r["fps"] / b["fps"]:.2f}x' if b and b['fps'] else '-'
         vsr = f'{r["fps"] / read["fps"]:.2f}x' if read and read['fps'] else '-'
         lines.append(f'{r["what"]:<22} {r["frames"]:>7} {r["seconds"]:>8.2f} {r["fps"]:>9.1f} '
                      f'{vs1:>12} {vsr:>11}')
@@ -123,13 +142,19 @@ def run(args) -> int:
     frames, seconds = measure_reading(bags, dataset)
     rows = [{'what': 'read + decode', 'frames': frames, 'seconds': seconds,
              'fps': frames / seconds if seconds else 0.0}]
-    for w in args.workers:
-        spec = make_spec(root / f'out_w{w}', teacher, dataset, image_hw=hw)
-        n, s, failed = measure_labelling(bags, spec, w)
-        if failed:
-            print(f'{failed} bags failed with {w} workers; see {spec.out_dir}/summary.json')
-        rows.append({'what': f'label, {w} worker{"s" if w > 1 else ""}', 'frames': n,
-                     'seconds': s, 'fps': n / s if s else 0.0})
+    runners = [('pool', 'pool', measure_labelling)]
+    if args.ray:
+        runners.append(('ray', 'ray', measure_ray))
+    for runner, label, measure in runners:
+        for w in args.workers:
+            spec = make_spec(root / f'out_{runner}_w{w}', teacher, dataset, image_hw=hw)
+            n, s, failed = measure(bags, spec, w)
+            if failed:
+                print(f'{failed} bags failed with {runner}, {w} workers; see '
+                      f'{spec.out_dir}/summary.json')
+            rows.append({'what': f'{label}, {w} worker{"s" if w > 1 else ""}', 'frames': n,
+                         'seconds': s, 'fps': n / s if s else 0.0, 'runner': runner,
+                         'workers': w})
     table = format_table(rows)
     print(table)
     (root / 'bench_label.json').write_text(json.dumps(rows, indent=1))

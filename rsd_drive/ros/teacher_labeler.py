@@ -36,6 +36,11 @@ PARAMETERS = {
     'model_config': ('', 'ModelConfig YAML override (image size, risk grid)'),
     'workers': (0, 'bags in parallel; 0: label.workers of the config'),
     'chunk_frames': (0, 'frames per index shard; 0: label.chunk_frames of the config'),
+    'ray_address': ('', 'run the bags as Ray tasks: local | auto | HOST:PORT; empty: process '
+                        'pool (bags, out_dir and model dirs must then be shared storage)'),
+    'gpus_per_task': (-1.0, 'with ray_address: GPUs per bag task; < 0: 1 when teacher.device '
+                            'is cuda, else 0'),
+    'max_retries': (2, 'with ray_address: reruns of a bag whose worker died'),
 }
 
 
@@ -59,18 +64,26 @@ class TeacherLabeler(Node):
         self.exit_when_done = node_cfg.exit_when_done
         self.spec = self._spec(config)
         self.workers = self._param('workers') or config.label.workers
+        self.ray_address = self._param('ray_address') or None
+        gpus = self._param('gpus_per_task')
+        self.gpus_per_task = float(gpus) if gpus >= 0 else \
+            (1.0 if config.teacher.device.startswith('cuda') else 0.0)
+        self.max_retries = max(0, int(self._param('max_retries')))
         self.progress_pub = self.create_publisher(String, node_cfg.progress_topic, 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._lock = threading.Lock()
         self._state = {'state': 'starting', 'bags_total': len(self.bags), 'bags_done': 0,
-                       'bags_failed': 0, 'current': {}, 'frames_labelled': 0, 'errors': []}
+                       'bags_failed': 0, 'current': {}, 'frames_labelled': 0, 'frames_seen': 0,
+                       'errors': []}
         self.finished = threading.Event()
         self.exit_code = 0
         self.create_timer(node_cfg.progress_period_s, self._publish)
         self._worker = threading.Thread(target=self._run, daemon=True)
         self._worker.start()
+        where = f'Ray at {self.ray_address}' if self.ray_address else \
+            f'{self.workers} workers'
         self.get_logger().info(f'labelling {len(self.bags)} bags into {self.out_dir} with '
-                               f'{config.teacher.backend}, {self.workers} workers')
+                               f'{config.teacher.backend}, {where}')
 
     def _param(self, name):
         try:
@@ -100,7 +113,8 @@ class TeacherLabeler(Node):
             if state == 'running':
                 s['current'][bag_id] = [event.get('frames_done', 0), event.get('frames_total', 0)]
             elif state in ('done', 'already_done', 'failed'):
-                s['current'].pop(bag_id, None)
+                last = s['current'].pop(bag_id, None)  # [frames_done, frames_total]
+                s['frames_seen'] += int(event.get('frames_done', last[0] if last else 0))
                 s['bags_done'] += 1
                 if state == 'failed':
                     s['bags_failed'] += 1
@@ -114,7 +128,8 @@ class TeacherLabeler(Node):
 
         try:
             summary = run_job(self.bags, self.spec, workers=self.workers, show_progress=False,
-                              on_progress=self._on_progress)
+                              on_progress=self._on_progress, ray_address=self.ray_address,
+                              gpus_per_task=self.gpus_per_task, max_retries=self.max_retries)
             with self._lock:
                 self._state.update(state='done', frames_labelled=summary.frames_labelled,
                                    bags_failed=len(summary.failed),

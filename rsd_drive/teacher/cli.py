@@ -34,8 +34,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--detector-dir', help='detector+vlm: local OWL-ViT/OWLv2 directory')
     parser.add_argument('--workers', type=int, help='bags labelled in parallel '
                                                     '(default: label.workers of --config)')
-    parser.add_argument('--ray-address', help='run the bags as tasks on this Ray cluster '
-                                              '(OUT must be shared storage)')
+    parser.add_argument('--ray-address', metavar='local|auto|HOST:PORT',
+                        help='run the bags as Ray tasks: local = a private cluster on this '
+                             'machine (127.0.0.1 only, --workers CPUs), auto = the cluster '
+                             '`ray start` runs here, HOST:PORT = that head node. The bags, OUT and '
+                             'the model directories must be shared storage (same paths on '
+                             'every node)')
+    parser.add_argument('--gpus-per-task', type=float,
+                        help='with --ray-address: GPUs each bag task asks Ray for (default: 1 '
+                             'when teacher.device is cuda, else 0)')
+    parser.add_argument('--max-retries', type=int, default=2,
+                        help='with --ray-address: times Ray reruns a bag whose worker died '
+                             '(default: %(default)s); the rerun resumes from committed chunks')
     parser.add_argument('--config', help='teacher config (default: config/teacher.yaml)')
     parser.add_argument('--dataset-config', help='dataset config (default: label.dataset_config,'
                                                  ' else config/dataset.yaml)')
@@ -101,10 +111,18 @@ def run(args) -> int:
     if workers <= 0:
         print('rsd-drive label: --workers must be positive', file=sys.stderr)
         return 2
+    gpus = args.gpus_per_task
+    if gpus is None:
+        gpus = 1.0 if spec.teacher_config.device.startswith('cuda') else 0.0
+    if gpus < 0 or args.max_retries < 0:
+        print('rsd-drive label: --gpus-per-task and --max-retries must not be negative',
+              file=sys.stderr)
+        return 2
     try:
         summary = run_job(args.bags, spec, workers=workers, ray_address=args.ray_address,
-                          show_progress=not args.no_progress)
-    except RuntimeError as exc:  # e.g. --ray-address without ray installed
+                          show_progress=not args.no_progress, gpus_per_task=gpus,
+                          max_retries=args.max_retries)
+    except (RuntimeError, ConnectionError) as exc:  # no ray installed, no cluster there
         print(f'rsd-drive label: {exc}', file=sys.stderr)
         return 2
     print(format_summary(summary))

@@ -1,7 +1,8 @@
 """The labeling job: bags in; per bag a label bag, shards of the training index, a preview PNG.
 
 One function, :func:`label_bag`, does the per-bag work; :func:`run_job` runs it over many bags
-in-process, in a local process pool, or on a Ray cluster (``ray_address``). Output layout::
+in-process, in a local process pool, or as Ray tasks (``ray_address``, rsd_drive.teacher.ray_run:
+the bags and OUT must then be shared storage). Output layout::
 
     OUT/index/                 training index (rsd_drive.data.index): manifest + shards
     OUT/labels/<bag_id>/       label bag (rosbag2, MCAP): risk grid, markers, answers, path
@@ -472,27 +473,6 @@ def _run_pool(bags, ids, spec, workers, board):
     return [results[str(b)] for b in bags]
 
 
-def _run_ray(bags, ids, spec, address, board):
-    try:
-        import ray
-    except ImportError as exc:
-        raise RuntimeError("--ray-address needs the 'ray' package, which is not installed "
-                           "(pip install 'ray[default]'); without it, use --workers N for a "
-                           'local process pool') from exc
-    ray.init(address=address, ignore_reinit_error=True)
-    task = ray.remote(num_cpus=1)(label_bag_safe)
-    refs = {task.remote(str(b), spec, ids[str(b)], None): str(b) for b in bags}
-    results, pending = {}, list(refs)
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        for ref in ready:
-            res = ray.get(ref)
-            results[refs[ref]] = res
-            board.update({'bag_id': res['bag_id'], 'state': res['status'] if res['status']
-                          in ('failed', 'already_done') else 'done', 'error': res.get('error')})
-    return [results[str(b)] for b in bags]
-
-
 @dataclass
 class JobSummary:
     bags: list = field(default_factory=list)
@@ -512,15 +492,23 @@ class JobSummary:
 
 
 def run_job(bags, spec: JobSpec, workers: int = 1, ray_address: str | None = None,
-            show_progress: bool = True, on_progress=None) -> JobSummary:
-    """Label ``bags``; failures are reported per bag in the summary, never raised."""
+            show_progress: bool = True, on_progress=None, gpus_per_task: float = 0.0,
+            max_retries: int = 2) -> JobSummary:
+    """Label ``bags``; failures are reported per bag in the summary, never raised.
+
+    With ``ray_address`` the bags run as Ray tasks (rsd_drive.teacher.ray_run): ``workers`` sizes
+    a ``local`` cluster, each task asks for ``gpus_per_task`` GPUs, and a task whose worker dies
+    is retried ``max_retries`` times."""
     t_start = time.monotonic()
     bags = [str(b) for b in bags]
     ids = bag_ids(bags)
     board = ProgressBoard(len(bags), enabled=show_progress, on_event=on_progress)
     try:
         if ray_address:
-            results = _run_ray(bags, ids, spec, ray_address, board)
+            from rsd_drive.teacher.ray_run import run_ray
+
+            results = run_ray(bags, ids, spec, ray_address, board, gpus_per_task=gpus_per_task,
+                              max_retries=max_retries, num_cpus=workers)
         elif workers <= 1 or len(bags) == 1:
             results = [label_bag_safe(b, spec, ids[b], progress=board.update) for b in bags]
         else:

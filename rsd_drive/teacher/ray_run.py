@@ -1,0 +1,140 @@
+"""Labeling on a Ray cluster: one Ray task per bag, each running :func:`label_bag_safe`.
+
+The tasks commit their results exactly as the process pool does (``label_bag``'s atomic,
+resumable chunks: an index shard + chunk files per ``chunk_frames`` frames), so a task that Ray
+retries after its worker died, or a whole rerun after the driver was killed, skips the chunks
+that are done and redoes the rest: every frame lands in the index once.
+
+What travels through Ray: the :class:`JobSpec` (configs as plain data), bag *paths*, progress
+events and each bag's result dict; never images or labels. What must be shared storage (the same
+path on every node): the bags (read), the output directory (index, work, labels, previews) and the
+teacher's model directories.
+
+``address``: ``local`` starts a private single-machine cluster bound to 127.0.0.1 only (no
+dashboard, no usage statistics); ``auto`` joins the cluster that ``ray start`` runs on this
+machine; ``HOST:PORT`` joins that cluster's head. If this process is already connected to Ray
+(``ray.is_initialized()``), that connection is used and left open.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from rsd_drive.teacher.job import label_bag_safe
+
+# Set before Ray is imported (the driver) and in every worker (runtime_env).
+RAY_ENV = {'RAY_USAGE_STATS_ENABLED': '0'}
+# With Ray's "cluster" mode off, a local cluster takes 127.0.0.1 as its node address and binds
+# every server (GCS, raylet, workers, runtime-env agent) there instead of on all interfaces.
+LOCAL_ONLY_ENV = {'RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER': '0'}
+LOCAL_OBJECT_STORE_BYTES = 128 * 1024 ** 2  # only small dicts go through the object store
+PROGRESS_PERIOD_S = 0.25                      # a task reports its frame count at most this often
+FINAL_STATES = ('done', 'failed', 'already_done')
+
+
+def import_ray(address: str | None = None):
+    """``ray``, with usage statistics off (and local-only binding for ``local``)."""
+    os.environ.update(RAY_ENV)
+    if address == 'local':
+        os.environ.update(LOCAL_ONLY_ENV)
+    try:
+        import ray
+    except ImportError as exc:
+        raise RuntimeError("--ray-address needs the 'ray' package, which is not installed "
+                           '(pip install ray==2.60.0, see requirements.txt); without it, use '
+                           '--workers N for a local process pool') from exc
+    return ray
+
+
+def connect(address: str, num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
+    """Connect this process to Ray (see the module docstring). Returns True if it connected (the
+    caller shuts down), False if an existing connection is reused."""
+    ray = import_ray(address)
+    if ray.is_initialized():
+        return False
+    common = dict(runtime_env={'env_vars': dict(RAY_ENV)}, log_to_driver=False,
+                  configure_logging=False)
+    if address == 'local':
+        ray.init(address='local', num_cpus=num_cpus, num_gpus=num_gpus,
+                 _node_ip_address='127.0.0.1', include_dashboard=False,
+                 object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
+    else:
+        ray.init(address=address, **common)
+    return True
+
+
+class ProgressRelay:
+    """A Ray actor the tasks report to (fire and forget); the driver drains it while it waits."""
+
+    def __init__(self):
+        self.events = []
+
+    def put(self, event: dict) -> None:
+        self.events.append(event)
+
+    def drain(self) -> list:
+        events, self.events = self.events, []
+        return events
+
+
+def ray_task(bag: str, spec, bag_id: str, relay) -> dict:
+    """What one Ray task runs: label one bag, reporting progress to ``relay``."""
+    import ray
+
+    pid, last, sent = os.getpid(), [0.0], []
+
+    def progress(event: dict) -> None:
+        now = time.monotonic()
+        if event.get('state') == 'running' and now - last[0] < PROGRESS_PERIOD_S \
+                and event.get('frames_done', 0) < event.get('frames_total', 0):
+            return
+        last[0] = now
+        sent[:] = [relay.put.remote({**event, 'pid': pid})]
+
+    result = label_bag_safe(bag, spec, bag_id, progress=progress)
+    if sent:  # one caller's actor calls run in order: after this one, all are in the relay
+        ray.get(sent[0])
+    return result
+
+
+def _died(bag: str, bag_id: str, exc: Exception, attempts: int) -> dict:
+    return {'bag': bag, 'bag_id': bag_id, 'status': 'failed', 'frames_labelled': 0,
+            'error': f'{bag}: its Ray task failed {attempts} times (worker died or was lost; '
+                     f'last: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ""})'}
+
+
+def run_ray(bags, ids, spec, address, board, gpus_per_task: float = 0.0, max_retries: int = 2,
+            num_cpus: int | None = None) -> list:
+    """Label ``bags`` as Ray tasks; results in the order of ``bags`` (failures reported, never
+    raised). ``num_cpus`` sizes a ``local`` cluster (default: this machine's CPUs)."""
+    ray = import_ray(address)
+    owns = connect(address, num_cpus=num_cpus)
+    try:
+        relay = ray.remote(num_cpus=0)(ProgressRelay).remote()
+        task = ray.remote(ray_task).options(num_cpus=1, num_gpus=gpus_per_task,
+                                            max_retries=max_retries, retry_exceptions=False)
+        refs = {task.remote(b, spec, ids[b], relay): b for b in bags}
+        results, pending = {}, list(refs)
+
+        def relay_events():
+            for event in ray.get(relay.drain.remote()):
+                if event.get('state') not in FINAL_STATES:  # final states come from results
+                    board.update(event)
+
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0.2)
+            relay_events()
+            for ref in ready:
+                bag = refs[ref]
+                try:
+                    res = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - retries spent: report the bag by name
+                    res = _died(bag, ids[bag], exc, max_retries + 1)
+                results[bag] = res
+                state = res['status'] if res['status'] in ('failed', 'already_done') else 'done'
+                board.update({'bag_id': res['bag_id'], 'state': state,
+                              'error': res.get('error')})
+        return [results[b] for b in bags]
+    finally:
+        if owns:
+            ray.shutdown()
