@@ -143,8 +143,8 @@ def test_four_bags_on_two_ray_workers_give_the_pool_s_index(ray_cluster, tmp_pat
 
 def test_sigkilled_workers_retry_and_a_bag_dying_every_try_is_named(ray_cluster, tiny_vlm,
                                                                     tmp_path):
-    killed_once = write_drive(tmp_path / 'killed_once', cameras=['front'], n_frames=14)
-    always = write_drive(tmp_path / 'always_killed', cameras=['front'], n_frames=14)
+    killed_once = write_drive(tmp_path / 'killed_once', cameras=['front'], n_frames=12)
+    always = write_drive(tmp_path / 'always_killed', cameras=['front'], n_frames=12)
     good = write_drive(tmp_path / 'good', cameras=['front'], n_frames=3)
     corrupt = write_drive(tmp_path / 'corrupt', cameras=['front'], n_frames=4)
     mcap = next(corrupt.glob('*.mcap'))
@@ -157,10 +157,10 @@ def test_sigkilled_workers_retry_and_a_bag_dying_every_try_is_named(ray_cluster,
     kills, mid_run = [], []
 
     def kill_mid_task(event):
-        """SIGKILL the worker of killed_once once and of always_killed on every try, as soon as it
-        reports a labelled frame (the bag is far from done then)."""
+        """SIGKILL the worker of killed_once once and of always_killed on every try, once it is
+        past its first chunk (committed: something to resume from) and far from done."""
         bag, pid = event.get('bag_id'), event.get('pid')
-        if event.get('state') != 'running' or not 1 <= event.get('frames_done', 0) < 12:
+        if event.get('state') != 'running' or not 3 <= event.get('frames_done', 0) < 9:
             return
         if (bag == 'killed_once' and not any(b == bag for b, _ in kills)) or \
                 (bag == 'always_killed' and (bag, pid) not in kills):
@@ -173,7 +173,7 @@ def test_sigkilled_workers_retry_and_a_bag_dying_every_try_is_named(ray_cluster,
     status = {b['bag_id']: b for b in summary.bags}
     assert all(mid_run) and len(kills) == 3, kills  # once + twice (the first try and the retry)
     assert status['killed_once']['status'] == 'ok'
-    assert status['killed_once']['frames_labelled'] == 14
+    assert status['killed_once']['frames_labelled'] == 12
     assert status['good']['status'] == 'ok' and status['good']['frames_labelled'] == 3
     assert status['always_killed']['status'] == 'failed'
     assert str(always) in status['always_killed']['error']
@@ -188,8 +188,8 @@ def test_sigkilled_workers_retry_and_a_bag_dying_every_try_is_named(ray_cluster,
     status = {b['bag_id']: b for b in again.bags}
     assert status['always_killed']['status'] == 'ok'
     assert status['killed_once']['status'] == status['good']['status'] == 'already_done'
-    assert stamps_by_bag(tmp_path / 'out') == {'killed_once': expected_stamps(14),
-                                               'always_killed': expected_stamps(14),
+    assert stamps_by_bag(tmp_path / 'out') == {'killed_once': expected_stamps(12),
+                                               'always_killed': expected_stamps(12),
                                                'good': expected_stamps(3)}
     assert not list((tmp_path / 'out' / 'index' / 'shards').glob('.*'))
 
