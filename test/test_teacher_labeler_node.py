@@ -1,5 +1,6 @@
 """The teacher_labeler node over real DDS: a subprocess runs the job; this test listens to its
 progress topic and /diagnostics with rclpy."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -98,3 +99,51 @@ def test_node_without_bags_exits_with_a_clear_error(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert 'needs bags and out_dir' in done.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec('ray') is None, reason='ray is not installed')
+def test_node_on_a_local_ray_cluster_reports_the_tasks_progress(tmp_path, ros_node):
+    """ray_address:=local: the bags run as Ray tasks; the frame counts the tasks report reach the
+    node's progress topic (the job's final summary carries none of them)."""
+    from rclpy.executors import SingleThreadedExecutor
+    from std_msgs.msg import String
+
+    rclpy, node = ros_node
+    bags = [write_drive(tmp_path / f'drive{i}', cameras=['front'], n_frames=n)
+            for i, n in enumerate((5, 3))]
+    dataset = tmp_path / 'dataset.yaml'
+    dataset.write_text(yaml.safe_dump({'dataset': dataset_config(['front']).to_dict()}))
+    cfg = yaml.safe_load((REPO / 'config' / 'teacher.yaml').read_text())
+    cfg['label'].update(image_size=[16, 16], chunk_frames=2, workers=2)
+    cfg['node'].update(progress_topic='/test/teacher_progress_ray', progress_period_s=0.2)
+    cfg_file = tmp_path / 'teacher.yaml'
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    progress = []
+    node.create_subscription(String, '/test/teacher_progress_ray',
+                             lambda m: progress.append(json.loads(m.data)), 10)
+    executor = SingleThreadedExecutor(context=node.context)
+    executor.add_node(node)
+    cmd = [sys.executable, '-m', 'rsd_drive.ros.teacher_labeler', '--ros-args',
+           '-p', f'config_file:={cfg_file}', '-p', f'bags:=[{bags[0]},{bags[1]}]',
+           '-p', f'out_dir:={tmp_path / "out"}', '-p', f'dataset_config:={dataset}',
+           '-p', 'ray_address:=local']
+    proc = subprocess.Popen(cmd, env=os.environ.copy(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.05)
+        assert proc.poll() is not None, 'node did not exit when the job was done'
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode == 0, log
+    assert 'Ray at local' in log
+    final = progress[-1]
+    assert final['state'] == 'done' and final['bags_done'] == 2 and final['bags_failed'] == 0
+    assert final['frames_labelled'] == 8 and final['frames_seen'] == 8, final
+    assert len(FrameIndex(tmp_path / 'out' / 'index')) == 8

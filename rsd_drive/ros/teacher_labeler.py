@@ -155,7 +155,8 @@ class TeacherLabeler(Node):
         values = [KeyValue(key='state', value=s['state']),
                   KeyValue(key='bags_done', value=f'{s["bags_done"]}/{s["bags_total"]}'),
                   KeyValue(key='bags_failed', value=str(s['bags_failed'])),
-                  KeyValue(key='frames_labelled', value=str(s['frames_labelled']))]
+                  KeyValue(key='frames_labelled', value=str(s['frames_labelled'])),
+                  KeyValue(key='frames_seen', value=str(s['frames_seen']))]
         values += [KeyValue(key=f'frames:{k}', value=f'{v[0]}/{v[1]}')
                    for k, v in s['current'].items()]
         msg = DiagnosticArray()
