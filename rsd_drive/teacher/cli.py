@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--ray-address', metavar='local|auto|HOST:PORT',
                         help='run the bags as Ray tasks: local = a private cluster on this '
                              'machine (127.0.0.1 only, --workers CPUs), auto = the cluster '
-                             '`ray start` runs here, HOST:PORT = that head node. The bags, OUT and '
-                             'the model directories must be shared storage (same paths on '
+                             '`ray start` runs here, HOST:PORT = that head node. The bags, OUT '
+                             'and the model directories must be shared storage (same paths on '
                              'every node)')
     parser.add_argument('--gpus-per-task', type=float,
                         help='with --ray-address: GPUs each bag task asks Ray for (default: 1 '

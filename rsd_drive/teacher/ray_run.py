@@ -98,9 +98,10 @@ def ray_task(bag: str, spec, bag_id: str, relay) -> dict:
 
 
 def _died(bag: str, bag_id: str, exc: Exception, attempts: int) -> dict:
+    first_line = str(exc).splitlines()[0] if str(exc) else ''
     return {'bag': bag, 'bag_id': bag_id, 'status': 'failed', 'frames_labelled': 0,
             'error': f'{bag}: its Ray task failed {attempts} times (worker died or was lost; '
-                     f'last: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ""})'}
+                     f'last: {type(exc).__name__}: {first_line})'}
 
 
 def run_ray(bags, ids, spec, address, board, gpus_per_task: float = 0.0, max_retries: int = 2,

@@ -3,9 +3,9 @@
 Single process: ``rsd-drive train --config config/train.yaml --index DIR --out RUN``.
 Several GPUs or nodes: the same arguments under torchrun, e.g.
 ``torchrun --nproc_per_node 4 -m rsd_drive.cli train ...`` (DDP: NCCL on GPUs, gloo on CPUs).
-Under torchrun the process group gets an explicit timeout (``--dist-timeout``) and, before training,
-every rank encodes its own share of the missing feature cache (rsd_drive.train.cache), so no rank
-waits idle for rank 0 to build it alone.
+Under torchrun the process group gets an explicit timeout (``--dist-timeout``) and, before
+training, every rank encodes its own share of the missing feature cache (rsd_drive.train.cache),
+so no rank waits idle for rank 0 to build it alone.
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def run(args) -> int:
                 prebuild_cache(model_cfg, train_cfg, progress=not args.no_progress)
             summary = train(model_cfg, train_cfg, encoder_in_loop=args.encoder_in_loop,
                             resume=args.resume, progress=not args.no_progress)
-    except (OSError, ValueError, CacheError) as e:  # names the file: missing, existing run, unwritable
+    except (OSError, ValueError, CacheError) as e:  # names the file: missing, existing, unwritable
         print(f'rsd-drive train: {e}', file=sys.stderr)
         return 2
     if summary.get('checkpoint'):
