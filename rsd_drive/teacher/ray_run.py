@@ -58,6 +58,11 @@ def connect(address: str, num_cpus: int | None = None, num_gpus: int | None = No
         ray.init(address='local', num_cpus=num_cpus, num_gpus=num_gpus,
                  _node_ip_address='127.0.0.1', include_dashboard=False,
                  object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
+        node_ip = ray.util.get_node_ip_address()
+        if node_ip != '127.0.0.1':  # e.g. ray was imported before LOCAL_ONLY_ENV was set
+            ray.shutdown()
+            raise RuntimeError(f'the local Ray cluster took node address {node_ip}, not '
+                               f'127.0.0.1; start the job in a fresh process')
     else:
         ray.init(address=address, **common)
     return True
