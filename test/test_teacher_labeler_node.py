@@ -147,3 +147,21 @@ def test_node_on_a_local_ray_cluster_reports_the_tasks_progress(tmp_path, ros_no
     assert final['state'] == 'done' and final['bags_done'] == 2 and final['bags_failed'] == 0
     assert final['frames_labelled'] == 8 and final['frames_seen'] == 8, final
     assert len(FrameIndex(tmp_path / 'out' / 'index')) == 8
+
+
+def test_parallel_runs_claim_distinct_ros_domain_ids():
+    """test/conftest.py's claim: runs alive at the same time never get the same ROS_DOMAIN_ID,
+    including this one (whose id stays locked while it runs), even when their pids would map to
+    the same id (all four pretend to have pid 4242 here)."""
+    code = ('import os, sys; os.getpid = lambda: 4242; sys.path.insert(0, sys.argv[1]); '
+            "import conftest; print(os.environ['ROS_DOMAIN_ID'], flush=True); sys.stdin.read()")
+    procs = [subprocess.Popen([sys.executable, '-c', code, str(REPO / 'test')],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    try:
+        ids = [int(p.stdout.readline()) for p in procs]  # all four alive and holding their id
+    finally:
+        for p in procs:
+            p.communicate('', timeout=30)
+    ids.append(int(os.environ['ROS_DOMAIN_ID']))
+    assert len(set(ids)) == 5 and all(101 <= i <= 232 for i in ids), ids
