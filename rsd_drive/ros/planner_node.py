@@ -59,19 +59,11 @@ from rsd_drive.data.convert import (MessageError, camera_info_to_intrinsics, che
 from rsd_drive.data.sync import FrameSynchronizer, OdometryHistory, SyncError
 from rsd_drive.deploy.pipeline import (NODE_STAGES, CameraCalibration, FrameError, FramePlanner,
                                        LatencyStats)
-from rsd_drive.geometry import camera_to_ego, intrinsics, make_transform, quaternion_to_matrix
+from rsd_drive.geometry import extrinsics_to_matrix, intrinsics
 from rsd_drive.ros import messages
 
 EXTRINSICS_SOURCES = ('file', 'tf_static')
 T = Parameter.Type
-
-
-def extrinsics_to_matrix(values) -> np.ndarray:
-    """cam_to_ego from [x, y, z, yaw, pitch] (a mount) or [x, y, z, qx, qy, qz, qw] (a pose)."""
-    if len(values) == 5:
-        return camera_to_ego(*values)
-    x, y, z, qx, qy, qz, qw = values
-    return make_transform(quaternion_to_matrix(qx, qy, qz, qw), (x, y, z))
 
 
 class ConfigError(ValueError):
@@ -577,7 +569,8 @@ class PlannerNode(Node):
         frame = s.output_frame
         out_pose = pose if frame == s.odom_frame else None
         grid = self.backend.config.grid
-        path_msg = messages.path_message(plan['waypoints'], t0, frame, out_pose)
+        path_msg = messages.path_message(plan['waypoints'], t0, frame, out_pose,
+                                         self.backend.config.frequency_hz)
         grid_msg = messages.occupancy_message(plan['risk'], grid, t0, frame, out_pose)
         marker_msg = messages.markers_message(plan['waypoints'], plan['risk'], grid, t0, frame,
                                               out_pose, s.marker_risk_threshold,
