@@ -54,8 +54,9 @@ from visualization_msgs.msg import MarkerArray
 
 from rsd_drive import config_file
 from rsd_drive import INTENTS
-from rsd_drive.data.convert import (MessageError, camera_info_to_intrinsics, check_image,
-                                    odometry_to_state, stamp_to_ns, transform_to_matrix)
+from rsd_drive.data.convert import (MessageError, camera_info_distortion,
+                                    camera_info_to_intrinsics, check_image, odometry_to_state,
+                                    stamp_to_ns, transform_to_matrix)
 from rsd_drive.data.sync import FrameSynchronizer, OdometryHistory, SyncError
 from rsd_drive.deploy.pipeline import (NODE_STAGES, CameraCalibration, FrameError, FramePlanner,
                                        LatencyStats)
@@ -210,7 +211,7 @@ class PlannerNode(Node):
         self.counters = Counter()           # dropped / skipped inputs, '<reason>:<input>'
         self.received = Counter()           # valid messages per input
         self.last_stamp_ns = {}             # input -> newest valid stamp (ROS time)
-        self.intrinsics_by_camera = {}      # camera -> (K, (h, w))
+        self.intrinsics_by_camera = {}      # camera -> (K, (h, w)[, Distortion])
         self.extrinsics_by_camera = {}      # camera -> cam_to_ego 4x4
         self.camera_frames = {}             # camera -> optical frame id (from image headers)
         self.static_transforms = {}         # child frame -> (parent frame, 4x4)
@@ -367,6 +368,8 @@ class PlannerNode(Node):
         self.queue.close()
         if self.worker is not None:
             self.worker.join(timeout=5.0)
+        if self.planner is not None:
+            self.planner.close()  # its decode threads
         if self.backend is not None:
             self.backend.close()
 
@@ -427,10 +430,11 @@ class PlannerNode(Node):
     def _on_camera_info(self, camera: str, msg: CameraInfo) -> None:
         try:
             K, hw = camera_info_to_intrinsics(msg)
+            lens = camera_info_distortion(msg)  # D: the fast path undistorts by its remap
         except MessageError as e:
             self._count(f'{e.reason}:{camera}')
             return
-        self.intrinsics_by_camera[camera] = (K, hw)
+        self.intrinsics_by_camera[camera] = (K, hw, lens)
 
     def _on_odometry(self, msg: Odometry) -> None:
         now = self._now_ns()
@@ -505,7 +509,7 @@ class PlannerNode(Node):
                 extr = self._tf_extrinsics(cam)
                 if extr is None:
                     return None, f'no_extrinsics:{cam}'
-            calibs.append(CameraCalibration(intr[0], intr[1], extr))
+            calibs.append(CameraCalibration(intr[0], intr[1], extr, *intr[2:]))
         return calibs, None
 
     def _past_states(self, t0_ns: int):
