@@ -393,8 +393,8 @@ def cuboid_to_object(c: dict, origin: np.ndarray, ids: dict, where: str) -> dict
     ids.setdefault(uuid, len(ids))
     yaw = math.atan2(math.sin(yaw), math.cos(yaw))
     return {'id': ids[uuid], 'uuid': uuid, 'class': object_class(label), 'label': label,
-            'x': round(x - origin[0], 3), 'y': round(y - origin[1], 3),
-            'z': round(z - origin[2], 3), 'yaw': round(yaw, 4),
+            'x': round(x - origin[0], 4), 'y': round(y - origin[1], 4),
+            'z': round(z - origin[2], 4), 'yaw': round(yaw, 6),
             'length': length, 'width': width, 'height': height,
             'motion': c.get('object_motion'), 'stationary': bool(c.get('stationary', False))}
 
