@@ -172,11 +172,11 @@ def summarise(samples: dict, sets: list, meta: dict) -> dict:
 
 
 def format_table(result: dict) -> str:
-    paths = result['paths']
+    paths, meta = result['paths'], result['meta']
     names = list(paths)
-    lines = [f'planner_node input path on {result["meta"]["bag"]} ({result["meta"]["sets"]} camera '
-             f'sets, {result["meta"]["cameras"]} cameras {result["meta"]["image"]} -> model '
-             f'{result["meta"]["model_input"]}, {result["meta"]["model"]})',
+    lines = [f'planner_node input path on {meta["bag"]} ({meta["sets"]} camera sets, '
+             f'{meta["cameras"]} cameras {meta["image"]} -> model {meta["model_input"]}, '
+             f'{meta["model"]})',
              'clock: wall (time.perf_counter), ms; p50 / p99 per stage',
              f'{"stage":<12}' + ''.join(f'{n:>22}' for n in names)]
     for stage in STAGES:
