@@ -63,6 +63,12 @@ def msg_transform(tr) -> np.ndarray:
     return make_transform(quaternion_to_matrix(q.x, q.y, q.z, q.w), (t.x, t.y, t.z))
 
 
+def odom_matrix(pose) -> np.ndarray:
+    """4x4 of a geometry_msgs/Pose."""
+    q, t = pose.orientation, pose.position
+    return make_transform(quaternion_to_matrix(q.x, q.y, q.z, q.w), (t.x, t.y, t.z))
+
+
 def slerp(q0, q1, a):
     """Quaternion [x, y, z, w] interpolation (test's own, independent of the importer)."""
     if q0 @ q1 < 0:
@@ -92,12 +98,40 @@ class Track:
         return make_transform(quaternion_to_matrix(*q), (1 - a) * self.p[i] + a * self.p[i + 1])
 
 
-def raw_ego_track() -> Track:
-    """world_from_base_link: the LiDAR pose turned +90 deg about z (DESIGN.md)."""
+def raw_ego_track(height: float) -> Track:
+    """world_from_base_link: the LiDAR pose turned +90 deg about z (DESIGN.md), ``height``
+    lower."""
     turn = make_transform(quaternion_to_matrix(0, 0, math.sin(math.pi / 4),
-                                               math.cos(math.pi / 4)), (0, 0, 0))
+                                               math.cos(math.pi / 4)), (0, 0, -height))
     stamps = [round(t * 1e9) for t in raw('lidar/timestamps.json')]
     return Track(stamps, [raw_pose(p) @ turn for p in raw('lidar/poses.json')])
+
+
+@pytest.fixture(scope='module')
+def ground_height(seq_dir):
+    from rsd_drive.importers.pandaset import load_sequence
+    return load_sequence(seq_dir).ground_height_m
+
+
+def test_base_link_is_on_the_road(bag_messages, ground_height):
+    """The annotated road users near the car stand on base_link's z = 0 plane."""
+    odom = [msg for _, msg in bag_messages['/odom']]
+    by_stamp = {stamp_to_ns(o.header.stamp): o for o in odom}
+    bottoms = []
+    for _, msg in bag_messages['/pandaset/objects']:
+        data = json.loads(msg.data)
+        o = by_stamp[data['stamp_ns']].pose.pose
+        T = np.linalg.inv(odom_matrix(o))
+        for ob in data['objects']:
+            if ob['class'] != 'scenery':
+                p = T[:3, :3] @ [ob['x'], ob['y'], ob['z'] - ob['height'] / 2] + T[:3, 3]
+                if math.hypot(p[0], p[1]) < 12:
+                    bottoms.append(p[2])
+    iqr = np.subtract(*np.percentile(bottoms, [75, 25]))
+    print(f'\nbase_link {ground_height:.3f} m below the LiDAR pose; {len(bottoms)} boxes within '
+          f'12 m: bottom z median {np.median(bottoms):+.3f} m, IQR {iqr:.3f} m')
+    assert 0.1 < ground_height < 1.0
+    assert abs(np.median(bottoms)) < 0.03 and len(bottoms) > 300
 
 
 def rotation_deg(R) -> float:
@@ -213,11 +247,11 @@ def test_ego_velocity_points_forward_and_matches_gps(bag_messages):
     assert err.max() < 0.25 and err.mean() < 0.08
 
 
-def test_static_mounts_are_constant_over_the_drive(bag_messages):
+def test_static_mounts_are_constant_over_the_drive(bag_messages, ground_height):
     """Each camera's mount from its own pose and the ego pose at *its* stamp is the bag's static
     transform within 1 cm (RMS; the worst frame within 2 cm) and 0.1 deg; sampling the ego at
     the LiDAR stamp instead is off by decimetres (the control)."""
-    ego = raw_ego_track()
+    ego = raw_ego_track(ground_height)
     lidar = [round(t * 1e9) for t in raw('lidar/timestamps.json')]
     (_, tf_static), = bag_messages['/tf_static']
     static = {tf.child_frame_id: msg_transform(tf.transform) for tf in tf_static.transforms}
@@ -254,16 +288,15 @@ def _corners_schema(o) -> np.ndarray:
     return box_corners(o)
 
 
-def test_box_corners_through_the_bag_chain_match_pandasets_camera_poses(bag_messages):
+def test_box_corners_through_the_bag_chain_match_pandasets_camera_poses(
+        bag_messages, ground_height):
     """Corners of every annotated box projected through /tf_static, /odom (interpolated at the
     image stamp) and CameraInfo land where PandaSet's per-frame camera pose puts them."""
     m = bag_messages
     odom = [msg for _, msg in m['/odom']]
     odom_track = Track([stamp_to_ns(o.header.stamp) for o in odom],
-                       [msg_transform(type('T', (), {'rotation': o.pose.pose.orientation,
-                                                     'translation': o.pose.pose.position}))
-                        for o in odom])
-    origin = raw_ego_track().at(round(raw('lidar/timestamps.json')[0] * 1e9))[:3, 3]
+                       [odom_matrix(o.pose.pose) for o in odom])
+    origin = raw_ego_track(ground_height).at(round(raw('lidar/timestamps.json')[0] * 1e9))[:3, 3]
     (_, tf_static), = m['/tf_static']
     static = {tf.child_frame_id: msg_transform(tf.transform) for tf in tf_static.transforms}
     objects = [json.loads(msg.data)['objects'] for _, msg in m['/pandaset/objects']]

@@ -75,6 +75,8 @@ def run_pandaset(args) -> int:
     if s.forward_cosine is not None:
         print(f'base_link x vs direction of travel: cos {s.forward_cosine:.5f} '
               f'({math.degrees(math.acos(min(s.forward_cosine, 1.0))):.2f} deg)')
+    print(f'base_link origin: {s.ground_height_m:.3f} m below the LiDAR pose origin (on the road '
+          f'under the annotated road users)')
     print('camera mounts: deviation of the per-frame mounts from the static one')
     print(s.table())
     if s.skipped_cameras:

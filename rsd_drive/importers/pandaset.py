@@ -15,8 +15,12 @@ Frames, worked out from the data (DESIGN.md "PandaSet frames") and checked here 
   pose). Every sensor's pose is sampled at that sensor's own stamp.
 - ``lidar/poses.json`` has x to the right, y forward (the direction of travel), z up, its origin
   near the ground. REP-103 ``base_link`` (x forward, y left) is that frame turned +90 degrees
-  about z: ``world_from_base = world_from_lidar @ Rz(+90 deg)``. The importer checks it: the ego
-  velocity in base_link must point along +x while the car moves (else it refuses the sequence).
+  about z and lowered onto the road: ``world_from_base = world_from_lidar @ Rz(+90 deg) @
+  Tz(-h)``. The importer checks the axes: the ego velocity in base_link must point along +x while
+  the car moves (else it refuses the sequence). ``h`` is measured from the annotations: the
+  bottoms of the road users within 12 m lie ``h`` below the LiDAR pose origin (0.35 m in sequence
+  002, from 1200+ boxes), so base_link's origin is on the road as REP-103 and the ground-plane
+  projection of the teachers expect.
 - Camera poses are optical frames (z along the view, x right, y down: a pinhole K applies). The
   cameras fire up to 0.1 s before the LiDAR, so a camera's mount is
   ``inv(world_from_base(t_camera)) @ world_from_camera(t_camera)`` with the ego pose interpolated
@@ -64,6 +68,7 @@ SCENERY_LABELS = {'cones', 'signs', 'construction signs', 'temporary constructio
                   'rolling containers', 'pylons', 'road barriers', 'towed object'}
 KEEP_SENSOR_IDS = (-1, 0)
 MAX_EXTRAPOLATION_S = 0.15
+GROUND_RANGE_M = 12.0      # road users this close tell where the road is
 MOVING_SPEED = 1.0          # m/s: frames used to check base_link against the travel direction
 MIN_FORWARD_COSINE = 0.98   # the mean travel direction must be within ~11 degrees of +x
 
@@ -204,6 +209,8 @@ class PandasetSequence:
     gps: list
     cuboid_files: list
     forward_cosine: float | None
+    ground_height_m: float = 0.0   # LiDAR pose origin above the road (base_link is below it)
+    ground_boxes: int = 0
     skipped_cameras: list = field(default_factory=list)
 
     @property
@@ -307,6 +314,34 @@ def check_forward(ego: PoseTrack, where: str) -> float | None:
     return float(mean[0])
 
 
+def ground_height(ego: PoseTrack, cuboid_files: list, lidar_stamps_ns) -> tuple[float, int]:
+    """(height of the LiDAR pose frame's origin above the road, boxes used): the median bottom of
+    the annotated road users within ``GROUND_RANGE_M`` in that frame, over the drive. Their wheels
+    stand on the road, so this is where the road is below the car."""
+    bottoms = []
+    for k, path in enumerate(cuboid_files):
+        data = _read_json(path)
+        T = np.linalg.inv(ego.poses[k])
+        for j, c in enumerate(data if isinstance(data, list) else []):
+            try:
+                if c.get('sensor_id', -1) not in KEEP_SENSOR_IDS or \
+                        object_class(str(c['label'])) == 'scenery':
+                    continue
+                x, y, z = (float(v) for v in c['position'])
+                bottom = T[:3, :3] @ np.array([x, y, z - float(c['dimensions'][2]) / 2]) + T[:3, 3]
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise PandasetError(f'{path} (frame {k}) cuboid {j}: malformed cuboid '
+                                    f'({type(e).__name__}: {e})') from e
+            if math.hypot(bottom[0], bottom[1]) <= GROUND_RANGE_M:
+                bottoms.append(bottom[2])
+    if len(bottoms) < 10:
+        log.warning('only %d annotated road users within %.0f m: base_link is left at the LiDAR '
+                    'pose origin (its height above the road is unknown)', len(bottoms),
+                    GROUND_RANGE_M)
+        return 0.0, len(bottoms)
+    return -float(np.median(bottoms)), len(bottoms)
+
+
 def load_sequence(seq_dir, wanted_cameras=None) -> PandasetSequence:
     """Parse a sequence directory (poses, stamps, intrinsics, file lists) and derive base_link
     and the camera mounts; images are not read (except frame 0's header, for the size)."""
@@ -319,14 +354,17 @@ def load_sequence(seq_dir, wanted_cameras=None) -> PandasetSequence:
     if n < 2:
         raise PandasetError(f'{root / "lidar" / "timestamps.json"}: need at least two frames')
     world_from_lidar = _poses(root / 'lidar' / 'poses.json', n)
-    ego = PoseTrack(lidar_stamps, world_from_lidar @ BASE_FROM_LIDAR,
-                    str(root / 'lidar' / 'poses.json'))
-    forward = check_forward(ego, str(root / 'lidar' / 'poses.json'))
+    where = str(root / 'lidar' / 'poses.json')
+    turned = PoseTrack(lidar_stamps, world_from_lidar @ BASE_FROM_LIDAR, where)
+    forward = check_forward(turned, where)
     cuboid_files = [cuboid_dir / f'{k:02d}.json' for k in range(n)]
     missing = [p for p in cuboid_files if not p.is_file()]
     if missing:
         raise PandasetError(f'{missing[0]}: annotation of frame {cuboid_files.index(missing[0])}'
                             f' missing ({len(missing)} of {n} frames have none)')
+    height, used = ground_height(turned, cuboid_files, lidar_stamps)
+    down = make_transform(np.eye(3), (0.0, 0.0, -height))
+    ego = PoseTrack(lidar_stamps, world_from_lidar @ BASE_FROM_LIDAR @ down, where)
     gps_path = root / 'meta' / 'gps.json'
     gps = _read_json(gps_path) if gps_path.is_file() else []
 
@@ -346,7 +384,7 @@ def load_sequence(seq_dir, wanted_cameras=None) -> PandasetSequence:
         estimate_mount(cam, ego)
     skipped = sorted(c.pandaset_name for n_, c in all_cams.items() if n_ not in cameras)
     return PandasetSequence(root, cameras, lidar_stamps, ego, ego.poses[0][:3, 3].copy(), gps,
-                            cuboid_files, forward, skipped)
+                            cuboid_files, forward, height, used, skipped)
 
 
 # -- ego motion and objects -----------------------------------------------------------------------
@@ -438,6 +476,7 @@ class PandasetSummary:
     objects: int
     duration_s: float
     forward_cosine: float | None
+    ground_height_m: float
     mount_spread: dict       # our name -> MountEstimate.to_dict()
     skipped_cameras: list
 
@@ -493,7 +532,7 @@ def import_pandaset(seq_dir, out_path, dataset_config=None,
         cameras={c.name: c.pandaset_name for c in seq.cameras.values()}, images=d.images,
         odometry=d.odometry, object_frames=d.object_frames,
         objects=sum(len(o) for _, o in objects), duration_s=d.duration_s,
-        forward_cosine=seq.forward_cosine,
+        forward_cosine=seq.forward_cosine, ground_height_m=seq.ground_height_m,
         mount_spread={n: c.spread.to_dict() for n, c in seq.cameras.items()},
         skipped_cameras=seq.skipped_cameras)
 
