@@ -20,7 +20,6 @@ the bag time of the message whose arrival emitted it minus that of the set's las
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path

@@ -19,8 +19,7 @@ from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from rsd_drive.data import convert
-from rsd_drive.data.convert import (  # noqa: F401 - re-exported for callers
-    ns_to_stamp_fields, path_headings, risk_to_occupancy, to_frame)
+from rsd_drive.data.convert import ns_to_stamp_fields, risk_to_occupancy, to_frame
 from rsd_drive.geometry import GridSpec
 
 LEVELS = {'OK': DiagnosticStatus.OK, 'WARN': DiagnosticStatus.WARN,

@@ -258,7 +258,10 @@ class Lockstep:
         with self.cond:
             late = sum(1 for t in self.timed_out if self._answered(t))
         waits = sorted(self.waits) or [0.0]
-        pick = lambda q: waits[min(len(waits) - 1, int(q * (len(waits) - 1) + 0.5))]  # noqa: E731
+
+        def pick(q: float) -> float:
+            return waits[min(len(waits) - 1, int(q * (len(waits) - 1) + 0.5))]
+
         return {'answer_topic': self.answer_topic, 'timeout_s': self.timeout_s,
                 'sets': self.sets, 'answered': self.answered, 'skipped': self.skipped,
                 'late': late,
