@@ -372,3 +372,24 @@ def test_scene_oracle_labels_the_real_drive(pandaset_bag, repo_root, tmp_path):
     risk = np.stack([index[i]['risk'] for i in range(len(index))])
     assert risk.max() > 0.5  # the lead vehicle ahead in the lane
     shutil.copy(preview, tmp_path / 'keep.png')
+
+
+def test_base_link_is_checked_against_the_travel_direction(seq_dir, tmp_path):
+    """A LiDAR pose frame whose y does not point along the travel (here turned a further 90 deg)
+    is refused with the direction it found, not silently imported sideways."""
+    from rsd_drive.geometry import matrix_to_quaternion
+
+    seq = _linked_copy(seq_dir, tmp_path / 'seq')
+    path = seq / 'lidar' / 'poses.json'
+    poses = json.loads(path.read_text())
+    path.unlink()
+    turn = make_transform(quaternion_to_matrix(0, 0, math.sin(math.pi / 4),
+                                               math.cos(math.pi / 4)), (0, 0, 0))
+    for p in poses:
+        qx, qy, qz, qw = matrix_to_quaternion((raw_pose(p) @ turn)[:3, :3])
+        p['heading'] = {'w': qw, 'x': qx, 'y': qy, 'z': qz}
+    path.write_text(json.dumps(poses))
+    with pytest.raises(PandasetError, match=r'does not point along the travel direction: the '
+                                            r'car moves at -90 deg'):
+        import_pandaset(seq, tmp_path / 'bag', progress=False)
+    assert not (tmp_path / 'bag').exists()
