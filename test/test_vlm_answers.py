@@ -151,13 +151,20 @@ class CannedChat:
     transformers image processor through VisionChat's own code (``input_hw``)."""
 
     model_input_hw = VisionChat.model_input_hw
-    input_hw = VisionChat.input_hw
     box_coords = VisionChat.box_coords
     model_type, path, loaded_via = 'qwen2_5_vl', 'canned', 'canned answers'
+    _sizes: dict = {}   # (max_pixels, h, w) -> model input size: the processor runs once per size
 
     def __init__(self, max_pixels, answers):
+        self.max_pixels = max_pixels
         self.image_processor = qwen_processor(max_pixels)
         self.answers, self.prompts = answers, []
+
+    def input_hw(self, image):
+        key = (self.max_pixels, *image.shape[:2])
+        if key not in self._sizes:
+            self._sizes[key] = VisionChat.input_hw(self, image)
+        return self._sizes[key]
 
     def ask(self, image, prompt, max_new_tokens=256):
         self.prompts.append(prompt)
