@@ -69,6 +69,9 @@ def add_arguments(parser) -> None:
     bag.add_argument('--model', help='with --bag: checkpoint directory (default: the demo\'s '
                                      'DINOv2 encoder with untrained heads, built under --out)')
     bag.add_argument('--threads', type=int, default=0, help='with --bag: ONNX Runtime threads')
+    bag.add_argument('--node', action='store_true',
+                     help='with --bag: also run planner_node itself on the bag over DDS, '
+                          'replayed in lockstep, and report its own /diagnostics latencies')
     bag.add_argument('--variants', nargs='+', choices=('jpeg', 'raw'), default=['jpeg', 'raw'],
                      help='with --bag: the bag\'s JPEGs and/or them as raw rgb8 Images')
 

@@ -195,6 +195,84 @@ def format_table(result: dict) -> str:
     return '\n'.join(lines)
 
 
+def run_node_lockstep(bag: Path, reader, model_dir: Path, out: Path, threads: int,
+                      log=print) -> dict:
+    """planner_node in its own process on the bag, replayed in lockstep over DDS (loopback):
+    its own /diagnostics (latency_ms.* wall, latency_sim_ms.* sim) after the last set."""
+    import subprocess
+    import sys
+
+    from rosbags.highlevel import AnyReader
+
+    from rsd_drive.geometry import matrix_to_quaternion
+    from rsd_drive.ros.planner_node import write_parameters
+    from rsd_drive.ros.replay import replay
+
+    cfg = reader.config
+    topic_of = {cam: topic for topic, cam in reader.image_topics.items()}
+    cameras = {}
+    for spec in cfg.cameras:
+        T = reader.cam_to_ego[spec.name]
+        qx, qy, qz, qw = matrix_to_quaternion(T[:3, :3])
+        cameras[spec.name] = dict(
+            image_topic=topic_of[spec.name], compressed=topic_of[spec.name].endswith('compressed'),
+            info_topic=spec.info_topic,
+            extrinsics=[float(v) for v in (*T[:3, 3], qx, qy, qz, qw)])
+    params = write_parameters(
+        out / 'planner_bench_bag.yaml', cameras, model_dir=str(model_dir),
+        backend='onnxruntime', threads=int(threads), extrinsics_source='file',
+        odom_topic=cfg.odom_topic, intent_topic='', pad_short_history=True,
+        reference_camera=cfg.reference_camera, sync_slop_s=cfg.sync_slop_s,
+        diagnostics_period_s=0.5, latency_window=1000)
+    node_log = open(out / 'planner_node_bench.log', 'w')
+    node = subprocess.Popen([sys.executable, '-m', 'rsd_drive.ros.planner_node', '--ros-args',
+                             '--params-file', str(params), '-p', 'use_sim_time:=true'],
+                            stdout=node_log, stderr=subprocess.STDOUT)
+    record = out / 'node_outputs'
+    try:
+        summary = replay(bag, rate=1.0, record=record, wait_s=120.0, tail_s=1.0,
+                         record_topics=['/planner_node/path', '/diagnostics'], lockstep=True,
+                         lockstep_timeout_s=60.0, reference_topic=topic_of[cfg.reference_camera],
+                         slop_s=cfg.sync_slop_s, progress=False)
+    finally:
+        node.send_signal(2)
+        try:
+            node.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            node.kill()
+        node_log.close()
+    log(summary.table())
+    from rclpy.serialization import deserialize_message
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    values, paths = {}, 0
+    with AnyReader([record]) as bag_reader:
+        for conn, _t, raw in bag_reader.messages():
+            if conn.topic == '/planner_node/path':
+                paths += 1
+                continue
+            for status in deserialize_message(bytes(raw), DiagnosticArray).status:
+                kv = {k.key: k.value for k in status.values}
+                if status.name.endswith(': planning') and 'latency_ms.inference.p50' in kv:
+                    values = kv
+    return {'paths': paths, 'lockstep': summary.lockstep,
+            'diagnostics': {k: v for k, v in values.items()
+                            if k.startswith(('latency', 'node_overhead'))}}
+
+
+def format_node(node: dict) -> str:
+    d = node['diagnostics']
+    lines = [f'planner_node over DDS, replay --lockstep: {node["paths"]} paths for '
+             f'{node["lockstep"]["sets"]} sets; its /diagnostics ({d.get("latency_clock", "")})']
+    for prefix, clock in (('latency_ms', 'wall'), ('latency_sim_ms', 'sim')):
+        for stage in sorted({k.split('.')[1] for k in d if k.startswith(prefix + '.')}):
+            lines.append(f'  {prefix}.{stage:<12} p50 {d[f"{prefix}.{stage}.p50"]:>9} p99 '
+                         f'{d[f"{prefix}.{stage}.p99"]:>9} ms ({clock})')
+    if 'node_overhead_to_inference' in d:
+        lines.append(f'  node_overhead_to_inference {d["node_overhead_to_inference"]} (wall)')
+    return '\n'.join(lines)
+
+
 def run_bag(args) -> int:
     from rsd_drive import config_file
     from rsd_drive.deploy.backends import create_backend
@@ -222,6 +300,9 @@ def run_bag(args) -> int:
             'model': str(model_dir), 'ort_threads': args.threads}
     result = summarise(samples, sets, meta)
     table = format_table(result)
+    if args.node:
+        result['node'] = run_node_lockstep(Path(args.bag), reader, model_dir, out, args.threads)
+        table += '\n\n' + format_node(result['node'])
     print(table)
     (out / 'bench_node_bag.txt').write_text(table + '\n')
     if args.json:
