@@ -145,25 +145,30 @@ def _arrivals(data, cams, max_frames=12):
     return events
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.data(), st.integers(5, 80), st.booleans())
 def test_liveness_a_set_is_decided_by_the_message_that_proves_it(data, slop_ms, period):
     """Liveness, not just safety: a reference is emitted (or given up) no later than the first
     message after which its set is provably final, i.e. every other camera has a message stamped
-    at or after the reference."""
+    at or after the reference that no earlier set used (messages are used once, and a set uses
+    up everything older than its pick)."""
     events = _arrivals(data, CAMS)
     sync = FrameSynchronizer(CAMS, 'front', slop_ns=slop_ms * MS, queue_size=100,
                              expect_period=period)
     latest = {c: None for c in CAMS}
+    used_upto = {c: -1 for c in CAMS}
     arrived = []
     for cam, t in events:
-        sync.add(cam, t, (cam, t))
+        for s in sync.add(cam, t, (cam, t)):
+            for c, stamp in zip(CAMS, s.stamps_ns):
+                used_upto[c] = max(used_upto[c], stamp)
         latest[cam] = t
         if cam == 'front':
             arrived.append(t)
         pending = {s for s, _ in sync._queues['front']}
         for ref in arrived:
-            proven = all(latest[c] is not None and latest[c] >= ref for c in CAMS)
+            proven = all(latest[c] is not None and latest[c] >= ref and latest[c] > used_upto[c]
+                         for c in CAMS)
             if proven:
                 assert ref not in pending, f'reference {ref} still pending after its proof'
 
