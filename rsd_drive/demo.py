@@ -118,13 +118,17 @@ def read_outputs(bag: Path) -> dict:
     return out
 
 
-def run_node_on_bag(out: Path, checkpoint: Path, bag: Path, rate: float) -> dict:
-    """planner_node in its own process, the bag replayed into it with /clock, outputs recorded."""
+def run_node_on_bag(out: Path, checkpoint: Path, bag: Path, rate: float,
+                    threads: int | None = None) -> dict:
+    """planner_node in its own process, the bag replayed into it with /clock, outputs recorded.
+    The replay runs in lockstep with the node (bag time waits for each set's plan), so the stage
+    passes however slow the machine is; ``threads``: ONNX Runtime threads (None: planner.yaml)."""
     from rsd_drive.ros.planner_node import write_parameters
     from rsd_drive.ros.replay import replay
 
+    extra = {} if threads is None else {'threads': int(threads)}
     params = write_parameters(out / 'planner_demo.yaml', model_dir=str(checkpoint),
-                              backend='onnxruntime')
+                              backend='onnxruntime', **extra)
     log = open(out / 'planner_node.log', 'w')
     node = subprocess.Popen([sys.executable, '-m', 'rsd_drive.ros.planner_node', '--ros-args',
                              '--params-file', str(params), '-p', 'use_sim_time:=true'],
@@ -132,7 +136,8 @@ def run_node_on_bag(out: Path, checkpoint: Path, bag: Path, rate: float) -> dict
                             env=dict(os.environ))
     record = out / 'node_outputs'
     try:
-        summary = replay(bag, rate=rate, record=record, wait_s=60.0, tail_s=2.0)
+        summary = replay(bag, rate=rate, record=record, wait_s=60.0, tail_s=2.0, lockstep=True,
+                         lockstep_timeout_s=60.0)
         print(summary.table())
     finally:
         node.send_signal(signal.SIGINT)

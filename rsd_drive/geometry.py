@@ -115,13 +115,48 @@ def yaw_matrix(yaw: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
-def camera_to_ego(x: float, y: float, z: float, yaw: float, pitch: float = 0.0) -> np.ndarray:
+def camera_to_ego(x: float, y: float, z: float, yaw: float, pitch: float = 0.0,
+                  roll: float = 0.0) -> np.ndarray:
     """``cam_to_ego`` of a camera mounted at (x, y, z) looking along ``yaw`` (left positive),
-    tilted down by ``pitch`` radians."""
+    tilted down by ``pitch`` and rolled by ``roll`` radians about its viewing axis (right-handed
+    about the camera body's x forward: positive lifts the image's left side)."""
     c, s = np.cos(pitch), np.sin(pitch)
     pitch_down = np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
-    body_to_ego = yaw_matrix(yaw) @ pitch_down
+    c, s = np.cos(roll), np.sin(roll)
+    roll_x = np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+    body_to_ego = yaw_matrix(yaw) @ pitch_down @ roll_x
     return make_transform(body_to_ego @ OPTICAL_FROM_BODY.T, (x, y, z))
+
+
+MOUNT_KEYS = ('x', 'y', 'z', 'yaw', 'pitch', 'roll')
+POSE_KEYS = ('x', 'y', 'z', 'qx', 'qy', 'qz', 'qw')
+
+
+def extrinsics_to_matrix(values) -> np.ndarray:
+    """cam_to_ego from a mount ``[x, y, z, yaw, pitch(, roll)]`` (metres, radians; see
+    :func:`camera_to_ego`) or the optical frame's pose ``[x, y, z, qx, qy, qz, qw]`` (calibrated
+    rigs). A mapping with those keys works too (mount keys may be left out: 0)."""
+    if isinstance(values, dict):
+        unknown = set(values) - set(MOUNT_KEYS) - set(POSE_KEYS)
+        if unknown:
+            raise ValueError(f'extrinsics: unknown keys {sorted(unknown)}; a mount has '
+                             f'{list(MOUNT_KEYS)}, a pose {list(POSE_KEYS)}')
+        quat = [k for k in ('qx', 'qy', 'qz', 'qw') if k in values]
+        if quat:
+            if len(quat) != 4 or set(values) & {'yaw', 'pitch', 'roll'}:
+                raise ValueError(f'extrinsics: a pose needs all of {list(POSE_KEYS)} and no '
+                                 f'yaw/pitch/roll, got {sorted(values)}')
+            values = [float(values.get(k, 0.0)) for k in POSE_KEYS]
+        else:
+            values = [float(values.get(k, 0.0)) for k in MOUNT_KEYS]
+    values = [float(v) for v in values]
+    if len(values) in (5, 6):
+        return camera_to_ego(*values)
+    if len(values) != 7:
+        raise ValueError(f'extrinsics: expected 5 or 6 (mount) or 7 (pose) values, '
+                         f'got {len(values)}')
+    x, y, z, qx, qy, qz, qw = values
+    return make_transform(quaternion_to_matrix(qx, qy, qz, qw), (x, y, z))
 
 
 def intrinsics(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:

@@ -4,10 +4,10 @@ import shutil
 import numpy as np
 import pytest
 
-from helpers_bags import (START_NS, camera_K, camera_mount, dataset_config, write_drive,
+from helpers_bags import (H, START_NS, W, camera_K, camera_mount, dataset_config, write_drive,
                           _image)
-from rsd_drive.data.bag import (BagError, BagReader, BagWriter, MissingTopicsError,
-                                SkippedFrame, SyncedFrame)
+from rsd_drive.data.bag import (BagError, BagReader, BagWriter, DatasetConfig,
+                                MissingTopicsError, SkippedFrame, SyncedFrame)
 from rsd_drive.data.targets import (TargetConfig, TargetError, build_targets, index_frame,
                                     intent_index)
 from rsd_drive import INTENTS
@@ -152,3 +152,89 @@ def test_writer_is_atomic(tmp_path):
         w.write('/x', 1, w.typestore.types['std_msgs/msg/String'](data='a'))
     assert (target / 'metadata.yaml').is_file()
     shutil.rmtree(target)
+
+
+def rewrite_bag(src, dst, edit):
+    """Copy a bag message by message through ``edit(topic, msg) -> msg`` (rosbags only)."""
+    from rosbags.highlevel import AnyReader
+    from rosbags.typesys import Stores, get_typestore
+
+    with AnyReader([src], default_typestore=get_typestore(Stores.ROS2_JAZZY)) as reader, \
+            BagWriter(dst) as writer:
+        for conn, t, raw in reader.messages():
+            writer.write(conn.topic, t, edit(conn.topic, reader.deserialize(raw, conn.msgtype)))
+    return dst
+
+
+def with_config(cfg, **changes):
+    return DatasetConfig(**{**cfg.to_dict(), **changes})
+
+
+def test_base_frame_comes_from_the_dataset_config(tmp_path):
+    def rename(topic, msg):
+        if topic == '/tf_static':
+            for tf in msg.transforms:
+                tf.header.frame_id = 'vehicle'
+        return msg
+
+    bag = rewrite_bag(write_drive(tmp_path / 'a', cameras=['front'], n_frames=2),
+                      tmp_path / 'b', rename)
+    with pytest.raises(MissingTopicsError, match='no base_link -> front_optical'):
+        BagReader(bag, dataset_config(['front'])).open()
+    with BagReader(bag, with_config(dataset_config(['front']), base_frame='vehicle')) as reader:
+        frame = next(reader.frames())
+        assert reader.extrinsics_source == {'front': 'tf_static'}
+    np.testing.assert_allclose(frame.cam_to_ego[0], camera_mount('front'), atol=1e-9)
+    with pytest.raises(ValueError, match='base_frame'):
+        with_config(dataset_config(['front']), base_frame='')
+
+
+def test_config_extrinsics_take_roll_and_a_quaternion_like_the_node(tmp_path):
+    from rsd_drive.geometry import camera_to_ego, extrinsics_to_matrix, matrix_to_quaternion
+    from rsd_drive.ros.planner_node import extrinsics_to_matrix as node_parser
+
+    assert node_parser is extrinsics_to_matrix  # one parser, in the core
+    bag = write_drive(tmp_path / 'drive', cameras=['front'], n_frames=2, tf_static=False)
+    M = camera_to_ego(1.5, 0.2, 1.6, 0.3, 0.08, 0.05)
+    qx, qy, qz, qw = matrix_to_quaternion(M[:3, :3])
+    mounts = {'mount': {'x': 1.5, 'y': 0.2, 'z': 1.6, 'yaw': 0.3, 'pitch': 0.08, 'roll': 0.05},
+              'pose': {'x': 1.5, 'y': 0.2, 'z': 1.6, 'qx': qx, 'qy': qy, 'qz': qz, 'qw': qw}}
+    for form, mount in mounts.items():
+        with BagReader(bag, dataset_config(['front'], extrinsics={'front': mount})) as reader:
+            frame = next(reader.frames())
+        np.testing.assert_allclose(frame.cam_to_ego[0], M, atol=1e-9, err_msg=form)
+        np.testing.assert_allclose(extrinsics_to_matrix(list(mount.values())), M, atol=1e-9)
+    # Roll turns the image about the viewing axis: the optical z axis stays, x tilts.
+    flat = camera_to_ego(1.5, 0.2, 1.6, 0.3, 0.08)
+    np.testing.assert_allclose(M[:3, 2], flat[:3, 2], atol=1e-12)
+    assert np.degrees(np.arccos(M[:3, 0] @ flat[:3, 0])) == pytest.approx(np.degrees(0.05))
+    for bad in ({'x': 1.0, 'roll': 0.1, 'qw': 1.0}, {'x': 1.0, 'qx': 0.0}, {'x': 1, 'foo': 2}):
+        with pytest.raises(ValueError, match='extrinsics of .front'):
+            dataset_config(['front'], extrinsics={'front': bad})
+
+
+def test_image_size_differing_from_camera_info_rescales_K_like_the_node(tmp_path):
+    """A driver publishing a half-size stream with full-size CameraInfo: the frame is used, with
+    K rescaled to the image size by the same rule as the planner node."""
+    from rsd_drive.deploy.pipeline import CameraCalibration
+    from rsd_drive.geometry import resize_intrinsics
+
+    big_hw = (2 * H, 2 * W)
+    K_big = resize_intrinsics(camera_K(), (H, W), big_hw)
+
+    def full_size_info(topic, msg):
+        if topic.endswith('camera_info'):
+            msg.height, msg.width = big_hw
+            msg.k = K_big.reshape(-1).copy()
+        return msg
+
+    bag = rewrite_bag(write_drive(tmp_path / 'a', cameras=CAMS, n_frames=3), tmp_path / 'b',
+                      full_size_info)
+    with BagReader(bag, dataset_config(CAMS)) as reader:
+        frames = list(reader.frames())
+        assert not reader.skipped and reader.info_hw['front'] == big_hw
+    assert len(frames) == 3 and frames[0].image_hw == [(H, W)] * 3
+    node_K = CameraCalibration(K_big, big_hw, np.eye(4)).K_for((H, W))
+    for K in frames[0].K:
+        np.testing.assert_allclose(K, node_K, atol=1e-12)
+        np.testing.assert_allclose(K, camera_K(), atol=1e-9)

@@ -7,9 +7,10 @@ import pytest
 from rosbags.typesys import Stores, get_typestore
 
 from rsd_drive.data.bag import build_message, header_msg
-from rsd_drive.data.convert import (MessageError, camera_info_to_intrinsics, image_to_rgb,
-                                    occupancy_to_risk, odometry_to_state, risk_to_occupancy,
-                                    transform_to_matrix)
+from rsd_drive.data.convert import (MessageError, camera_info_distortion,
+                                    camera_info_to_intrinsics, image_to_rgb, occupancy_to_risk,
+                                    odometry_to_state, path_message, path_poses,
+                                    risk_to_occupancy, transform_to_matrix)
 
 TS = get_typestore(Stores.ROS2_JAZZY)
 RGB = np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)
@@ -116,7 +117,24 @@ def odometry(x=1.0, y=2.0, yaw=0.5, vx=3.0, vy=4.0, q=None):
 def test_odometry_to_state():
     s = odometry_to_state(odometry())
     assert (s.stamp_ns, s.x, s.y) == (5_000_000_123, 1.0, 2.0)
-    assert s.yaw == pytest.approx(0.5) and s.speed == pytest.approx(5.0)
+    # speed is the signed body-frame forward velocity, not the norm of the twist
+    assert s.yaw == pytest.approx(0.5) and s.speed == pytest.approx(3.0)
+
+
+def test_reversing_odometry_gives_a_negative_speed_and_backward_extrapolation():
+    from rsd_drive.data.sync import OdometryHistory
+
+    s = odometry_to_state(odometry(vx=-2.0, vy=0.1))
+    assert s.speed == pytest.approx(-2.0)
+    h = OdometryHistory()
+    for k in range(5):  # reversing along +x: the ego moves to -x over time, yaw 0
+        msg = odometry(x=-0.5 * k, y=0.0, yaw=0.0, vx=-2.0, vy=0.0)
+        msg.header.stamp.sec, msg.header.stamp.nanosec = k // 4, (k % 4) * 250_000_000
+        h.add(odometry_to_state(msg))
+    past = h.past_states(750_000_000, steps=8, frequency_hz=4.0, extrapolate_start=True)
+    assert np.all(past[:, 3] < 0)  # the past speeds say "reversing"
+    # history extrapolated before the first state lies ahead (+x): it came from there
+    assert np.all(np.diff(past[:, 0]) < 0) and past[0, 0] > 0
 
 
 @pytest.mark.parametrize('kwargs', [{'x': float('nan')}, {'vx': float('inf')},
@@ -132,6 +150,16 @@ def test_camera_info_validation():
                          k=np.array([40.0, 0, 31.5, 0, 40.0, 23.5, 0, 0, 1]))
     K, hw = camera_info_to_intrinsics(info)
     assert hw == (48, 64) and K[0, 0] == 40.0 and K[1, 2] == 23.5
+    assert camera_info_distortion(info).is_pinhole  # empty D
+    info.distortion_model, info.d = 'plumb_bob', np.array([-0.2, 0.05, 0.001, -0.002, 0.0])
+    d = camera_info_distortion(info)
+    assert d.model == 'plumb_bob' and d.coeffs[0] == -0.2
+    for model, coeffs in (('plumb_bob', [0.1, 0.2, 0.3]), ('kannala', [0.1, 0, 0, 0]),
+                          ('equidistant', [np.nan, 0, 0, 0])):
+        info.distortion_model, info.d = model, np.array(coeffs)
+        with pytest.raises(MessageError) as e:
+            camera_info_distortion(info)
+        assert e.value.reason == 'bad_distortion'
     for bad in (np.zeros(9), np.array([np.nan, 0, 0, 0, 1, 0, 0, 0, 1.0])):
         info.k = bad
         with pytest.raises(MessageError) as e:
@@ -152,3 +180,39 @@ def test_transform_and_occupancy_round_trip():
     occ = risk_to_occupancy(risk)
     assert occ.dtype == np.int8 and occ.tolist() == [0, 25, 100, -1, 100, 0]
     np.testing.assert_allclose(occupancy_to_risk(occ, 2, 3), [[0, 0.25, 1], [0, 1, 0]])
+
+
+def test_path_poses_have_their_own_stamps_and_headings():
+    wp = np.array([[1.0, 0.0], [2.0, 1.0], [2.0, 1.0], [2.0, 3.0]])
+    poses = path_poses(wp, 10_000_000_000, 4.0)
+    assert [p[0] for p in poses] == [10_000_000_000 + 250_000_000 * (k + 1) for k in range(4)]
+    np.testing.assert_allclose([p[3] for p in poses], [0.0, math.pi / 4, math.pi / 4,
+                                                       math.pi / 2])
+    # In odom, with base_link at (10, 5) heading +y: forward 1 m is (10, 6), heading + pi/2.
+    t, x, y, yaw = path_poses(wp, 0, 4.0, pose=(10.0, 5.0, math.pi / 2))[0]
+    assert (x, y, yaw) == pytest.approx((10.0, 6.0, math.pi / 2))
+    with_origin = path_poses(wp, 0, 4.0, include_origin=True)
+    assert len(with_origin) == 5 and with_origin[0][:3] == (0, 0.0, 0.0)
+    assert with_origin[-1][0] == 4 * 250_000_000
+
+
+def test_one_path_builder_for_rosbags_and_rclpy_messages():
+    from nav_msgs.msg import Path
+
+    from rsd_drive.ros.messages import path_message as ros_path_message
+
+    wp = np.array([[1.0, 0.0], [2.0, 0.5]])
+    bag_msg = path_message(TS.types.__getitem__, wp, 5_000_000_000, 'base_link', 4.0)
+    ros_msg = ros_path_message(wp, 5_000_000_000, 'base_link')
+    assert isinstance(ros_msg, Path)
+    assert bytes(TS.serialize_cdr(bag_msg, 'nav_msgs/msg/Path')) == \
+        bytes(TS.serialize_cdr(TS.deserialize_cdr(_cdr(ros_msg), 'nav_msgs/msg/Path'),
+                               'nav_msgs/msg/Path'))
+    stamps = [p.header.stamp.sec * 10**9 + p.header.stamp.nanosec for p in ros_msg.poses]
+    assert stamps == [5_250_000_000, 5_500_000_000]
+
+
+def _cdr(msg) -> bytes:
+    from rclpy.serialization import serialize_message
+
+    return serialize_message(msg)

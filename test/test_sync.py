@@ -93,12 +93,100 @@ def test_unknown_camera_and_bad_reference():
 
 def test_flush_emits_complete_sets_and_counts_incomplete_ones():
     sync = FrameSynchronizer(CAMS, 'front', slop_ns=50 * MS)
-    # left at +30 ms could still be beaten by a closer message: the set waits for more input.
-    assert sync.add('front', 0, None) == [] and sync.add('left', 30 * MS, None) == []
+    # left at -30 ms (earlier than the reference, no period known yet) could still be beaten by
+    # a closer message: the set waits for more input.
+    assert sync.add('front', 0, None) == [] and sync.add('left', -30 * MS, None) == []
     assert sync.add('right', 5 * MS, None) == [] and sync.add('front', 100 * MS, None) == []
     out = sync.flush()
     assert [s.stamp_ns for s in out] == [0]
     assert sync.dropped == {'missing:left': 1}  # the 100 ms reference has no partners
+
+
+def test_a_candidate_later_than_the_reference_is_final_at_once():
+    """Stamps are monotonic per camera: a message at or after the reference stamp proves that no
+    closer one can come, so the set is emitted by that message, not one camera period later."""
+    sync = FrameSynchronizer(CAMS, 'front', slop_ns=50 * MS)
+    assert sync.add('front', 0, None) == [] and sync.add('right', 5 * MS, None) == []
+    out = sync.add('left', 30 * MS, None)  # beyond the early-accept window (10 ms), but final
+    assert [s.stamps_ns for s in out] == [[0, 30 * MS, 5 * MS]]
+    # Only candidates after the window: the reference is hopeless as soon as one is seen.
+    sync = FrameSynchronizer(['a', 'b'], 'a', slop_ns=50 * MS)
+    assert sync.add('a', 0, None) == [] and sync.add('b', 60 * MS, None) == []
+    assert sync.dropped == {'missing:b': 1}
+
+
+def test_the_camera_period_makes_an_earlier_candidate_final():
+    sync = FrameSynchronizer(['a', 'b'], 'a', slop_ns=50 * MS)
+    for k in range(3):  # b runs 30 ms ahead of a at 10 Hz
+        sync.add('b', k * 100 * MS - 30 * MS, None)
+        out = sync.add('a', k * 100 * MS, None)
+        # Once b's period is known (two steps), its next message (at +70 ms) can't be closer.
+        assert len(out) == (1 if k >= 2 else 0)
+    without = FrameSynchronizer(['a', 'b'], 'a', slop_ns=50 * MS, expect_period=False)
+    for k in range(3):
+        without.add('b', k * 100 * MS - 30 * MS, None)
+        assert without.add('a', k * 100 * MS, None) == []  # waits for the next b message
+    assert without.emitted == 2
+
+
+def _arrivals(data, cams, max_frames=12):
+    """Free-running monotonic streams per camera, merged in a random arrival order."""
+    streams = {}
+    for c in cams:
+        steps = data.draw(st.lists(st.integers(1, 150), min_size=1, max_size=max_frames))
+        start = data.draw(st.integers(0, 100))
+        streams[c] = list(np.cumsum([start] + steps[:-1]) * MS)
+    pos = {c: 0 for c in cams}
+    events = []
+    while any(pos[c] < len(streams[c]) for c in cams):
+        c = data.draw(st.sampled_from([c for c in cams if pos[c] < len(streams[c])]))
+        events.append((c, int(streams[c][pos[c]])))
+        pos[c] += 1
+    return events
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data(), st.integers(5, 80), st.booleans())
+def test_liveness_a_set_is_decided_by_the_message_that_proves_it(data, slop_ms, period):
+    """Liveness, not just safety: a reference is emitted (or given up) no later than the first
+    message after which its set is provably final, i.e. every other camera has a message stamped
+    at or after the reference that no earlier set used (messages are used once, and a set uses
+    up everything older than its pick)."""
+    events = _arrivals(data, CAMS)
+    sync = FrameSynchronizer(CAMS, 'front', slop_ns=slop_ms * MS, queue_size=100,
+                             expect_period=period)
+    latest = {c: None for c in CAMS}
+    used_upto = {c: -1 for c in CAMS}
+    arrived = []
+    for cam, t in events:
+        for s in sync.add(cam, t, (cam, t)):
+            for c, stamp in zip(CAMS, s.stamps_ns):
+                used_upto[c] = max(used_upto[c], stamp)
+        latest[cam] = t
+        if cam == 'front':
+            arrived.append(t)
+        pending = {s for s, _ in sync._queues['front']}
+        for ref in arrived:
+            proven = all(latest[c] is not None and latest[c] >= ref and latest[c] > used_upto[c]
+                         for c in CAMS)
+            if proven:
+                assert ref not in pending, f'reference {ref} still pending after its proof'
+
+
+def test_free_running_cameras_emit_on_the_last_message_of_each_set():
+    """Cameras at 10 Hz with fixed phase offsets and stamp-order arrival: with the period known,
+    every set is emitted by its own last message (no camera period of waiting)."""
+    rng = np.random.default_rng(0)
+    offsets = {'front': 0, 'left': int(rng.integers(-45, 45)) * MS,
+               'right': int(rng.integers(-45, 45)) * MS}
+    events = sorted(((c, k * 100 * MS + offsets[c]) for k in range(30) for c in CAMS),
+                    key=lambda e: e[1])
+    sync = FrameSynchronizer(CAMS, 'front', slop_ns=50 * MS)
+    late = []
+    for cam, t in events:
+        for s in sync.add(cam, t, (cam, t)):
+            late.append(t - max(s.stamps_ns))  # emission (this arrival) - last message of set
+    assert len(late) >= 27 and max(late[2:]) == 0
 
 
 @settings(max_examples=60, deadline=None)

@@ -59,6 +59,21 @@ def add_arguments(parser) -> None:
     parser.add_argument('--image-size', type=int, nargs=2, default=(224, 224),
                         metavar=('H', 'W'), help='model input size')
     parser.add_argument('--out', default='work_dirs/bench', help='table (JSON) and PNG go here')
+    bag = parser.add_argument_group('recorded drive (--bag): today\'s input path vs the fast one')
+    bag.add_argument('--bag', help='replay this rosbag2 (e.g. the imported PandaSet drive, '
+                                   '6x1920x1080 JPEG) through the node\'s stages instead')
+    bag.add_argument('--json', metavar='OUT', help='with --bag: write per-path, per-stage '
+                                                   'p50/p99 (ms, wall clock) here')
+    bag.add_argument('--dataset', help='with --bag: dataset config of the bag (default '
+                                       'config/pandaset_dataset.yaml)')
+    bag.add_argument('--model', help='with --bag: checkpoint directory (default: the demo\'s '
+                                     'DINOv2 encoder with untrained heads, built under --out)')
+    bag.add_argument('--threads', type=int, default=0, help='with --bag: ONNX Runtime threads')
+    bag.add_argument('--node', action='store_true',
+                     help='with --bag: also run planner_node itself on the bag over DDS, '
+                          'replayed in lockstep, and report its own /diagnostics latencies')
+    bag.add_argument('--variants', nargs='+', choices=('jpeg', 'raw'), default=['jpeg', 'raw'],
+                     help='with --bag: the bag\'s JPEGs and/or them as raw rgb8 Images')
 
 
 # -- the node and the inputs --------------------------------------------------------------------
@@ -352,6 +367,10 @@ def write_png(rows: list, path: Path) -> None:
 
 
 def run(args) -> int:
+    if getattr(args, 'bag', None):
+        from rsd_drive.bench.node_bag import run_bag
+
+        return run_bag(args)
     import torch
     from tqdm import tqdm
 

@@ -32,10 +32,11 @@ import numpy as np
 import yaml
 
 from rsd_drive import config_file
-from rsd_drive.data.convert import (MessageError, camera_info_to_intrinsics, image_to_rgb,
+from rsd_drive.data.convert import (MessageError, camera_info_distortion,
+                                    camera_info_to_intrinsics, image_to_rgb,
                                     odometry_to_state, stamp_to_ns, transform_to_matrix)
 from rsd_drive.data.sync import FrameSynchronizer, OdometryHistory, SyncError
-from rsd_drive.geometry import camera_to_ego
+from rsd_drive.geometry import extrinsics_to_matrix, resize_intrinsics
 
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
 COMPRESSED_TYPE = 'sensor_msgs/msg/CompressedImage'
@@ -43,7 +44,6 @@ INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
 ODOM_TYPE = 'nav_msgs/msg/Odometry'
 STRING_TYPE = 'std_msgs/msg/String'
 TF_TYPE = 'tf2_msgs/msg/TFMessage'
-BASE_FRAME = 'base_link'
 
 
 class BagError(RuntimeError):
@@ -84,6 +84,7 @@ class DatasetConfig:
     objects_topic: str = ''
     extrinsics: dict = field(default_factory=dict)
     sync_queue_size: int = 10
+    base_frame: str = 'base_link'
 
     def __post_init__(self):
         self.cameras = [c if isinstance(c, CameraSpec) else CameraSpec(**c) for c in self.cameras]
@@ -96,12 +97,15 @@ class DatasetConfig:
             raise ValueError(f'reference_camera {self.reference_camera!r} is not one of {names}')
         if self.sync_slop_s <= 0 or self.odom_max_gap_s <= 0:
             raise ValueError('sync_slop_s and odom_max_gap_s must be positive')
+        if not self.base_frame:
+            raise ValueError('base_frame must name the vehicle frame (REP-105 base_link)')
         for name, mount in (self.extrinsics or {}).items():
             if name not in names:
                 raise ValueError(f'extrinsics given for unknown camera {name!r}')
-            unknown = set(mount) - {'x', 'y', 'z', 'yaw', 'pitch'}
-            if unknown:
-                raise ValueError(f'extrinsics of {name!r}: unknown keys {sorted(unknown)}')
+            try:
+                extrinsics_to_matrix(mount)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f'extrinsics of {name!r}: {exc}') from exc
 
     @property
     def camera_names(self) -> list:
@@ -132,7 +136,7 @@ class DatasetConfig:
                 'odom_topic': self.odom_topic, 'odom_max_gap_s': self.odom_max_gap_s,
                 'intent_topic': self.intent_topic, 'tf_static_topic': self.tf_static_topic,
                 'objects_topic': self.objects_topic, 'extrinsics': dict(self.extrinsics),
-                'sync_queue_size': self.sync_queue_size}
+                'sync_queue_size': self.sync_queue_size, 'base_frame': self.base_frame}
 
 
 # -- frames --------------------------------------------------------------------------------------
@@ -155,6 +159,7 @@ class SyncedFrame:
     K: np.ndarray
     cam_to_ego: np.ndarray
     image_hw: list
+    distortion: list | None = None  # camera_model.Distortion per camera (lens of the images)
 
 
 @dataclass
@@ -203,6 +208,7 @@ class BagReader:
         self.intents: list = []
         self.objects: list = []
         self.K: dict = {}
+        self.distortion: dict = {}  # camera -> camera_model.Distortion (CameraInfo D)
         self.info_hw: dict = {}
         self.cam_to_ego: dict = {}
         self.extrinsics_source: dict = {}
@@ -331,7 +337,9 @@ class BagReader:
                 if name in self.K:
                     continue  # calibration is static: the first valid message wins
                 try:
+                    distortion = camera_info_distortion(msg)
                     self.K[name], self.info_hw[name] = camera_info_to_intrinsics(msg)
+                    self.distortion[name] = distortion
                     frame_ids[name] = msg.header.frame_id
                 except MessageError as exc:
                     self.bad_messages[f'camera_info:{exc.reason}:{name}'] += 1
@@ -354,18 +362,16 @@ class BagReader:
                 problems.append(f'no valid CameraInfo for {cam.name} on {cam.info_topic}')
                 continue
             frame_id = frame_ids.get(cam.name) or f'{cam.name}_optical'
-            T = _resolve_tf_chain(tf_links, BASE_FRAME, frame_id) if tf_links else None
+            T = _resolve_tf_chain(tf_links, cfg.base_frame, frame_id) if tf_links else None
             if T is not None:
                 self.cam_to_ego[cam.name], self.extrinsics_source[cam.name] = T, 'tf_static'
             elif cam.name in cfg.extrinsics:
-                m = cfg.extrinsics[cam.name]
-                self.cam_to_ego[cam.name] = camera_to_ego(
-                    m.get('x', 0.0), m.get('y', 0.0), m.get('z', 0.0), m.get('yaw', 0.0),
-                    m.get('pitch', 0.0))
+                self.cam_to_ego[cam.name] = extrinsics_to_matrix(cfg.extrinsics[cam.name])
                 self.extrinsics_source[cam.name] = 'config'
             else:
-                problems.append(f'no extrinsics for {cam.name}: no {BASE_FRAME} -> {frame_id} '
-                                f'in {cfg.tf_static_topic} and none in the dataset config')
+                problems.append(f'no extrinsics for {cam.name}: no {cfg.base_frame} -> '
+                                f'{frame_id} in {cfg.tf_static_topic} and none in the dataset '
+                                f'config')
         if not len(self.odometry):
             problems.append(f'no valid odometry on {cfg.odom_topic}')
         if problems:
@@ -378,8 +384,9 @@ class BagReader:
 
         ``decode`` is True, False or a predicate on ``seq``: frames not decoded carry
         ``images=None`` (resume uses this to walk past finished work cheaply). Frames whose
-        odometry can't be interpolated at the reference stamp, or whose images fail to decode
-        or disagree with their CameraInfo, are skipped and counted in ``skipped``.
+        odometry can't be interpolated at the reference stamp, or whose images fail to decode,
+        are skipped and counted in ``skipped``. An image of another size than its CameraInfo
+        says gets K rescaled to its size (as the planner node does).
         """
         if self._reader is None:
             raise RuntimeError('BagReader.open() first')
@@ -441,14 +448,14 @@ class BagReader:
             else:
                 hw = (int(getattr(msg, 'height', 0)) or self.info_hw[name][0],
                       int(getattr(msg, 'width', 0)) or self.info_hw[name][1])
-            if tuple(hw) != tuple(self.info_hw[name]):
-                return SkippedFrame(seq, t0, f'image:size_mismatch:{name}',
-                                    f'image {hw[1]}x{hw[0]} but CameraInfo '
-                                    f'{self.info_hw[name][1]}x{self.info_hw[name][0]}')
             hws.append(tuple(hw))
-        K = np.stack([self.K[n] for n in cfg.camera_names])
+        # One rule with the planner node (deploy.pipeline.CameraCalibration.K_for): an image
+        # whose size differs from its CameraInfo (a driver's scaled stream) gets K rescaled.
+        K = np.stack([resize_intrinsics(self.K[n], self.info_hw[n], hw)
+                      for n, hw in zip(cfg.camera_names, hws)])
         T = np.stack([self.cam_to_ego[n] for n in cfg.camera_names])
-        return SyncedFrame(seq, t0, list(synced.stamps_ns), cfg.camera_names, images, K, T, hws)
+        return SyncedFrame(seq, t0, list(synced.stamps_ns), cfg.camera_names, images, K, T, hws,
+                           [self.distortion.get(n) for n in cfg.camera_names])
 
     # -- per-frame context ---------------------------------------------------------------------
     def intent_at(self, t_ns: int) -> str | None:

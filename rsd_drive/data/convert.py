@@ -109,6 +109,18 @@ def camera_info_to_intrinsics(msg) -> tuple[np.ndarray, tuple[int, int]]:
     return k, (int(msg.height), int(msg.width))
 
 
+def camera_info_distortion(msg):
+    """sensor_msgs/CameraInfo -> :class:`rsd_drive.data.camera_model.Distortion` from
+    ``distortion_model`` and ``d`` (plumb_bob, rational_polynomial, equidistant; all-zero D is a
+    pinhole); MessageError 'bad_distortion' for an unsupported model or a wrong length."""
+    from rsd_drive.data.camera_model import Distortion, DistortionError
+
+    try:
+        return Distortion.from_camera_info(msg.distortion_model, list(msg.d))
+    except DistortionError as e:
+        raise MessageError('bad_distortion', str(e)) from e
+
+
 def yaw_from_quaternion(q) -> float:
     return math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
 
@@ -125,7 +137,9 @@ class EgoState:
 
 
 def odometry_to_state(msg) -> EgoState:
-    """nav_msgs/Odometry -> EgoState (speed = norm of the body-frame linear twist)."""
+    """nav_msgs/Odometry -> EgoState; ``speed`` is the signed body-frame forward velocity
+    (``twist.linear.x``, REP-105 twist in ``child_frame_id``): negative when reversing, so a
+    reversing ego is never planned forward."""
     p, q, v = msg.pose.pose.position, msg.pose.pose.orientation, msg.twist.twist.linear
     values = (p.x, p.y, q.x, q.y, q.z, q.w, v.x, v.y)
     if not all(math.isfinite(float(a)) for a in values):
@@ -133,7 +147,7 @@ def odometry_to_state(msg) -> EgoState:
     if abs(q.x) + abs(q.y) + abs(q.z) + abs(q.w) < 1e-9:
         raise MessageError('nan_odometry', 'zero quaternion')
     return EgoState(stamp_to_ns(msg.header.stamp), float(p.x), float(p.y),
-                    yaw_from_quaternion(q), float(math.hypot(v.x, v.y)))
+                    yaw_from_quaternion(q), float(v.x))
 
 
 def transform_to_matrix(transform) -> np.ndarray:
@@ -156,3 +170,66 @@ def occupancy_to_risk(data, rows: int, cols: int) -> np.ndarray:
     """OccupancyGrid data -> risk [rows, cols] in [0, 1]; unknown (-1) cells become 0."""
     d = np.asarray(data, dtype=np.int16).reshape(rows, cols)
     return np.where(d < 0, 0, d).astype(np.float32) / 100.0
+
+
+# -- paths ----------------------------------------------------------------------------------------
+def path_headings(xy: np.ndarray) -> np.ndarray:
+    """Heading at each waypoint: direction from the previous point (the origin before the first);
+    a zero step keeps the previous heading, as in the RFS definition."""
+    steps = np.diff(np.vstack([np.zeros((1, 2)), np.asarray(xy, dtype=np.float64)]), axis=0)
+    yaws, prev = np.zeros(len(steps)), 0.0
+    for i, (dx, dy) in enumerate(steps):
+        if math.hypot(dx, dy) > 1e-6:
+            prev = math.atan2(dy, dx)
+        yaws[i] = prev
+    return yaws
+
+
+def to_frame(xy: np.ndarray, pose) -> np.ndarray:
+    """[M,2] base_link points -> the frame where base_link sits at ``pose`` = (x, y, yaw)."""
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    if pose is None:
+        return xy
+    x, y, yaw = pose
+    c, s = math.cos(yaw), math.sin(yaw)
+    return np.stack([x + c * xy[:, 0] - s * xy[:, 1], y + s * xy[:, 0] + c * xy[:, 1]], axis=-1)
+
+
+def path_poses(waypoints: np.ndarray, stamp_ns: int, frequency_hz: float = 4.0, pose=None,
+               include_origin: bool = False) -> list:
+    """Waypoints [T,2] in base_link at ``stamp_ns`` (waypoint k at t0 + (k+1)/f) -> one
+    (stamp_ns, x, y, yaw) per pose: the time it is planned for, its position (in the frame of
+    ``pose``, see :func:`to_frame`) and the heading along the path. ``include_origin`` prepends
+    the ego itself at t0 (label bags); poses are then at t0 + k/f, k = 0..T."""
+    xy = np.asarray(waypoints, dtype=np.float64).reshape(-1, 2)
+    yaws = path_headings(xy)
+    first = 1
+    if include_origin:
+        xy = np.vstack([np.zeros((1, 2)), xy])
+        yaws = np.concatenate([yaws[:1], yaws])
+        first = 0
+    pts = to_frame(xy, pose)
+    yaw0 = 0.0 if pose is None else float(pose[2])
+    period_ns = 1e9 / float(frequency_hz)
+    return [(int(stamp_ns) + int(round((first + k) * period_ns)), float(x), float(y),
+             float(yaw + yaw0)) for k, ((x, y), yaw) in enumerate(zip(pts, yaws))]
+
+
+def path_message(types, waypoints: np.ndarray, stamp_ns: int, frame_id: str,
+                 frequency_hz: float = 4.0, pose=None, include_origin: bool = False):
+    """The one ``nav_msgs/Path`` builder, for rclpy (the node) and rosbags (label bags) alike:
+    ``types`` maps a message type name ('nav_msgs/msg/Path', ...) to its class. The Path is
+    stamped t0; every pose carries its own stamp and heading (see :func:`path_poses`)."""
+    Time, Header = types('builtin_interfaces/msg/Time'), types('std_msgs/msg/Header')
+    Point, Quaternion = types('geometry_msgs/msg/Point'), types('geometry_msgs/msg/Quaternion')
+    Pose, PoseStamped = types('geometry_msgs/msg/Pose'), types('geometry_msgs/msg/PoseStamped')
+
+    def header(t_ns: int):
+        sec, nanosec = ns_to_stamp_fields(t_ns)
+        return Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id)
+
+    poses = [PoseStamped(header=header(t), pose=Pose(
+        position=Point(x=x, y=y, z=0.0),
+        orientation=Quaternion(x=0.0, y=0.0, z=math.sin(yaw / 2.0), w=math.cos(yaw / 2.0))))
+        for t, x, y, yaw in path_poses(waypoints, stamp_ns, frequency_hz, pose, include_origin)]
+    return types('nav_msgs/msg/Path')(header=header(stamp_ns), poses=poses)

@@ -5,20 +5,23 @@ node, so a frame is resized and normalised identically offline and on the vehicl
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
-from rsd_drive.geometry import resize_intrinsics
+from rsd_drive.data.camera_model import undistort_resize
 
 
-def resize_camera(image: np.ndarray, K: np.ndarray, out_hw) -> tuple[np.ndarray, np.ndarray]:
-    """Resize an HxWx3 uint8 image to out_hw (height, width) and adapt its pinhole matrix."""
+def resize_camera(image: np.ndarray, K: np.ndarray, out_hw,
+                  distortion=None) -> tuple[np.ndarray, np.ndarray]:
+    """An HxWx3 uint8 image -> (the model input at out_hw (height, width), its pinhole K').
+
+    The same two steps as the node's fast input path (rsd_drive.deploy.pipeline): a box
+    reduction by 2, 4 or 8 while the image stays at least the model size (what libjpeg's DCT
+    scaling does to the node's JPEGs), then one cached remap that undistorts (``distortion``:
+    :class:`rsd_drive.data.camera_model.Distortion`, None = pinhole) and resizes."""
     h, w = image.shape[:2]
-    if (h, w) == tuple(out_hw):
+    if (h, w) == tuple(out_hw) and (distortion is None or distortion.is_pinhole):
         return image, np.asarray(K, dtype=np.float64)
-    interp = cv2.INTER_AREA if h > out_hw[0] else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (int(out_hw[1]), int(out_hw[0])), interpolation=interp)
-    return resized, resize_intrinsics(K, (h, w), out_hw)
+    return undistort_resize(image, K, distortion, out_hw)
 
 
 def model_inputs(images, intrinsics, cam_to_ego, past_states, intent) -> dict:

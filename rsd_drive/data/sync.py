@@ -127,9 +127,18 @@ class FrameSynchronizer:
 
     Messages of one camera are assumed to arrive in stamp order (true for a bag and for a live
     driver); out-of-order messages are dropped and counted as ``out_of_order:<camera>``.
+
+    A set is emitted as soon as no better match can arrive. Stamps are monotonic per camera, so
+    once a camera has a message stamped at or after the reference, no later message can be closer:
+    its nearest candidate is final (or, with none within ``slop``, the reference is dropped as
+    ``missing:<camera>``). A candidate earlier than the reference is final when it is within a
+    fifth of the slop (trigger jitter) or, with ``expect_period``, when even the soonest next
+    message (the newest stamp plus the camera's shortest recent stamp step) would be farther away:
+    free-running cameras then never wait a camera period for the message that proves it.
     """
 
-    def __init__(self, cameras, reference: str, slop_ns: int = 50_000_000, queue_size: int = 10):
+    def __init__(self, cameras, reference: str, slop_ns: int = 50_000_000, queue_size: int = 10,
+                 expect_period: bool = True):
         self.cameras = list(cameras)
         if reference not in self.cameras:
             raise ValueError(f'reference camera {reference!r} not in {self.cameras}')
@@ -140,6 +149,10 @@ class FrameSynchronizer:
         # Newest stamp ever accepted per camera: the queue alone forgets consumed messages, so an
         # old message arriving after its successors were matched would slip through as "new".
         self._last_stamp = {c: None for c in self.cameras}
+        # Recent stamp steps per camera: the shortest is the soonest its next message can be
+        # stamped (``expect_period``), so a match earlier than the reference can be final too.
+        self.expect_period = bool(expect_period)
+        self._steps = {c: deque(maxlen=16) for c in self.cameras}
         self.dropped = Counter()
         self.emitted = 0
 
@@ -152,6 +165,8 @@ class FrameSynchronizer:
         if last is not None and stamp_ns <= last:
             self.dropped[f'out_of_order:{camera}'] += 1
             return []
+        if last is not None:
+            self._steps[camera].append(int(stamp_ns) - last)
         self._last_stamp[camera] = int(stamp_ns)
         q.append((int(stamp_ns), payload))
         if len(q) > self.queue_size:
@@ -187,28 +202,42 @@ class FrameSynchronizer:
                 best = (i, abs(s - t))
         return None if best is None else best[0]
 
+    def _decide(self, camera: str, t: int):
+        """-> ('take', index) | ('wait', None) | ('drop', None) for ``camera`` at reference t."""
+        q = self._queues[camera]
+        if not q:
+            return 'wait', None
+        i, newest = self._nearest(camera, t), q[-1][0]
+        if newest >= t:
+            # Every later message is stamped after ``newest``, hence farther from t: final.
+            return ('take', i) if i is not None else ('drop', None)
+        if i is None:
+            return 'wait', None  # all candidates so far are too early: one may still come
+        error = t - q[i][0]  # every queued stamp is before t
+        if error <= self.slop_ns // 5:
+            return 'take', i  # as close as trigger jitter: not worth a camera period
+        steps = self._steps[camera]
+        if self.expect_period and len(steps) >= 2 and newest + min(steps) - t >= error:
+            return 'take', i  # even the soonest next message would be farther away
+        return 'wait', None
+
     def _match(self) -> list[SyncedSet]:
         out = []
         ref_q = self._queues[self.reference]
         while ref_q:
-            t, ref_payload = ref_q[0]
+            t, _ = ref_q[0]
             picks, waiting, hopeless = {}, False, None
             for c in self.cameras:
                 if c == self.reference:
                     continue
-                i = self._nearest(c, t)
-                q = self._queues[c]
-                newest = q[-1][0] if q else None
-                if i is not None and (newest > t + self.slop_ns or i < len(q) - 1
-                                      or abs(q[i][0] - t) <= self.slop_ns // 5):
-                    # A later message exists (this match can't improve), or the match is already
-                    # as close as trigger jitter: take it now instead of waiting a camera period.
-                    picks[c] = i
-                elif i is not None or newest is None or newest <= t + self.slop_ns:
-                    waiting = True  # a closer (or first) message may still come
-                else:
+                verdict, i = self._decide(c, t)
+                if verdict == 'drop':
                     hopeless = c
                     break
+                if verdict == 'wait':
+                    waiting = True
+                else:
+                    picks[c] = i
             if hopeless is not None:
                 ref_q.popleft()
                 self.dropped[f'missing:{hopeless}'] += 1

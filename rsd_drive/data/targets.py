@@ -108,8 +108,9 @@ def index_frame(frame, targets: Targets, risk: np.ndarray, image_hw) -> dict:
     if frame.images is None:
         raise ValueError(f'frame {frame.seq} was read without decoding its images')
     images, Ks = [], []
-    for rgb, K in zip(frame.images, frame.K):
-        img, K2 = resize_camera(rgb, K, tuple(image_hw))
+    lenses = getattr(frame, 'distortion', None) or [None] * len(frame.images)
+    for rgb, K, lens in zip(frame.images, frame.K, lenses):
+        img, K2 = resize_camera(rgb, K, tuple(image_hw), lens)  # undistorted into pinhole K2
         images.append(img)
         Ks.append(K2)
     return {

@@ -1,19 +1,24 @@
 """One synchronised camera set -> model inputs -> plan, without ROS.
 
 The planner node and ``rsd-drive bench node`` share this, so the stages they time are the same
-code: ``decode`` (message -> RGB), ``preprocess`` (resize, intrinsics, past states -> the model's
-named inputs), ``inference`` (the backend). Message building and publishing stay in the node.
+code: ``decode`` (message -> image at reduced scale), ``preprocess`` (undistort + resize by one
+remap, intrinsics, past states -> the model's named inputs), ``inference`` (the backend).
+Message building and publishing stay in the node.
 """
 from __future__ import annotations
 
 import time
 from collections import defaultdict, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
-from rsd_drive.data.convert import MessageError, image_to_rgb
-from rsd_drive.data.preprocess import model_inputs, resize_camera
+from rsd_drive.data.camera_model import Distortion, RemapCache, reduced_scale
+from rsd_drive.data.convert import (_CHANNELS, MessageError, _uint8_view, check_image,
+                                    image_to_rgb, is_compressed)
+from rsd_drive.data.preprocess import model_inputs
 from rsd_drive.geometry import resize_intrinsics
 
 # Stages timed for every planned frame, in pipeline order. ``transport``: camera stamp -> the set's
@@ -59,11 +64,13 @@ class LatencyStats:
 
 @dataclass
 class CameraCalibration:
-    """Pinhole ``K`` for images of size ``image_hw`` and the camera->base_link transform."""
+    """Pinhole ``K`` for images of size ``image_hw``, the camera->base_link transform and the
+    lens distortion (CameraInfo ``D``; None or pinhole when the images are already ideal)."""
 
     K: np.ndarray
     image_hw: tuple
     cam_to_ego: np.ndarray
+    distortion: Distortion | None = None
 
     def K_for(self, image_hw) -> np.ndarray:
         """K for the size the images actually have (a driver may publish a scaled stream)."""
@@ -80,10 +87,59 @@ class FrameError(ValueError):
         self.reason = reason
 
 
-class FramePlanner:
-    """Decodes, preprocesses and runs one camera set on a backend, timing each stage."""
+_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8}
+# Channel order of a decoded / raw image -> RGB planes of the model input.
+_ORDER = {'bgr': (2, 1, 0), 'rgb': (0, 1, 2), 'rgba': (0, 1, 2), 'bgra': (2, 1, 0),
+          'mono': (0, 0, 0)}
 
-    def __init__(self, backend, camera_names):
+
+@dataclass
+class _Decoded:
+    """One camera after the decode stage: the source image for its remap table."""
+
+    image: np.ndarray     # src_hw x C uint8 (the raw image at 1/scale)
+    raw_hw: tuple         # the full-resolution size of this camera's images
+    scale: int            # decoded at 1/scale
+    order: str            # key of _ORDER
+
+
+class _Slot:
+    """Per-camera buffers, reused every frame (the model-input image, the reduced raw image)."""
+
+    def __init__(self, out_hw):
+        self.out_hw = tuple(out_hw)
+        self.out = {}         # channels -> out_hw x C uint8 remap output
+        self.reduced = None   # reduced-size buffer of the raw Image path
+        self.jpeg_hw = None   # full size of this camera's JPEGs when it differs from CameraInfo
+
+    def out_buffer(self, channels: int) -> np.ndarray:
+        buf = self.out.get(channels)
+        if buf is None:
+            shape = self.out_hw + ((channels,) if channels > 1 else ())
+            buf = self.out[channels] = np.empty(shape, np.uint8)
+        return buf
+
+    def reduced_buffer(self, shape) -> np.ndarray:
+        if self.reduced is None or self.reduced.shape != tuple(shape):
+            self.reduced = np.empty(shape, np.uint8)
+        return self.reduced
+
+
+class FramePlanner:
+    """Decodes, preprocesses and runs one camera set on a backend, timing each stage.
+
+    The fast input path (``legacy=False``, what the node runs): JPEGs are decoded at reduced
+    scale (libjpeg DCT scaling 1/2, 1/4, 1/8) whenever the model input is at most half the image,
+    cameras are decoded in parallel (a thread pool; OpenCV releases the GIL), and one cached remap
+    per camera undistorts (CameraInfo ``D``) and resizes into preallocated buffers; raw Images are
+    read through zero-copy views. The images are fed in the dtype the backend's graph takes
+    (``input_specs(config)['images']``): uint8 as decoded, or float32 in [0, 1] converted in
+    place. ``legacy=True`` is the previous path (full decode one camera after another, resize,
+    float normalisation), kept for ``rsd-drive bench node`` to compare against.
+    """
+
+    def __init__(self, backend, camera_names, legacy: bool = False, workers: int | None = None):
         self.backend = backend
         self.config = backend.config
         self.camera_names = list(camera_names)
@@ -91,21 +147,140 @@ class FramePlanner:
             raise ValueError(f'the model takes {self.config.num_cameras} cameras, '
                              f'{len(self.camera_names)} configured: {self.camera_names}')
         self.out_hw = (self.config.image_height, self.config.image_width)
+        self.legacy = bool(legacy)
+        specs = getattr(backend, 'specs', None)
+        if specs is None:
+            from rsd_drive.deploy.backends import input_specs
 
-    def decode(self, messages) -> list:
-        images = []
-        for name, msg in zip(self.camera_names, messages):
-            try:
-                images.append(image_to_rgb(msg))
-            except MessageError as e:
-                raise FrameError(f'{e.reason}:{name}', str(e)) from e
-        return images
+            specs = input_specs(self.config)
+        self.image_dtype = np.dtype(specs['images'][1])
+        n, (h, w) = len(self.camera_names), self.out_hw
+        self._u8 = np.zeros((1, n, 3, h, w), np.uint8)
+        self._images = self._u8 if self.image_dtype == np.uint8 else \
+            np.zeros((1, n, 3, h, w), self.image_dtype)
+        self._K = np.zeros((1, n, 3, 3), np.float32)
+        self._T = np.zeros((1, n, 4, 4), np.float32)
+        self._past = np.zeros((1, self.config.past_steps, 4), np.float32)
+        self._intent = np.zeros((1,), np.int64)
+        self._slots = [_Slot(self.out_hw) for _ in range(n)]
+        self.remaps = RemapCache()
+        workers = n if workers is None else int(workers)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix='decode') \
+            if workers > 1 and not self.legacy else None
 
-    def preprocess(self, images, calibrations, past_states, intent: int) -> dict:
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    # -- decode ---------------------------------------------------------------------------------
+    def decode(self, messages, calibrations=None) -> list:
+        """Messages -> per camera, the image the preprocessing starts from (legacy: full-size
+        RGB; fast: a :class:`_Decoded` at reduced scale). Errors name the camera."""
+        if self.legacy:
+            return [self._guard(name, image_to_rgb, msg)
+                    for name, msg in zip(self.camera_names, messages)]
+        calibrations = calibrations or [None] * len(self.camera_names)
+        jobs = list(zip(range(len(self.camera_names)), messages, calibrations))
+        if self._pool is None:
+            return [self._decode_one(*job) for job in jobs]
+        return list(self._pool.map(lambda job: self._decode_one(*job), jobs))
+
+    def _guard(self, name, fn, *args):
+        try:
+            return fn(*args)
+        except MessageError as e:
+            raise FrameError(f'{e.reason}:{name}', str(e)) from e
+
+    def _decode_one(self, i: int, msg, calib) -> _Decoded:
+        return self._guard(self.camera_names[i], self._decode_message, self._slots[i], msg, calib)
+
+    def _decode_message(self, slot: _Slot, msg, calib) -> _Decoded:
+        check_image(msg)
+        if is_compressed(msg):
+            return self._decode_compressed(slot, msg, calib)
+        enc = str(msg.encoding).lower()
+        h, w, step, ch = int(msg.height), int(msg.width), int(msg.step), _CHANNELS[enc]
+        view = _uint8_view(msg.data).reshape(h, step)[:, :w * ch]
+        view = view.reshape(h, w, ch) if ch > 1 else view.reshape(h, w)
+        return self._reduce(slot, view, (h, w), enc[:-1])
+
+    def _reduce(self, slot: _Slot, full: np.ndarray, raw_hw, order: str) -> _Decoded:
+        """A full-size image -> box-reduced by the scale libjpeg would use (INTER_AREA)."""
+        s = reduced_scale(raw_hw, self.out_hw)
+        if s == 1:
+            return _Decoded(full, tuple(raw_hw), 1, order)
+        size = (-(-raw_hw[0] // s), -(-raw_hw[1] // s))
+        dst = slot.reduced_buffer(size + full.shape[2:])
+        cv2.resize(full, (size[1], size[0]), dst=dst, interpolation=cv2.INTER_AREA)
+        return _Decoded(dst, tuple(raw_hw), s, order)
+
+    def _decode_compressed(self, slot: _Slot, msg, calib) -> _Decoded:
+        data = _uint8_view(msg.data)
+        fmt = str(msg.format).lower()
+        expected = slot.jpeg_hw or (tuple(calib.image_hw) if calib is not None else None)
+        if ('jpeg' in fmt or 'jpg' in fmt) and expected is not None:
+            s = reduced_scale(expected, self.out_hw)
+            img = cv2.imdecode(data, _REDUCED[s])
+            if img is None:
+                raise MessageError('decode_failed', f'cannot decode {msg.format!r} image '
+                                                    f'({data.size} bytes)')
+            if img.shape[:2] == (-(-expected[0] // s), -(-expected[1] // s)):
+                return _Decoded(img, tuple(expected), s, 'bgr')
+        # Not a JPEG, or not the size CameraInfo says (a scaled stream): decode it whole once;
+        # its size is remembered, so later frames of this camera take the reduced decode again.
+        img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        if img is None:
+            raise MessageError('decode_failed', f'cannot decode {msg.format!r} image '
+                                                f'({data.size} bytes)')
+        if 'jpeg' in fmt or 'jpg' in fmt:
+            slot.jpeg_hw = img.shape[:2]
+        return self._reduce(slot, img, img.shape[:2], 'bgr')
+
+    # -- preprocess -----------------------------------------------------------------------------
+    def preprocess(self, images, calibrations, past_states, intent: int, copy: bool = True):
+        """Decoded images -> the model's named inputs. ``images`` are HxWx3 uint8 RGB arrays (any
+        size: the closed-loop evaluator) or what :meth:`decode` returned. The feeds live in
+        buffers reused by the next call unless ``copy`` (the default for callers that keep them).
+        """
+        if self.legacy:
+            return self._preprocess_legacy(images, calibrations, past_states, intent)
+        for i, (image, calib) in enumerate(zip(images, calibrations)):
+            if not isinstance(image, _Decoded):
+                image = self._reduce(self._slots[i], np.asarray(image), image.shape[:2], 'rgb')
+            self._prepare_camera(i, image, calib)
+        if self._images is not self._u8:
+            np.multiply(self._u8, np.float32(1.0 / 255.0), out=self._images, casting='unsafe')
+        self._past[0] = past_states
+        self._intent[0] = int(intent)
+        feeds = {'images': self._images, 'intrinsics': self._K, 'cam_to_ego': self._T,
+                 'past_states': self._past, 'intent': self._intent}
+        return {k: v.copy() for k, v in feeds.items()} if copy else feeds
+
+    def _prepare_camera(self, i: int, dec: _Decoded, calib) -> None:
+        table = self.remaps.get(calib.K_for(dec.raw_hw), calib.distortion, dec.raw_hw,
+                                self.out_hw, dec.scale)
+        channels = dec.image.shape[2] if dec.image.ndim == 3 else 1
+        out = table.apply(dec.image, self._slots[i].out_buffer(channels))
+        planes = self._u8[0, i]
+        if channels == 1:
+            planes[:] = out
+        else:
+            for c, src in enumerate(_ORDER[dec.order]):
+                np.copyto(planes[c], out[:, :, src])
+        self._K[0, i] = table.K_out
+        self._T[0, i] = calib.cam_to_ego
+
+    def _preprocess_legacy(self, images, calibrations, past_states, intent: int) -> dict:
         resized, Ks, extrinsics = [], [], []
         for image, calib in zip(images, calibrations):
-            img, K = resize_camera(image, calib.K_for(image.shape[:2]), self.out_hw)
-            resized.append(img)
+            h, w = image.shape[:2]
+            K = calib.K_for((h, w))
+            if (h, w) != self.out_hw:
+                interp = cv2.INTER_AREA if h > self.out_hw[0] else cv2.INTER_LINEAR
+                image = cv2.resize(image, self.out_hw[::-1], interpolation=interp)
+                K = resize_intrinsics(K, (h, w), self.out_hw)
+            resized.append(image)
             Ks.append(K)
             extrinsics.append(calib.cam_to_ego)
         return model_inputs(np.stack(resized), np.stack(Ks), np.stack(extrinsics), past_states,
@@ -114,9 +289,9 @@ class FramePlanner:
     def plan(self, messages, calibrations, past_states, intent: int) -> tuple[dict, dict]:
         """-> (outputs {'waypoints' [20,2], 'risk' [rows,cols]}, timings {stage: seconds})."""
         t0 = time.perf_counter()
-        images = self.decode(messages)
+        images = self.decode(messages, calibrations)
         t1 = time.perf_counter()
-        feeds = self.preprocess(images, calibrations, past_states, intent)
+        feeds = self.preprocess(images, calibrations, past_states, intent, copy=False)
         t2 = time.perf_counter()
         outputs = self.backend.infer(feeds)
         t3 = time.perf_counter()

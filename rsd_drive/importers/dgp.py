@@ -47,12 +47,14 @@ from pathlib import Path
 import numpy as np
 
 from rsd_drive import config_file
-from rsd_drive.geometry import make_transform, matrix_to_quaternion, quaternion_to_matrix
+from rsd_drive.geometry import make_transform, quaternion_to_matrix
+from rsd_drive.importers.common import (EgoPose, ImageItem, ImporterError, add_velocities,
+                                        read_dataset_config as _read_config, write_drive,
+                                        yaw_of as _yaw)
 
 log = logging.getLogger(__name__)
 
-BASE_FRAME, ODOM_FRAME = 'base_link', 'odom'
-TF_TOPIC = '/tf'
+BASE_FRAME = 'base_link'
 # DGP annotation type ids (dgp.proto.annotations AnnotationType).
 BOUNDING_BOX_2D, BOUNDING_BOX_3D = '0', '1'
 # DGP ontology names -> the classes of /scenario/objects (the original name stays in 'label').
@@ -65,7 +67,7 @@ _SCENE_FILE_RE = re.compile(r'^scene(_[0-9a-f]+)?\.json$')  # not scene_dataset_
 _STAMP_RE = re.compile(r'^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?Z$')
 
 
-class DgpError(ValueError):
+class DgpError(ImporterError):
     """A scene that cannot be converted; the message names the file (and datum) at fault."""
 
 
@@ -391,20 +393,6 @@ def load_scene(scene_dir, scene: str | None = None, camera_names: dict | None = 
 
 # -- ego motion and objects -----------------------------------------------------------------------
 
-@dataclass
-class EgoPose:
-    """Ego pose in odom at one stamp with its body-frame twist (finite differences)."""
-
-    stamp_ns: int
-    odom_from_ego: np.ndarray
-    linear: np.ndarray       # body frame, m/s
-    yaw_rate: float          # rad/s
-
-
-def _yaw(R: np.ndarray) -> float:
-    return math.atan2(R[1, 0], R[0, 0])
-
-
 def ego_trajectory(scene: DgpScene) -> tuple[list, np.ndarray]:
     """Ego poses at the image stamps (mean over the cameras of a stamp) in odom, and the 3-vector
     that was subtracted from world positions to make odom (the first ego position)."""
@@ -465,25 +453,8 @@ def scene_objects_odom(scene: DgpScene, world_origin: np.ndarray) -> list:
         # motion compensation: a sample's boxes hold at its image time, so stamp them there.
         stamp = min((im.stamp_ns for im in sample.images), default=lidar.stamp_ns)
         frames.append((stamp, objs))
-    _add_velocities(frames)
+    add_velocities(frames)
     return frames
-
-
-def _add_velocities(frames: list) -> None:
-    """vx, vy (odom) of every object by finite differences of its track over the samples."""
-    tracks: dict = {}
-    for k, (t, objs) in enumerate(frames):
-        for o in objs:
-            tracks.setdefault(o['id'], []).append((k, t, o))
-    for track in tracks.values():
-        for i, (_, _, o) in enumerate(track):
-            if len(track) == 1:
-                o['vx'] = o['vy'] = 0.0
-                continue
-            (_, ta, a), (_, tb, b) = track[max(i - 1, 0)], track[min(i + 1, len(track) - 1)]
-            dt = (tb - ta) * 1e-9
-            o['vx'] = round((b['x'] - a['x']) / dt, 3)
-            o['vy'] = round((b['y'] - a['y']) / dt, 3)
 
 
 # -- writing the bag ------------------------------------------------------------------------------
@@ -510,144 +481,22 @@ def default_dataset_config() -> Path:
 
 def read_dataset_config(path):
     """The dataset config (``rsd_drive.data.bag.DatasetConfig``), checked for what DGP needs."""
-    from rsd_drive.data.bag import DatasetConfig
-
-    try:
-        ds = DatasetConfig.from_yaml(path)
-    except (OSError, ValueError) as e:
-        raise DgpError(f'{path}: {e}') from e
-    if not ds.objects_topic:
-        raise DgpError(f'{path}: objects_topic is empty; the importer writes the 3D boxes there')
-    for cam in ds.cameras:
-        if not cam.compressed:
-            raise DgpError(f'{path}: camera {cam.name}: DGP images are JPEG and are written '
-                           f'unchanged as CompressedImage, so set compressed: true')
-    return ds
-
-
-def _jpeg_or_png(path: Path, where: str) -> tuple[bytes, str]:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as e:
-        raise DgpError(f'{where}: image file {path} missing') from e
-    except OSError as e:
-        raise DgpError(f'{where}: cannot read image {path} ({e})') from e
-    if data[:3] == b'\xff\xd8\xff' and data[-2:] == b'\xff\xd9':
-        return data, 'jpeg'
-    if data[:8] == b'\x89PNG\r\n\x1a\n':
-        return data, 'png'
-    raise DgpError(f'{where}: {path} is not a complete JPEG/PNG file ({len(data)} bytes)')
-
-
-class _Messages:
-    """Builders of the messages a DGP scene turns into (rosbags types, zero-filled defaults)."""
-
-    def __init__(self, typestore):
-        from rsd_drive.data.bag import build_message, header_msg
-
-        self.ts, self._build, self._header = typestore, build_message, header_msg
-
-    def msg(self, msgtype, **fields):
-        return self._build(self.ts, msgtype, **fields)
-
-    def header(self, stamp_ns, frame_id):
-        return self._header(self.ts, stamp_ns, frame_id)
-
-    def vector3(self, v):
-        return self.msg('geometry_msgs/msg/Vector3', x=float(v[0]), y=float(v[1]), z=float(v[2]))
-
-    def transform(self, stamp_ns, parent, child, T):
-        qx, qy, qz, qw = matrix_to_quaternion(T[:3, :3])
-        return self.msg('geometry_msgs/msg/TransformStamped', header=self.header(stamp_ns, parent),
-                        child_frame_id=child, transform=self.msg(
-                            'geometry_msgs/msg/Transform', translation=self.vector3(T[:3, 3]),
-                            rotation=self.msg('geometry_msgs/msg/Quaternion',
-                                              x=qx, y=qy, z=qz, w=qw)))
-
-    def tf_static(self, stamp_ns, cameras):
-        return self.msg('tf2_msgs/msg/TFMessage', transforms=[
-            self.transform(stamp_ns, BASE_FRAME, cam.frame_id, cam.cam_to_ego) for cam in cameras])
-
-    def camera_info(self, stamp_ns, cam: DgpCamera):
-        P = np.concatenate([cam.K, np.zeros((3, 1))], axis=1)
-        return self.msg('sensor_msgs/msg/CameraInfo', header=self.header(stamp_ns, cam.frame_id),
-                        height=cam.height, width=cam.width, distortion_model='plumb_bob',
-                        d=np.asarray(cam.distortion, dtype=np.float64),
-                        k=cam.K.reshape(-1).astype(np.float64), r=np.eye(3).reshape(-1),
-                        p=P.reshape(-1))
-
-    def compressed_image(self, stamp_ns, cam: DgpCamera, data: bytes, fmt: str):
-        return self.msg('sensor_msgs/msg/CompressedImage',
-                        header=self.header(stamp_ns, cam.frame_id), format=fmt,
-                        data=np.frombuffer(data, dtype=np.uint8))
-
-    def odometry(self, stamp_ns, ego: EgoPose):
-        """(Odometry, TFMessage) odom -> base_link: full 3D pose, body-frame twist."""
-        T = ego.odom_from_ego
-        qx, qy, qz, qw = matrix_to_quaternion(T[:3, :3])
-        pose = self.msg('geometry_msgs/msg/Pose', position=self.msg(
-            'geometry_msgs/msg/Point', x=float(T[0, 3]), y=float(T[1, 3]), z=float(T[2, 3])),
-            orientation=self.msg('geometry_msgs/msg/Quaternion', x=qx, y=qy, z=qz, w=qw))
-        twist = self.msg('geometry_msgs/msg/Twist', linear=self.vector3(ego.linear),
-                         angular=self.vector3((0.0, 0.0, ego.yaw_rate)))
-        odom = self.msg('nav_msgs/msg/Odometry', header=self.header(stamp_ns, ODOM_FRAME),
-                        child_frame_id=BASE_FRAME,
-                        pose=self.msg('geometry_msgs/msg/PoseWithCovariance', pose=pose),
-                        twist=self.msg('geometry_msgs/msg/TwistWithCovariance', twist=twist))
-        tf = self.msg('tf2_msgs/msg/TFMessage',
-                      transforms=[self.transform(stamp_ns, ODOM_FRAME, BASE_FRAME, T)])
-        return odom, tf
-
-    def string(self, text: str):
-        return self.msg('std_msgs/msg/String', data=text)
+    return _read_config(path, DgpError, 'DGP')
 
 
 def _write_bag(writer, scene: DgpScene, ds, progress: bool) -> ImportSummary:
-    from tqdm import tqdm
-
-    from rsd_drive.scenario.record import TF_STATIC_QOS
-
-    m = _Messages(writer.typestore)
-    topics = {c.name: c for c in ds.cameras}
     cams = list(scene.cameras.values())
     ego, origin = ego_trajectory(scene)
     objects = scene_objects_odom(scene, origin)
-    images = [(im.stamp_ns, im) for s in scene.samples for im in s.images]
-    stamps = [t for t, _ in images] + [e.stamp_ns for e in ego] + [t for t, _ in objects]
-    first, last = min(stamps), max(stamps)
-    # Events in stamp order; at equal stamps tf_static, odometry, images, objects.
-    events = [(first, 0, 'tf_static', None)]
-    events += [(e.stamp_ns, 1, 'odom', e) for e in ego]
-    events += [(t, 2, 'image', im) for t, im in images]
-    events += [(t, 3, 'objects', objs) for t, objs in objects]
-    events.sort(key=lambda e: (e[0], e[1]))
-
-    writer.add_topic(ds.tf_static_topic, 'tf2_msgs/msg/TFMessage', qos=[TF_STATIC_QOS])
-    with tqdm(total=len(images), desc=f'import {scene.root.name}', unit='image',
-              disable=not progress) as bar:
-        for stamp, _, kind, item in events:
-            if kind == 'tf_static':
-                writer.write(ds.tf_static_topic, stamp, m.tf_static(stamp, cams))
-            elif kind == 'odom':
-                odom, tf = m.odometry(stamp, item)
-                writer.write(ds.odom_topic, stamp, odom)
-                writer.write(TF_TOPIC, stamp, tf)
-            elif kind == 'image':
-                cam = scene.cameras[item.camera]
-                where = f'{scene.scene_json} camera {item.camera} at {stamp} ns'
-                data, fmt = _jpeg_or_png(item.path, where)
-                writer.write(topics[cam.name].image_topic, stamp,
-                             m.compressed_image(stamp, cam, data, fmt))
-                writer.write(topics[cam.name].info_topic, stamp, m.camera_info(stamp, cam))
-                bar.update(1)
-            else:
-                text = json.dumps({'stamp_ns': int(stamp), 'frame': ODOM_FRAME, 'objects': item},
-                                  separators=(',', ':'))
-                writer.write(ds.objects_topic, stamp, m.string(text))
+    images = [ImageItem(im.stamp_ns, scene.cameras[im.camera], im.path,
+                        f'{scene.scene_json} camera {im.camera} at {im.stamp_ns} ns')
+              for s in scene.samples for im in s.images]
+    d = write_drive(writer, ds, cams, ego, images, objects, progress,
+                    f'import {scene.root.name}', DgpError)
     return ImportSummary(path=writer.path, scene=scene.root.name,
-                         cameras={c.name: c.dgp_name for c in cams}, images=len(images),
-                         odometry=len(ego), object_frames=len(objects),
-                         duration_s=(last - first) * 1e-9, time_scale=scene.time_scale,
+                         cameras={c.name: c.dgp_name for c in cams}, images=d.images,
+                         odometry=d.odometry, object_frames=d.object_frames,
+                         duration_s=d.duration_s, time_scale=scene.time_scale,
                          skipped_cameras=scene.skipped_cameras)
 
 

@@ -7,17 +7,19 @@ stamp) re-expresses them in the odometry frame when the node publishes there.
 from __future__ import annotations
 
 import array
+import importlib
 import math
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion
+from geometry_msgs.msg import Point, Quaternion
 from nav_msgs.msg import OccupancyGrid, Path
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from rsd_drive.data.convert import ns_to_stamp_fields, risk_to_occupancy
+from rsd_drive.data import convert
+from rsd_drive.data.convert import ns_to_stamp_fields, risk_to_occupancy, to_frame
 from rsd_drive.geometry import GridSpec
 
 LEVELS = {'OK': DiagnosticStatus.OK, 'WARN': DiagnosticStatus.WARN,
@@ -37,41 +39,17 @@ def yaw_quaternion(yaw: float) -> Quaternion:
     return Quaternion(x=0.0, y=0.0, z=math.sin(yaw / 2.0), w=math.cos(yaw / 2.0))
 
 
-def to_frame(xy: np.ndarray, pose) -> np.ndarray:
-    """[M,2] base_link points -> the frame where base_link sits at ``pose`` = (x, y, yaw)."""
-    if pose is None:
-        return np.asarray(xy, dtype=np.float64)
-    x, y, yaw = pose
-    c, s = math.cos(yaw), math.sin(yaw)
-    xy = np.asarray(xy, dtype=np.float64)
-    return np.stack([x + c * xy[:, 0] - s * xy[:, 1], y + s * xy[:, 0] + c * xy[:, 1]], axis=-1)
+def message_type(name: str):
+    """'pkg/msg/Name' -> the rclpy message class."""
+    pkg, kind, cls = name.split('/')
+    return getattr(importlib.import_module(f'{pkg}.{kind}'), cls)
 
 
-def path_headings(xy: np.ndarray) -> np.ndarray:
-    """Heading at each waypoint: direction from the previous point (the origin before the first);
-    a zero step keeps the previous heading, as in the RFS definition."""
-    steps = np.diff(np.vstack([np.zeros((1, 2)), np.asarray(xy, dtype=np.float64)]), axis=0)
-    yaws, prev = np.zeros(len(steps)), 0.0
-    for i, (dx, dy) in enumerate(steps):
-        if math.hypot(dx, dy) > 1e-6:
-            prev = math.atan2(dy, dx)
-        yaws[i] = prev
-    return yaws
-
-
-def path_message(waypoints: np.ndarray, stamp_ns: int, frame_id: str, pose=None) -> Path:
-    """Waypoints [T,2] in base_link -> nav_msgs/Path (headings along the path)."""
-    yaws = path_headings(waypoints)
-    pts = to_frame(waypoints, pose)
-    yaw0 = 0.0 if pose is None else pose[2]
-    hdr = header(stamp_ns, frame_id)
-    poses = []
-    for (x, y), yaw in zip(pts, yaws):
-        p = Pose()
-        p.position = Point(x=float(x), y=float(y), z=0.0)
-        p.orientation = yaw_quaternion(float(yaw + yaw0))
-        poses.append(PoseStamped(header=hdr, pose=p))
-    return Path(header=hdr, poses=poses)
+def path_message(waypoints: np.ndarray, stamp_ns: int, frame_id: str, pose=None,
+                 frequency_hz: float = 4.0) -> Path:
+    """Waypoints [T,2] in base_link -> nav_msgs/Path: pose k stamped t0 + (k+1)/f with the
+    heading along the path (the one builder, rsd_drive.data.convert.path_message)."""
+    return convert.path_message(message_type, waypoints, stamp_ns, frame_id, frequency_hz, pose)
 
 
 def occupancy_message(risk: np.ndarray, grid: GridSpec, stamp_ns: int, frame_id: str,

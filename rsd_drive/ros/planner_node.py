@@ -54,24 +54,17 @@ from visualization_msgs.msg import MarkerArray
 
 from rsd_drive import config_file
 from rsd_drive import INTENTS
-from rsd_drive.data.convert import (MessageError, camera_info_to_intrinsics, check_image,
-                                    odometry_to_state, stamp_to_ns, transform_to_matrix)
+from rsd_drive.data.convert import (MessageError, camera_info_distortion,
+                                    camera_info_to_intrinsics, check_image, odometry_to_state,
+                                    stamp_to_ns, transform_to_matrix)
 from rsd_drive.data.sync import FrameSynchronizer, OdometryHistory, SyncError
 from rsd_drive.deploy.pipeline import (NODE_STAGES, CameraCalibration, FrameError, FramePlanner,
                                        LatencyStats)
-from rsd_drive.geometry import camera_to_ego, intrinsics, make_transform, quaternion_to_matrix
+from rsd_drive.geometry import extrinsics_to_matrix, intrinsics
 from rsd_drive.ros import messages
 
 EXTRINSICS_SOURCES = ('file', 'tf_static')
 T = Parameter.Type
-
-
-def extrinsics_to_matrix(values) -> np.ndarray:
-    """cam_to_ego from [x, y, z, yaw, pitch] (a mount) or [x, y, z, qx, qy, qz, qw] (a pose)."""
-    if len(values) == 5:
-        return camera_to_ego(*values)
-    x, y, z, qx, qy, qz, qw = values
-    return make_transform(quaternion_to_matrix(qx, qy, qz, qw), (x, y, z))
 
 
 class ConfigError(ValueError):
@@ -197,6 +190,7 @@ class Received:
     msg: object
     recv_ns: int          # ROS time at arrival
     callback_s: float     # time spent in its callback (validation + synchroniser)
+    recv_perf: float = 0.0  # wall clock (perf_counter) at arrival
 
 
 @dataclass
@@ -212,13 +206,14 @@ class PlannerNode(Node):
     def __init__(self, **kwargs):
         super().__init__('planner_node', **kwargs)
         self.settings = self._read_settings()
+        self.sim_time = bool(self.get_parameter('use_sim_time').value)
         s = self.settings
         self.max_age_ns = int(s.max_input_age_s * 1e9)
         self.lock = threading.Lock()
         self.counters = Counter()           # dropped / skipped inputs, '<reason>:<input>'
         self.received = Counter()           # valid messages per input
         self.last_stamp_ns = {}             # input -> newest valid stamp (ROS time)
-        self.intrinsics_by_camera = {}      # camera -> (K, (h, w))
+        self.intrinsics_by_camera = {}      # camera -> (K, (h, w)[, Distortion])
         self.extrinsics_by_camera = {}      # camera -> cam_to_ego 4x4
         self.camera_frames = {}             # camera -> optical frame id (from image headers)
         self.static_transforms = {}         # child frame -> (parent frame, 4x4)
@@ -375,6 +370,8 @@ class PlannerNode(Node):
         self.queue.close()
         if self.worker is not None:
             self.worker.join(timeout=5.0)
+        if self.planner is not None:
+            self.planner.close()  # its decode threads
         if self.backend is not None:
             self.backend.close()
 
@@ -424,7 +421,7 @@ class PlannerNode(Node):
             self.received[camera] += 1
             self.last_stamp_ns[camera] = max(stamp, self.last_stamp_ns.get(camera, 0))
             self.camera_frames[camera] = msg.header.frame_id
-            item = Received(msg, now, 0.0)
+            item = Received(msg, now, 0.0, t0)
             sets = self.sync.add(camera, stamp, item)
             item.callback_s = time.perf_counter() - t0
         for synced in sets:
@@ -435,10 +432,11 @@ class PlannerNode(Node):
     def _on_camera_info(self, camera: str, msg: CameraInfo) -> None:
         try:
             K, hw = camera_info_to_intrinsics(msg)
+            lens = camera_info_distortion(msg)  # D: the fast path undistorts by its remap
         except MessageError as e:
             self._count(f'{e.reason}:{camera}')
             return
-        self.intrinsics_by_camera[camera] = (K, hw)
+        self.intrinsics_by_camera[camera] = (K, hw, lens)
 
     def _on_odometry(self, msg: Odometry) -> None:
         now = self._now_ns()
@@ -513,7 +511,7 @@ class PlannerNode(Node):
                 extr = self._tf_extrinsics(cam)
                 if extr is None:
                     return None, f'no_extrinsics:{cam}'
-            calibs.append(CameraCalibration(intr[0], intr[1], extr))
+            calibs.append(CameraCalibration(intr[0], intr[1], extr, *intr[2:]))
         return calibs, None
 
     def _past_states(self, t0_ns: int):
@@ -577,7 +575,8 @@ class PlannerNode(Node):
         frame = s.output_frame
         out_pose = pose if frame == s.odom_frame else None
         grid = self.backend.config.grid
-        path_msg = messages.path_message(plan['waypoints'], t0, frame, out_pose)
+        path_msg = messages.path_message(plan['waypoints'], t0, frame, out_pose,
+                                         self.backend.config.frequency_hz)
         grid_msg = messages.occupancy_message(plan['risk'], grid, t0, frame, out_pose)
         marker_msg = messages.markers_message(plan['waypoints'], plan['risk'], grid, t0, frame,
                                               out_pose, s.marker_risk_threshold,
@@ -589,13 +588,21 @@ class PlannerNode(Node):
         t_end = time.perf_counter()
         published_ns = self._now_ns()
         timings.update({
-            'transport': max(r.recv_ns for r in pending.items) / 1e9 - t0 / 1e9,
             'sync': sum(r.callback_s for r in pending.items),
             'queue': start - pending.complete_perf,
             'postprocess': t_pub - t_post,
             'publish': t_end - t_pub,
-            'total': (published_ns - t0) / 1e9,
         })
+        # One clock per table: stamp-based stages are on the ROS clock; under sim time that is
+        # not the wall clock, so they go under '<stage>_sim' and 'total' is the wall time from
+        # the set's last message to the publish (diagnostics: latency_ms.* wall, *_sim sim).
+        stamp_stages = {'transport': max(r.recv_ns for r in pending.items) / 1e9 - t0 / 1e9,
+                        'total': (published_ns - t0) / 1e9}
+        if self.sim_time:
+            timings.update({f'{k}_sim': v for k, v in stamp_stages.items()})
+            timings['total'] = t_end - max(r.recv_perf for r in pending.items)
+        else:
+            timings.update(stamp_stages)
         with self.lock:
             self.latency.add(timings)
             self.plans_published += 1
@@ -635,9 +642,12 @@ class PlannerNode(Node):
         plan_values = {'backend': s.backend, 'precision': s.precision,
                        'device': self.backend.device if self.backend else 'none',
                        'plans_published': plans, 'output_frame': s.output_frame}
+        plan_values['latency_clock'] = 'latency_ms: wall; latency_sim_ms: ROS (sim) time'
         for stage, (p50, p99) in latency.items():
-            plan_values[f'latency_ms.{stage}.p50'] = f'{p50 * 1e3:.2f}'
-            plan_values[f'latency_ms.{stage}.p99'] = f'{p99 * 1e3:.2f}'
+            key = f'latency_sim_ms.{stage[:-4]}' if stage.endswith('_sim') else \
+                f'latency_ms.{stage}'
+            plan_values[f'{key}.p50'] = f'{p50 * 1e3:.2f}'
+            plan_values[f'{key}.p99'] = f'{p99 * 1e3:.2f}'
         if 'inference' in latency:
             node = sum(latency[st][0] for st in NODE_STAGES if st in latency)
             plan_values['node_overhead_to_inference'] = f'{node / latency["inference"][0]:.3f}'

@@ -1,4 +1,5 @@
-"""``rsd-drive replay BAG [--record OUT] [--rate R]``: play a rosbag2 into ROS 2 with ``/clock``.
+"""``rsd-drive replay BAG [--record OUT] [--rate R] [--lockstep]``: play a rosbag2 into ROS 2 with
+``/clock``.
 
 For machines without ``ros2 bag`` (no ROS install, only the rclpy wheels): the bag is read with
 ``rosbags`` and every message's CDR bytes are published unchanged through rclpy (the same bytes
@@ -10,6 +11,12 @@ Topics whose message package is not installed (e.g. ``tf2_msgs`` here) are skipp
 an MCAP rosbag2 at OUT: rclpy raw subscriptions give CDR bytes that go straight into the
 ``rosbags`` writer, stamped with the bag time they arrived at. The bag is written in a temporary
 directory beside OUT and renamed into place when complete.
+
+``--lockstep`` paces the replay to the node instead of the wall clock: after the messages that
+complete a camera set (found by the node's own synchroniser), bag time and ``/clock`` stand still
+until the node has answered that set (its ``~/path`` with the set's stamp) or a wall-clock deadline
+has passed. A slow machine then plays the same drive, only slower, and the node's sim-time age
+checks see the same ages as on a fast one; sets not answered in time are counted and reported.
 """
 from __future__ import annotations
 
@@ -18,10 +25,11 @@ import shutil
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+DEFAULT_ANSWER_TOPIC = '/planner_node/path'
 DEFAULT_RECORD_TOPICS = ('/planner_node/path', '/planner_node/risk_grid',
                          '/planner_node/markers', '/diagnostics')
 IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
@@ -47,6 +55,7 @@ class ReplaySummary:
     bag_seconds: float = 0.0
     wall_seconds: float = 0.0
     record_path: Path | None = None
+    lockstep: dict | None = None  # see Lockstep.summary()
 
     def table(self) -> str:
         lines = [f'{"topic":<40} {"published":>10} {"recorded":>9}']
@@ -55,7 +64,16 @@ class ReplaySummary:
                          f'{self.recorded.get(topic, 0):>9}')
         for topic, why in sorted(self.skipped.items()):
             lines.append(f'{topic:<40} skipped: {why}')
-        lines.append(f'bag {self.bag_seconds:.2f} s played in {self.wall_seconds:.2f} s')
+        lines.append(f'bag {self.bag_seconds:.2f} s played in {self.wall_seconds:.2f} s (wall)')
+        if self.lockstep:
+            ls = self.lockstep
+            lines.append(f'lockstep on {ls["answer_topic"]}: {ls["sets"]} camera sets, '
+                         f'{ls["answered"]} answered in time, {ls["skipped"]} handled without a '
+                         f'plan (node diagnostics), {ls["late"]} answered after the deadline '
+                         f'({ls["timeout_s"]} s), {ls["unanswered"]} never answered; '
+                         f'wait for the node p50 {ls["wait_p50_ms"]:.0f} ms, p99 '
+                         f'{ls["wait_p99_ms"]:.0f} ms (wall clock; bag time stood still); node '
+                         f'drops: {ls["node_drops"] or "none"}')
         return '\n'.join(lines)
 
 
@@ -137,10 +155,135 @@ class _Recorder:
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 
+class Lockstep:
+    """Paces a replay to the node: after each camera set, bag time (and /clock) stand still until
+    the node has answered it (a message on ``answer_topic`` stamped at or after the set's stamp
+    minus the slop) or ``timeout_s`` of wall time has passed. Sets are found by the same
+    synchroniser the node runs (rsd_drive.data.sync), over the bag's image topics. A set the node
+    handled without a plan (e.g. too little odometry history yet) shows in its ``/diagnostics``
+    drop counters: when they grow, the wait ends too, counted as ``skipped``. (Plans are not
+    counted there: a plan's own path answers it, and its diagnostics arrive later.)"""
+
+    def __init__(self, node, image_topics, reference_topic, answer_topic: str, timeout_s: float,
+                 slop_s: float):
+        from nav_msgs.msg import Path as PathMsg
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+        from rsd_drive.data.sync import FrameSynchronizer
+
+        if not image_topics:
+            raise ValueError('lockstep needs camera (Image / CompressedImage) topics in the bag')
+        reference = reference_topic or image_topics[0]
+        if reference not in image_topics:
+            raise ValueError(f'lockstep reference topic {reference!r} is not a camera topic of '
+                             f'the bag: {image_topics}')
+        self.answer_topic, self.timeout_s = answer_topic, float(timeout_s)
+        self.slop_ns = int(slop_s * 1e9)
+        self.sync = FrameSynchronizer(image_topics, reference, self.slop_ns, queue_size=100)
+        self.cond = threading.Condition()
+        self.answers = []          # header stamps (ns) of the node's answers, in arrival order
+        self.waits = []            # wall seconds each set waited
+        self.sets = self.answered = self.skipped = 0
+        self.timed_out = []        # set stamps given up on
+        self.handled = 0           # the node's drop counters' sum, from its latest /diagnostics
+        self.drops = {}            # ... and the counters themselves
+        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        node.create_subscription(PathMsg, answer_topic, self._on_answer, reliable)
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, reliable)
+
+    def _on_answer(self, msg) -> None:
+        with self.cond:
+            self.answers.append(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
+            self.cond.notify_all()
+
+    def _on_diagnostics(self, msg) -> None:
+        drops = {}
+        for status in msg.status:
+            if not status.name.startswith(self.answer_topic.strip('/').split('/')[0] + ':'):
+                continue
+            for kv in status.values:
+                if kv.key.startswith('drops.'):
+                    try:
+                        drops[kv.key[6:]] = int(kv.value)
+                    except ValueError:
+                        pass
+        if drops:
+            with self.cond:
+                self.drops = drops
+                self.handled = max(self.handled, sum(drops.values()))
+                self.cond.notify_all()
+
+    def mark(self) -> int:
+        """The node's handled count now (before the set is published in full)."""
+        with self.cond:
+            return self.handled
+
+    def sets_completed_by(self, topic: str, raw: bytes, msgtype: str) -> list:
+        """Feed one published image message; -> stamps of the sets it completed."""
+        from rclpy.serialization import deserialize_message
+
+        if topic not in self.sync.cameras:
+            return []
+        msg = deserialize_message(raw, message_class(msgtype))
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        return [s.stamp_ns for s in self.sync.add(topic, stamp, None)]
+
+    def _answered(self, stamp_ns: int) -> bool:
+        return any(a >= stamp_ns - self.slop_ns for a in self.answers)
+
+    def wait(self, stamp_ns: int, handled_before: int, keep_clock) -> None:
+        """Block until the node answered the set stamped ``stamp_ns`` (or handled it without a
+        plan) or the deadline passed; ``keep_clock()`` republishes the frozen clock meanwhile."""
+        t0 = time.monotonic()
+        deadline = t0 + self.timeout_s
+        self.sets += 1
+        with self.cond:
+            while not self._answered(stamp_ns):
+                if self.handled > handled_before:
+                    self.skipped += 1
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.timed_out.append(stamp_ns)
+                    break
+                self.cond.wait(min(left, 0.05))
+                keep_clock()
+            else:
+                self.answered += 1
+        self.waits.append(time.monotonic() - t0)
+
+    def summary(self) -> dict:
+        with self.cond:
+            late = sum(1 for t in self.timed_out if self._answered(t))
+        waits = sorted(self.waits) or [0.0]
+
+        def pick(q: float) -> float:
+            return waits[min(len(waits) - 1, int(q * (len(waits) - 1) + 0.5))]
+
+        return {'answer_topic': self.answer_topic, 'timeout_s': self.timeout_s,
+                'sets': self.sets, 'answered': self.answered, 'skipped': self.skipped,
+                'late': late,
+                'unanswered': len(self.timed_out) - late, 'node_drops': dict(self.drops),
+                'wait_p50_ms': pick(0.5) * 1e3,
+                'wait_p99_ms': pick(0.99) * 1e3, 'clock': 'wall'}
+
+
 def replay(bag, rate: float = 1.0, record=None, record_topics=DEFAULT_RECORD_TOPICS,
            topics=None, wait_s: float = 5.0, tail_s: float = 1.0, clock_hz: float = 100.0,
-           progress: bool = True, log=print) -> ReplaySummary:
+           progress: bool = True, log=print, lockstep: bool = False,
+           answer_topic: str = DEFAULT_ANSWER_TOPIC, lockstep_timeout_s: float = 5.0,
+           reference_topic: str | None = None, slop_s: float = 0.05,
+           lead_s: float = 0.25) -> ReplaySummary:
     """Play ``bag`` into ROS 2 with ``/clock`` (see the module docstring).
+
+    lockstep: pace bag time to the node instead of the wall clock (:class:`Lockstep`): after
+        each camera set, wait for its answer on ``answer_topic`` or ``lockstep_timeout_s`` (wall);
+        ``rate`` then only caps the speed between sets. Sets without an answer in time are
+        counted (``summary.lockstep``), never silently dropped. While a set waits, the bag's
+        non-image messages up to ``lead_s`` past its stamp are sent ahead (odometry that reaches
+        the stamp; the node rejects nothing that close to its clock).
 
     wait_s: before playing, wait up to this long for every camera topic to have a subscriber and
         every record topic to appear (a node that is still starting would miss the first frames).
@@ -200,9 +343,12 @@ def replay(bag, rate: float = 1.0, record=None, record_topics=DEFAULT_RECORD_TOP
 
             if record:
                 recorder = _Recorder(node, Path(record), record_topics, lambda: sim_ns[0])
+            camera_topics = list(dict.fromkeys(c.topic for c in connections
+                                               if c.msgtype in IMAGE_TYPES))
+            pacer = Lockstep(node, camera_topics, reference_topic, answer_topic,
+                             lockstep_timeout_s, slop_s) if lockstep else None
             spinner.start()
 
-            camera_topics = [c.topic for c in connections if c.msgtype in IMAGE_TYPES]
             deadline = time.monotonic() + wait_s
             while time.monotonic() < deadline:
                 publish_clock(start_ns)
@@ -227,27 +373,77 @@ def replay(bag, rate: float = 1.0, record=None, record_topics=DEFAULT_RECORD_TOP
             bar = tqdm(total=n_total, desc=f'replay {bag.name}', unit='msg', disable=not progress)
             next_discovery = time.monotonic() + 0.5
 
+            paced = {'bag_ns': start_ns, 'wall': wall0}  # lockstep: where pacing restarts
+            handled = pacer.mark() if pacer is not None else 0
+
             def advance_to(t_ns: int) -> None:
                 """Tick /clock at clock_hz until wall time reaches bag time t_ns."""
                 nonlocal next_discovery
-                target = wall0 + (t_ns - start_ns) / 1e9 / rate
+                t_ns = max(t_ns, sim_ns[0])
+                target = paced['wall'] + (t_ns - paced['bag_ns']) / 1e9 / rate
                 while True:
                     now = time.monotonic()
                     if now >= target:
                         break
-                    publish_clock(start_ns + int((now - wall0) * rate * 1e9))
+                    publish_clock(paced['bag_ns'] + int((now - paced['wall']) * rate * 1e9))
                     if recorder and now >= next_discovery:
                         recorder.subscribe_discovered()
                         next_discovery = now + 0.5
                     time.sleep(min(period, target - now))
                 publish_clock(t_ns)
 
-            for conn, t_ns, raw in reader.messages(connections=connections):
-                advance_to(t_ns)
+            stream = reader.messages(connections=connections)
+            held = deque()  # lockstep: messages read ahead of a set's answer, [conn, t, raw, sent]
+
+            def publish(item) -> None:
+                conn, _t, raw = item[:3]
                 publishers[conn.topic].publish(bytes(raw))
                 summary.published[conn.topic] += 1
                 bar.update(1)
+
+            def send_ahead(until_ns: int) -> None:
+                """What the node needs for a set that the bag holds after it (odometry reaching
+                the set's stamp, CameraInfo, ...): published now, images held back."""
+                for item in held:
+                    if item[1] > until_ns:
+                        return
+                    if not item[3] and item[0].msgtype not in IMAGE_TYPES:
+                        publish(item)
+                        item[3] = True
+                while True:
+                    nxt = next(stream, None)
+                    if nxt is None:
+                        return
+                    item = [*nxt, False]
+                    held.append(item)
+                    if item[1] > until_ns:
+                        return
+                    if item[0].msgtype not in IMAGE_TYPES:
+                        publish(item)
+                        item[3] = True
+
+            while True:
+                item = held.popleft() if held else next(stream, None)
+                if item is None:
+                    break
+                if len(item) == 4 and item[3]:
+                    continue  # sent ahead already
+                conn, t_ns, raw = item[:3]
+                advance_to(t_ns)
+                data = bytes(raw)
+                publish((conn, t_ns, data))
+                if pacer is not None and conn.msgtype in IMAGE_TYPES:
+                    for stamp in pacer.sets_completed_by(conn.topic, data, conn.msgtype):
+                        send_ahead(stamp + int(lead_s * 1e9))
+                        pacer.wait(stamp, handled, lambda: publish_clock(sim_ns[0]))
+                        paced.update(bag_ns=sim_ns[0], wall=time.monotonic())
+                    handled = pacer.mark()
             bar.close()
+            if pacer is not None:
+                for stamp in [s.stamp_ns for s in pacer.sync.flush()]:
+                    pacer.wait(stamp, handled, lambda: publish_clock(sim_ns[0]))
+                    paced.update(bag_ns=sim_ns[0], wall=time.monotonic())
+                summary.lockstep = pacer.summary()
             advance_to(end_ns + int(tail_s * 1e9))
             summary.bag_seconds = (end_ns - start_ns) / 1e9
             summary.wall_seconds = time.monotonic() - wall0
@@ -282,12 +478,29 @@ def add_arguments(parser) -> None:
                         help='keep clock and recorder running S bag seconds after the end')
     parser.add_argument('--clock-hz', type=float, default=100.0, help='/clock rate (wall)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    parser.add_argument('--lockstep', action='store_true',
+                        help='pace bag time to the node: after each camera set, /clock stands '
+                             'still until the node answered it on --answer-topic or --deadline '
+                             'passed (late sets are counted); the result then does not depend '
+                             'on the machine\'s speed')
+    parser.add_argument('--answer-topic', default=DEFAULT_ANSWER_TOPIC,
+                        help='with --lockstep: the node\'s answer per camera set (nav_msgs/Path '
+                             'stamped with the set\'s stamp)')
+    parser.add_argument('--deadline', type=float, default=5.0, metavar='S',
+                        help='with --lockstep: wall seconds to wait for an answer')
+    parser.add_argument('--reference-topic', help='with --lockstep: the camera topic whose '
+                                                  'stamps anchor a set (default: the first)')
+    parser.add_argument('--slop', type=float, default=0.05, metavar='S',
+                        help='with --lockstep: sync slop of the camera sets (seconds)')
 
 
 def run(args) -> int:
     summary = replay(args.bag, rate=args.rate, record=args.record,
                      record_topics=args.record_topics, topics=args.topics, wait_s=args.wait,
-                     tail_s=args.tail, clock_hz=args.clock_hz, progress=not args.no_progress)
+                     tail_s=args.tail, clock_hz=args.clock_hz, progress=not args.no_progress,
+                     lockstep=args.lockstep, answer_topic=args.answer_topic,
+                     lockstep_timeout_s=args.deadline, reference_topic=args.reference_topic,
+                     slop_s=args.slop)
     print(summary.table())
     if summary.record_path:
         print(f'recorded {sum(summary.recorded.values())} messages into {summary.record_path}')

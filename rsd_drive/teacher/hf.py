@@ -14,6 +14,41 @@ import numpy as np
 
 QWEN_VL_TYPES = ('qwen2_vl', 'qwen2_5_vl')
 DTYPES = {'float32': 'float32', 'bfloat16': 'bfloat16', 'float16': 'float16'}
+# The pixel budget of the released Qwen2.5-VL checkpoints' preprocessor_config.json
+# ("min_pixels": 3136, "max_pixels": 12845056); transformers' Qwen2VLImageProcessor defaults to
+# max_pixels 28 * 28 * 1280 when a checkpoint does not say.
+QWEN2_5_VL_MIN_PIXELS = 56 * 56
+QWEN2_5_VL_MAX_PIXELS = 28 * 28 * 16384
+QWEN_FACTOR = 28   # patch_size 14 x merge_size 2
+
+
+def smart_resize(height: int, width: int, factor: int = QWEN_FACTOR,
+                 min_pixels: int = QWEN2_5_VL_MIN_PIXELS,
+                 max_pixels: int = QWEN2_5_VL_MAX_PIXELS) -> tuple[int, int]:
+    """(height, width) a Qwen2-VL / Qwen2.5-VL image processor resizes an image to: both
+    multiples of ``factor``, ``min_pixels <= h * w <= max_pixels``, aspect ratio kept as closely
+    as possible. Qwen2.5-VL's absolute box coordinates are pixels of this size.
+
+    A faithful copy of ``smart_resize`` in transformers
+    (``models/qwen2_vl/image_processing_qwen2_vl.py``, also ``image_processing_pil_qwen2_vl.py``;
+    the same function is in Qwen's ``qwen_vl_utils/vision_process.py``), Python's ``round``
+    (half to even) included; only the defaults differ (Qwen2.5-VL's released budget here)."""
+    import math
+
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f'absolute aspect ratio must be smaller than 200, got '
+                         f'{max(height, width) / min(height, width)}')
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
 
 
 def torch_dtype(name: str):

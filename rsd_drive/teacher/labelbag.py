@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rsd_drive.data.bag import BagWriter, build_message, header_msg, stamp_msg
-from rsd_drive.data.convert import risk_to_occupancy
+from rsd_drive.data.convert import path_message, risk_to_occupancy
 from rsd_drive.geometry import GridSpec
 
 GRID_TOPIC = '/rsd/teacher/risk_grid'
@@ -85,18 +85,10 @@ def marker_array_msg(ts, stamp_ns: int, objects: list):
 
 
 def path_msg(ts, stamp_ns: int, future: np.ndarray, frequency_hz: float):
-    """The logged future from the ego (origin first), headings along the path."""
-    pts = np.vstack([np.zeros((1, 2)), np.asarray(future, dtype=np.float64)])
-    poses, yaw = [], 0.0
-    for k, (x, y) in enumerate(pts):
-        if k + 1 < len(pts):
-            dx, dy = pts[k + 1] - pts[k]
-            if math.hypot(dx, dy) > 1e-6:
-                yaw = math.atan2(dy, dx)
-        t = stamp_ns + int(round(k / frequency_hz * 1e9))
-        poses.append(ts.types['geometry_msgs/msg/PoseStamped'](
-            header=header_msg(ts, t, FRAME_ID), pose=_pose(ts, x, y, 0.0, yaw)))
-    return ts.types['nav_msgs/msg/Path'](header=header_msg(ts, stamp_ns, FRAME_ID), poses=poses)
+    """The logged future from the ego (origin first, pose k at t0 + k/f), headings along the
+    path: the node's own Path builder (rsd_drive.data.convert.path_message)."""
+    return path_message(ts.types.__getitem__, future, stamp_ns, FRAME_ID, frequency_hz,
+                        include_origin=True)
 
 
 def write_label_bag(path, records, grid: GridSpec, frequency_hz: float = 4.0,

@@ -16,6 +16,7 @@ from collections import Counter
 import cv2
 import numpy as np
 
+from rsd_drive.data.camera_model import distort_pixels, undistort_pixels
 from rsd_drive.geometry import (GridSpec, ground_points_from_pixels, project_points,
                                 resize_intrinsics)
 from rsd_drive.teacher.base import TeacherOutput
@@ -27,11 +28,18 @@ def box_contact_pixel(box) -> tuple:
     return 0.5 * (x1 + x2), float(y2)
 
 
-def ground_from_box(box, K, cam_to_ego, cfg) -> tuple:
+def frame_distortion(frame, i: int):
+    """The lens model of camera ``i`` of a frame (None: the images are ideal pinhole)."""
+    distortion = getattr(frame, 'distortion', None)
+    return distortion[i] if distortion else None
+
+
+def ground_from_box(box, K, cam_to_ego, cfg, distortion=None) -> tuple:
     """(x, y, width_m) on the ground plane of an image box; ValueError(reason) when the contact
-    point is on/above the horizon, too far, or the implied width is absurd."""
-    u, v = box_contact_pixel(box)
-    xy = ground_points_from_pixels(np.array([[u, v]]), K, cam_to_ego, ground_z=cfg.ground_z,
+    point is on/above the horizon, too far, or the implied width is absurd. ``distortion``: the
+    lens of a raw (distorted) image; the contact pixel is undistorted before it becomes a ray."""
+    uv = undistort_pixels(np.array([box_contact_pixel(box)]), K, distortion)
+    xy = ground_points_from_pixels(uv, K, cam_to_ego, ground_z=cfg.ground_z,
                                    max_range=cfg.max_range_m)[0]
     if not np.all(np.isfinite(xy)):
         raise ValueError('above_horizon')
@@ -82,7 +90,8 @@ def project_objects(objects, frame, grid: GridSpec, cfg):
                 continue
             i = frame.cameras.index(obj.camera)
             try:
-                x, y, width = ground_from_box(obj.box, frame.K[i], frame.cam_to_ego[i], cfg)
+                x, y, width = ground_from_box(obj.box, frame.K[i], frame.cam_to_ego[i], cfg,
+                                              frame_distortion(frame, i))
             except ValueError as exc:
                 rejected[str(exc)] += 1
                 continue
@@ -118,6 +127,7 @@ def project_heatmaps(heatmaps: dict, frame, grid: GridSpec, cfg):
         K = resize_intrinsics(frame.K[i], frame.image_hw[i], (hh, hw))
         uv, depth = project_points(pts, K, frame.cam_to_ego[i])
         ok = (depth > 0.1) & np.all(np.isfinite(uv), axis=1)
+        uv = _through_lens(uv, ok, K, frame_distortion(frame, i))
         ok &= np.hypot(pts[:, 0] - frame.cam_to_ego[i][0, 3],
                        pts[:, 1] - frame.cam_to_ego[i][1, 3]) <= cfg.max_range_m
         ok &= (uv[:, 0] >= -0.5) & (uv[:, 0] <= hw - 0.5) & (uv[:, 1] >= -0.5) \
@@ -129,6 +139,20 @@ def project_heatmaps(heatmaps: dict, frame, grid: GridSpec, cfg):
         sampled = np.where(ok.reshape(grid.rows, grid.cols), sampled, 0.0)
         np.maximum(out, sampled.astype(np.float32), out=out)
     return out, rejected
+
+
+def _through_lens(uv: np.ndarray, ok: np.ndarray, K, distortion) -> np.ndarray:
+    """Ideal pixels -> raw (distorted) pixels; points where the lens polynomial folds back (far
+    outside the calibrated field of view) are marked invalid (NaN)."""
+    if distortion is None or distortion.is_pinhole:
+        return uv
+    raw = np.full_like(uv, np.nan)
+    raw[ok] = distort_pixels(uv[ok], K, distortion)
+    back = np.full_like(uv, np.nan)
+    back[ok] = undistort_pixels(raw[ok], K, distortion)
+    folded = ~(np.abs(back - uv) < 0.5).all(axis=1)
+    raw[folded] = np.nan
+    return raw
 
 
 def teacher_grid(output: TeacherOutput, frame, grid: GridSpec, cfg):
