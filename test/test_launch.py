@@ -26,8 +26,9 @@ try:  # the submodules: the repo's own launch/ folder would import as a namespac
     import launch_ros.actions  # noqa: F401
     LAUNCH_REASON = None
 except ImportError as e:
-    LAUNCH_REASON = (f'launch/launch_ros not installed ({e}); no wheels on PyPI (ros-jazzy-launch, '
-                     f'ros-jazzy-launch-ros, ros-launch-ros: none); they come with a ROS 2 install')
+    LAUNCH_REASON = (f'launch/launch_ros not installed ({e}); no wheels on PyPI '
+                     f'(ros-jazzy-launch, ros-jazzy-launch-ros, ros-launch-ros: none); they '
+                     f'come with a ROS 2 install')
 
 
 def console_scripts() -> set:
