@@ -57,7 +57,8 @@ test-artifact: setup
 test: setup setup-vehicle
 	@$(PY) -m pytest test --ignore=test/vehicle; main=$$?; \
 	$(MAKE) --no-print-directory test-artifact && \
-	RSD_DRIVE_TEST_ARTIFACT=$(CURDIR)/$(TEST_ARTIFACT)/deploy $(VPY) -m pytest test/vehicle; \
+	RSD_DRIVE_VEHICLE_PROFILE=1 RSD_DRIVE_TEST_ARTIFACT=$(CURDIR)/$(TEST_ARTIFACT)/deploy \
+	    $(VPY) -m pytest test/vehicle; \
 	vehicle=$$?; echo "main profile (.venv): exit $$main; vehicle profile ($(VEHICLE_VENV)): exit $$vehicle"; \
 	test $$main -eq 0 && test $$vehicle -eq 0
 

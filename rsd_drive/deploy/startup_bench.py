@@ -37,6 +37,7 @@ def start_once(python: str, cwd: str, params: str, timeout: float = 600.0) -> tu
     # python (other ROS release) must find its own.
     env['LD_LIBRARY_PATH'] = ':'.join(p for p in env.get('LD_LIBRARY_PATH', '').split(':')
                                       if p and not p.startswith(sys.prefix))
+    env.pop('_ROS_WHEELS_BOOTSTRAP_COMPLETE', None)  # let the child's bootstrap run
     cmd = [python, '-m', 'rsd_drive.ros.planner_node', '--ros-args', '--params-file',
            str(Path(params).resolve())]
     t0 = time.monotonic()
