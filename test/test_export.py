@@ -105,3 +105,17 @@ def test_model_config_and_names_import_without_torch():
             'print(sorted(m for m in sys.modules if m.split(".")[0] in heavy))')
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == '[]', out.stdout
+
+
+def test_model_never_imports_deploy():
+    """Imports flow one way: deploy uses model; the graph surgery lives in deploy/onnx_merge.py."""
+    import ast
+    from pathlib import Path
+
+    import rsd_drive.model
+
+    for path in Path(rsd_drive.model.__file__).parent.glob('*.py'):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ''] if isinstance(node, ast.ImportFrom) else [])
+            assert not [n for n in names if n.startswith('rsd_drive.deploy')], path.name

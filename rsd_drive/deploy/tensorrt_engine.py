@@ -378,12 +378,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description='Build or verify the TensorRT engine cache.')
     parser.add_argument('onnx', help='exported graph (rsd-drive export CHECKPOINT)')
     parser.add_argument('--precision', choices=PRECISIONS, default='fp16')
-    parser.add_argument('--cache-dir', help='default: <onnx dir>/engines')
+    parser.add_argument('--cache-dir', help='writable engine cache (default: '
+                        '$RSD_DRIVE_CACHE/engines or ~/.cache/rsd_drive/engines)')
     parser.add_argument('--workspace-mb', type=int, default=DEFAULT_WORKSPACE_MB)
     parser.add_argument('--force', action='store_true', help='rebuild even on a cache hit')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    cache_dir = args.cache_dir or Path(args.onnx).parent / 'engines'
+    from rsd_drive.deploy.artifact import default_cache_root
+
+    cache_dir = args.cache_dir or default_cache_root() / 'engines'
     try:
         prepare_engine(args.onnx, cache_dir, args.precision, workspace_mb=args.workspace_mb,
                        force=args.force)
