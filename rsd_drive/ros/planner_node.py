@@ -333,15 +333,17 @@ class PlannerNode(LifecycleNode):
         """'unconfigured' | 'inactive' | 'active' | 'finalized' (or a transition state)."""
         return self._state_machine.current_state[1]
 
-    def _transition(self, name: str, work) -> TransitionCallbackReturn:
-        """Run one transition's work: FAILURE with the reason logged for what a user can fix,
-        ERROR (then on_error) for anything unexpected."""
+    def _transition(self, name: str, work, undo=None) -> TransitionCallbackReturn:
+        """Run one transition's work: FAILURE with the reason logged for what a user can fix
+        (``undo`` returns the node to the state it came from), ERROR (then on_error) for
+        anything unexpected."""
         try:
             work()
         except (ConfigError, FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
             self.last_transition_error = f'{name} failed: {type(e).__name__}: {e}'
             self.get_logger().error(self.last_transition_error)
-            self._release()
+            if undo is not None:
+                undo()
             return TransitionCallbackReturn.FAILURE
         except Exception as e:  # noqa: BLE001 - any other error: the lifecycle's ERROR path
             self.last_transition_error = f'{name} raised {type(e).__name__}: {e}'
@@ -351,10 +353,10 @@ class PlannerNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        return self._transition('configure', self._configure)
+        return self._transition('configure', self._configure, undo=self._release)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        result = self._transition('activate', self._activate)
+        result = self._transition('activate', self._activate, undo=self._stop_inputs)
         if result != TransitionCallbackReturn.SUCCESS:
             return result
         return super().on_activate(state)  # enables the lifecycle publishers
