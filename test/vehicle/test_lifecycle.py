@@ -126,8 +126,13 @@ def test_failed_configure_is_reported_and_the_node_stays_unconfigured(tmp_path):
         assert not lc.transition(CONFIGURE)  # FAILURE -> back to unconfigured
         assert lc.state() == 'unconfigured'
         node.wait_for(r'configure failed: FileNotFoundError: .*no_such_artifact')
-        _, level, message, values = wait_diag_state(peer, 'unconfigured')
-        assert level == 2 and 'no_such_artifact' in values['last_transition_error'], message
+
+        def reported():  # the next diagnostics after the failure: ERROR with the reason
+            got = diag_state(peer, time.monotonic() - 0.4)
+            error = got[3].get('last_transition_error', '') if got else ''
+            return got if 'no_such_artifact' in error else None
+        state, level, message, _ = peer.wait_until(reported, 5.0, 'the failure in diagnostics')
+        assert state == 'unconfigured' and level == 2 and 'not planning' in message, message
         assert lc.transition(UNCONFIGURED_SHUTDOWN)
         assert lc.state() == 'finalized'
     finally:
