@@ -1,8 +1,11 @@
-"""Shared pieces of the deployment tests: a tiny checkpoint, a small generated drive bag, planner
-parameters derived from config/planner.yaml, and the planner node in its own process.
+"""Shared pieces of the deployment tests: a tiny checkpoint and its deploy artifact, a small
+generated drive bag, planner parameters derived from config/planner.yaml, and the planner node in
+its own process.
 
 The node runs as ``sys.executable -m rsd_drive.ros.planner_node`` with the inherited environment
 (the ROS wheels need it; conftest has already confined DDS to this host and a per-run domain).
+This module imports no torch: the vehicle profile (no torch) uses it with an artifact exported by
+the main profile (``RSD_DRIVE_TEST_ARTIFACT``, see :func:`test_artifact`).
 """
 from __future__ import annotations
 
@@ -16,10 +19,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from rsd_drive.geometry import GridSpec, intrinsics
-from rsd_drive.model import EncoderConfig, ModelConfig, RiskPlanner
+from rsd_drive.model.config import EncoderConfig, ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CAMERAS = ('front', 'front_left', 'front_right')
@@ -40,8 +42,22 @@ def tiny_config(num_cameras: int = len(CAMERAS), image_hw=IMAGE_HW) -> ModelConf
                                              patch_size=16))
 
 
+ARTIFACT_ENV = 'RSD_DRIVE_TEST_ARTIFACT'
+# torch and transformers made unimportable in a child process: what the vehicle (no torch) has.
+NO_TORCH = ("import sys\n"
+            "class _NoTorch:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('torch', 'transformers'):\n"
+            "            raise ImportError(f'{name} is blocked: the vehicle has no torch')\n"
+            "sys.meta_path.insert(0, _NoTorch())\n")
+
+
 def make_checkpoint(path, seed: int = 0, config: ModelConfig | None = None) -> Path:
     """A RiskPlanner checkpoint whose trainable weights are perturbed (non-trivial outputs)."""
+    import torch
+
+    from rsd_drive.model.planner import RiskPlanner
+
     torch.manual_seed(seed)
     model = RiskPlanner(config or tiny_config())
     with torch.no_grad():
@@ -50,6 +66,38 @@ def make_checkpoint(path, seed: int = 0, config: ModelConfig | None = None) -> P
                 p.add_(0.05 * torch.randn_like(p))
     model.save_pretrained(path)
     return Path(path)
+
+
+def make_artifact(path, seed: int = 0, cameras=CAMERAS, config: ModelConfig | None = None) -> Path:
+    """A tiny checkpoint (``path/ckpt``) exported to a deploy artifact ``path/deploy``."""
+    from rsd_drive.deploy.export import export_artifact
+
+    path = Path(path)
+    ckpt = make_checkpoint(path / 'ckpt', seed, config)
+    export_artifact(ckpt, path / 'deploy', cameras=cameras, logger=lambda *_: None)
+    return path / 'deploy'
+
+
+def test_artifact(tmp_path_factory) -> Path:
+    """The deploy artifact the node tests run on: ``$RSD_DRIVE_TEST_ARTIFACT`` when set (the
+    vehicle profile: exported by the main profile with ``make test``), else exported here (needs
+    torch; skipped with the reason without it)."""
+    import pytest
+
+    if os.environ.get(ARTIFACT_ENV):
+        path = Path(os.environ[ARTIFACT_ENV])
+        if not (path / 'deploy.json').is_file():
+            pytest.fail(f'{ARTIFACT_ENV}={path} is not a deploy artifact (make test exports it)')
+        return path
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        pytest.skip(f'no deploy artifact: set {ARTIFACT_ENV} (make test does) or install torch '
+                    f'to export one ({e})')
+    return make_artifact(tmp_path_factory.mktemp('artifact'))
+
+
+test_artifact.__test__ = False  # a helper, not a test
 
 
 def camera_K(camera: str, hw=IMAGE_HW) -> np.ndarray:
@@ -213,10 +261,16 @@ def odometry(ts, hdr, t_s: float):
 class NodeProcess:
     """``planner_node`` in a subprocess; its log is collected line by line for waiting on."""
 
-    def __init__(self, params_file, *extra_ros_args, name: str = 'planner_node'):
+    def __init__(self, params_file, *extra_ros_args, name: str = 'planner_node',
+                 no_torch: bool = False):
         env = dict(os.environ, PYTHONUNBUFFERED='1', RCUTILS_LOGGING_BUFFERED_STREAM='0')
-        cmd = [sys.executable, '-m', 'rsd_drive.ros.planner_node', '--ros-args',
-               '--params-file', str(params_file), *extra_ros_args]
+        args = ['--ros-args', '--params-file', str(params_file), *extra_ros_args]
+        if no_torch:  # as on the vehicle: importing torch/transformers raises
+            cmd = [sys.executable, '-c', NO_TORCH + 'import sys, runpy\n'
+                   "sys.argv[0] = 'planner_node'\n"
+                   "runpy.run_module('rsd_drive.ros.planner_node', run_name='__main__')", *args]
+        else:
+            cmd = [sys.executable, '-m', 'rsd_drive.ros.planner_node', *args]
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
         self.lines = []
@@ -433,3 +487,42 @@ def diagnostic_status(array, suffix: str):
                     else int(status.level), status.message,
                     {kv.key: kv.value for kv in status.values})
     return None
+
+
+class LifecycleClient:
+    """The standard lifecycle services of a managed node, called over DDS from the test's peer
+    node (``~/change_state``, ``~/get_state``; lifecycle_msgs from the ROS wheels)."""
+
+    def __init__(self, peer: Peer, node_name: str = 'planner_node'):
+        from lifecycle_msgs.srv import ChangeState, GetState
+
+        self.peer = peer
+        self.change = peer.node.create_client(ChangeState, f'/{node_name}/change_state')
+        self.get = peer.node.create_client(GetState, f'/{node_name}/get_state')
+
+    def wait(self, timeout: float = 60.0) -> None:
+        for client in (self.change, self.get):
+            if not client.wait_for_service(timeout_sec=timeout):
+                raise AssertionError(f'service {client.srv_name} never appeared')
+
+    def _call(self, client, request, timeout: float):
+        future = client.call_async(request)
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            if time.monotonic() > deadline:
+                raise AssertionError(f'{client.srv_name}: no answer within {timeout} s')
+            time.sleep(0.02)
+        return future.result()
+
+    def state(self, timeout: float = 30.0) -> str:
+        from lifecycle_msgs.srv import GetState
+
+        return self._call(self.get, GetState.Request(), timeout).current_state.label
+
+    def transition(self, transition_id: int, timeout: float = 120.0) -> bool:
+        """ChangeState by id (lifecycle_msgs/Transition); True when the node reports success."""
+        from lifecycle_msgs.srv import ChangeState
+
+        request = ChangeState.Request()
+        request.transition.id = int(transition_id)
+        return bool(self._call(self.change, request, timeout).success)

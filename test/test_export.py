@@ -1,4 +1,5 @@
-"""ONNX export of the whole planner (frozen encoder included) against torch."""
+"""ONNX export of the whole planner (frozen encoder included, uint8 images in) against torch, and
+the deploy artifact written by `rsd-drive export`."""
 import json
 
 import numpy as np
@@ -51,31 +52,70 @@ def test_graph_has_named_static_io_and_plain_ops(exported):
         assert all(d > 0 for d in dims), f'{value.name} has a dynamic dimension: {dims}'
     domains = {n.domain for n in graph.node}
     assert domains <= {'', 'ai.onnx'}, f'non-standard operator domains: {domains}'
-    sidecar = json.loads(path.with_suffix('.json').read_text())
-    assert sidecar['inputs']['images']['shape'] == [1, 3, 3, 64, 96]
-    assert ModelConfig.from_dict(sidecar['model_config']) == model.config
+    images = graph.input[0].type.tensor_type
+    assert images.elem_type == onnx.TensorProto.UINT8  # normalisation is inside the graph
+    assert [d.dim_value for d in images.shape.dim] == [1, 3, 3, 64, 96]
 
 
 def test_waypoints_depend_on_intent(exported):
     """The exported graph is not constant: intent and images reach the outputs."""
     import onnxruntime as ort
 
-    from rsd_drive.deploy.export import example_inputs
+    from rsd_drive.deploy.artifact import example_feeds
 
     model, path = exported
     sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
-    feeds = {k: v.numpy() for k, v in example_inputs(model).items()}
+    feeds = example_feeds(model.config)
     straight = sess.run(None, feeds)
     feeds['intent'] = np.array([2], dtype=np.int64)
     left = sess.run(None, feeds)
     assert np.abs(straight[0] - left[0]).max() > 1e-5
 
 
-def test_export_cli_from_checkpoint(tmp_path, capsys):
+def test_export_cli_writes_a_deploy_dir(tmp_path, capsys):
     model = small_model(seed=3)
     model.save_pretrained(tmp_path / 'ckpt')
-    assert cli_main(['export', str(tmp_path / 'ckpt')]) == 0
+    out_dir = tmp_path / 'deploy'
+    assert cli_main(['export', str(tmp_path / 'ckpt'), '--out', str(out_dir),
+                     '--cameras', 'a', 'b', 'c']) == 0
     out = capsys.readouterr().out
-    assert (tmp_path / 'ckpt' / 'model.onnx').is_file()
+    assert sorted(p.name for p in out_dir.iterdir()) == ['deploy.json', 'model.onnx']
     assert 'max abs difference' in out
-    assert not list((tmp_path / 'ckpt').glob('*.tmp'))
+    meta = json.loads((out_dir / 'deploy.json').read_text())
+    assert meta['cameras']['names'] == ['a', 'b', 'c']
+    assert ModelConfig.from_dict(meta['model_config']) == \
+        ModelConfig.from_yaml(tmp_path / 'ckpt' / 'config.yaml')
+    assert not list(tmp_path.glob('.deploy*')) and not list(out_dir.glob('*.tmp'))
+    # Exported again over it: replaced as a whole.
+    assert cli_main(['export', str(tmp_path / 'ckpt'), '--out', str(out_dir), '--no-check']) == 0
+    assert json.loads((out_dir / 'deploy.json').read_text())['check_against_torch'] is None
+    with pytest.raises(ValueError, match='2 camera names'):
+        cli_main(['export', str(tmp_path / 'ckpt'), '--out', str(out_dir), '--cameras', 'a', 'b'])
+
+
+def test_model_config_and_names_import_without_torch():
+    """The vehicle reads the model config and the I/O names; neither may pull in torch."""
+    import subprocess
+    import sys
+
+    code = ('import sys\n'
+            'import rsd_drive.model.config, rsd_drive.model.spec, rsd_drive.deploy.artifact\n'
+            'from rsd_drive.model import ModelConfig, INPUT_NAMES\n'
+            'heavy = ("torch", "transformers")\n'
+            'print(sorted(m for m in sys.modules if m.split(".")[0] in heavy))')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == '[]', out.stdout
+
+
+def test_model_never_imports_deploy():
+    """Imports flow one way: deploy uses model; the graph surgery lives in deploy/onnx_merge.py."""
+    import ast
+    from pathlib import Path
+
+    import rsd_drive.model
+
+    for path in Path(rsd_drive.model.__file__).parent.glob('*.py'):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ''] if isinstance(node, ast.ImportFrom) else [])
+            assert not [n for n in names if n.startswith('rsd_drive.deploy')], path.name

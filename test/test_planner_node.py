@@ -1,5 +1,6 @@
-"""planner_node over real DDS, in its own process: a generated bag replayed into it (sim time),
-and live inputs with a camera / the odometry going stale and coming back (wall time).
+"""planner_node over real DDS, in its own process, on a deploy artifact: a generated bag replayed
+into it (sim time), and live inputs with a camera / the odometry going stale and coming back (wall
+time). The vehicle profile (test/vehicle, no torch) runs these same tests.
 
 Also the pieces that need no graph: message building, the latest-only queue, parameter errors.
 """
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from node_helpers import (CAMERAS, GRID, Peer, NodeProcess, START_NS, Streamer, camera_extrinsics,
                           diagnostic_status, ego_pose, make_checkpoint, planner_params,
-                          write_drive_bag)
+                          test_artifact, write_drive_bag)
 
 from rsd_drive import INTENTS
 from rsd_drive.geometry import GridSpec
@@ -24,8 +25,9 @@ OK, WARN, ERROR = 0, 1, 2
 
 
 @pytest.fixture(scope='module')
-def checkpoint(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp('ckpt') / 'planner')
+def artifact(tmp_path_factory):
+    """A deploy artifact (model.onnx + deploy.json) of a tiny perturbed checkpoint."""
+    return test_artifact(tmp_path_factory)
 
 
 # -- messages, queue, parameters (no DDS) ---------------------------------------------------------
@@ -73,14 +75,14 @@ def test_latest_only_queue_keeps_the_newest():
     assert q.get(0.01) is None
 
 
-def test_missing_parameter_is_named(tmp_path, checkpoint):
+def test_missing_parameter_is_named(tmp_path, artifact):
     """No silent code defaults: a parameters file without model_dir stops the node by name."""
     import rclpy
     from rclpy.parameter import Parameter
 
     from rsd_drive.ros.planner_node import ConfigError, PlannerNode
 
-    overrides = [p for p in _overrides(planner_params(tmp_path, checkpoint))
+    overrides = [p for p in _overrides(planner_params(tmp_path, artifact))
                  if p.name != 'model_dir']
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -88,9 +90,10 @@ def test_missing_parameter_is_named(tmp_path, checkpoint):
         with pytest.raises(ConfigError, match="'model_dir' is not set"):
             PlannerNode(context=context, parameter_overrides=overrides)
         node = PlannerNode(context=context, parameter_overrides=overrides
-                           + [Parameter('model_dir', value=str(checkpoint))])
+                           + [Parameter('model_dir', value=str(artifact))])
         assert node.settings.camera_names == list(CAMERAS)
-        assert node.backend is None  # nothing heavy before configure()
+        assert node.backend is None  # nothing heavy before on_configure
+        assert node.lifecycle_state == 'unconfigured'
         node.destroy_node()
     finally:
         rclpy.try_shutdown(context=context)
@@ -109,14 +112,14 @@ def _overrides(params_file, **changes):
     return overrides
 
 
-def test_extrinsics_from_tf_static_chain(tmp_path, checkpoint):
+def test_extrinsics_from_tf_static_chain(tmp_path, artifact):
     """base_link -> front_mount -> front_optical composed from tf_static; without tf2_msgs the
-    node refuses to activate with a message naming it."""
+    configure transition fails (FAILURE, back to unconfigured) with a message naming it."""
     import rclpy
     from geometry_msgs.msg import TransformStamped
 
     from rsd_drive.geometry import camera_to_ego, make_transform, matrix_to_quaternion, yaw_matrix
-    from rsd_drive.ros.planner_node import ConfigError, PlannerNode
+    from rsd_drive.ros.planner_node import PlannerNode
 
     def tf(parent, child, T):
         msg = TransformStamped()
@@ -133,7 +136,7 @@ def test_extrinsics_from_tf_static_chain(tmp_path, checkpoint):
     rclpy.init(context=context)
     try:
         node = PlannerNode(context=context, parameter_overrides=_overrides(
-            planner_params(tmp_path, checkpoint), extrinsics_source='tf_static'))
+            planner_params(tmp_path, artifact), extrinsics_source='tf_static'))
         assert node._tf_extrinsics('front') is None  # nothing known yet
         node.camera_frames['front'] = 'front_optical'
         node._on_tf_static(SimpleNamespace(transforms=[
@@ -145,22 +148,46 @@ def test_extrinsics_from_tf_static_chain(tmp_path, checkpoint):
         try:
             import tf2_msgs  # noqa: F401
         except ImportError:
-            with pytest.raises(ConfigError, match='tf2_msgs'):
-                node.activate()
+            from rclpy.lifecycle import TransitionCallbackReturn
+
+            assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+            assert node.lifecycle_state == 'unconfigured' and node.backend is None
+            assert 'tf2_msgs' in node.last_transition_error
         node.destroy_node()
     finally:
         rclpy.try_shutdown(context=context)
 
 
-def test_build_only_prepares_and_exits(tmp_path):
-    ckpt = make_checkpoint(tmp_path / 'ckpt', seed=4)
-    node = NodeProcess(planner_params(tmp_path, ckpt), '-p', 'build_only:=true')
+def test_build_only_prepares_and_exits(tmp_path, artifact):
+    """On a deploy dir: checks it loads, writes nothing into it, exits before activating."""
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in artifact.iterdir())
+    node = NodeProcess(planner_params(tmp_path, artifact), '-p', 'build_only:=true')
     try:
         assert node.proc.wait(90) == 0, node.log
     finally:
         node.stop()
     assert 'build_only: onnxruntime fp32: graph ready' in node.log
-    assert (ckpt / 'model.onnx').is_file() and 'active:' not in node.log
+    assert 'active:' not in node.log
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in artifact.iterdir()) == before
+
+
+def test_checkpoint_dir_is_exported_once_on_a_training_machine(tmp_path):
+    """A training checkpoint as model_dir (torch installed): exported to <ckpt>/deploy on first
+    use, reused while the checkpoint is unchanged."""
+    pytest.importorskip('torch', reason='exporting a checkpoint needs torch (training machine)')
+    ckpt = make_checkpoint(tmp_path / 'ckpt', seed=4)
+    node = NodeProcess(planner_params(tmp_path, ckpt), '-p', 'build_only:=true')
+    try:
+        assert node.proc.wait(120) == 0, node.log
+    finally:
+        node.stop()
+    assert 'exporting' in node.log and (ckpt / 'deploy' / 'deploy.json').is_file()
+    again = NodeProcess(planner_params(tmp_path, ckpt), '-p', 'build_only:=true')
+    try:
+        assert again.proc.wait(90) == 0, again.log
+    finally:
+        again.stop()
+    assert 'exporting' not in again.log
 
 
 # -- a bag replayed into the node (sim time) ------------------------------------------------------
@@ -174,7 +201,7 @@ def read_bag(path):
     return out
 
 
-def expected_plan(bag_dir, checkpoint, stamp_ns):
+def expected_plan(bag_dir, artifact, stamp_ns):
     """The plan for one frame computed offline from the bag with the same backend."""
     from rsd_drive.data.convert import odometry_to_state
     from rsd_drive.data.sync import OdometryHistory
@@ -195,17 +222,17 @@ def expected_plan(bag_dir, checkpoint, stamp_ns):
         calibs.append(CameraCalibration(np.asarray(info.k).reshape(3, 3),
                                         (info.height, info.width),
                                         camera_to_ego(*camera_extrinsics(cam))))
-    backend = OnnxRuntimeBackend(checkpoint, threads=1)
+    backend = OnnxRuntimeBackend(artifact, threads=1)
     plan, _ = FramePlanner(backend, CAMERAS).plan(
         images, calibs, history.past_states(stamp_ns), INTENTS.index('left'))
     return plan
 
 
-def test_replayed_bag_gives_paths_and_risk_grids(tmp_path, checkpoint):
+def test_replayed_bag_gives_paths_and_risk_grids(tmp_path, artifact):
     from rsd_drive.ros.replay import replay
 
     stamps = write_drive_bag(tmp_path / 'drive', duration_s=6.0)
-    params = planner_params(tmp_path, checkpoint)
+    params = planner_params(tmp_path, artifact)
     node = NodeProcess(params, '-p', 'use_sim_time:=true')
     try:
         node.wait_for(r'active:', timeout=90)
@@ -258,7 +285,7 @@ def test_replayed_bag_gives_paths_and_risk_grids(tmp_path, checkpoint):
 
     # The node's plan equals the plan computed offline from the same bag frame.
     stamp = path_stamps[0]
-    plan = expected_plan(tmp_path / 'drive', checkpoint, stamp)
+    plan = expected_plan(tmp_path / 'drive', artifact, stamp)
     got = np.array([[p.pose.position.x, p.pose.position.y] for p in paths[0][1].poses])
     np.testing.assert_allclose(got, plan['waypoints'], atol=1e-4)
     risk = np.asarray(grids[0][1].data, dtype=np.float32).reshape(GRID.rows, GRID.cols) / 100
@@ -276,9 +303,9 @@ def stamp_ns(msg) -> int:
     return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
 
 
-def test_stale_inputs_stop_planning_and_recover(tmp_path, checkpoint):
+def test_stale_inputs_stop_planning_and_recover(tmp_path, artifact):
     max_age = 0.5
-    params = planner_params(tmp_path, checkpoint, use_info_topics=False, max_input_age_s=max_age,
+    params = planner_params(tmp_path, artifact, use_info_topics=False, max_input_age_s=max_age,
                             output_frame='odom')
     node = NodeProcess(params)
     peer = Peer()

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from node_helpers import make_checkpoint
+from node_helpers import make_artifact
 from onnx import TensorProto, helper
 
 from rsd_drive.deploy import tensorrt_engine as te
@@ -86,16 +86,16 @@ def test_cache_on_disk_round_trip(tmp_path):
     assert not list((tmp_path / 'engines').glob('*.tmp'))
 
 
-def test_key_inputs_from_an_exported_graph(tmp_path):
-    from rsd_drive.deploy.backends import ensure_onnx
+def test_key_inputs_from_an_exported_artifact(tmp_path):
+    from rsd_drive.deploy.artifact import DeployArtifact
 
-    ckpt = make_checkpoint(tmp_path / 'ckpt')
-    onnx_path = ensure_onnx(ckpt)
-    shapes = te.onnx_input_shapes(onnx_path)
+    artifact = DeployArtifact.load(make_artifact(tmp_path))
+    onnx_path = artifact.onnx_path
+    shapes = te.onnx_input_shapes(onnx_path)  # read from the graph itself
     assert shapes['images'] == [1, 3, 3, 64, 96] and shapes['intent'] == [1]
-    onnx_path.with_suffix('.json').unlink()  # without the sidecar: read from the graph itself
-    assert te.onnx_input_shapes(onnx_path) == shapes
+    assert shapes == {k: list(shape) for k, (shape, _) in artifact.specs.items()}
     digest = te.onnx_sha256(onnx_path)
+    assert digest == artifact.onnx_sha256  # recorded at export: no hashing at every start
     assert len(digest) == 64 and digest == te.onnx_sha256(onnx_path)
     onnx_path.write_bytes(onnx_path.read_bytes() + b'\0')
     assert te.onnx_sha256(onnx_path) != digest
@@ -121,10 +121,7 @@ def _model(nodes, opset=17, extra_opsets=(), functions=()):
 
 
 def test_exported_planner_graph_is_plain(tmp_path):
-    from rsd_drive.deploy.backends import ensure_onnx
-
-    onnx_path = ensure_onnx(make_checkpoint(tmp_path / 'ckpt'))
-    report = assert_plain_graph(onnx_path)
+    report = assert_plain_graph(make_artifact(tmp_path) / 'model.onnx')
     assert report.ok and report.opset == 17
     assert {'MatMul', 'Conv', 'Softmax', 'LayerNormalization'} <= set(report.op_counts)
     assert not {'Loop', 'Scan', 'If'} & set(report.op_counts)  # the GRU is unrolled
@@ -176,42 +173,48 @@ def test_a_plain_toy_graph_passes(tmp_path):
 # -- real engines (TensorRT + CUDA) ---------------------------------------------------------------
 @needs_tensorrt
 def test_engine_builds_runs_matches_onnxruntime_and_is_cached(tmp_path):
-    from rsd_drive.deploy.backends import create_backend, ensure_onnx, example_feeds
+    from rsd_drive.deploy.backends import create_backend, example_feeds
 
-    ckpt = make_checkpoint(tmp_path / 'ckpt')
-    ensure_onnx(ckpt)
+    deploy = make_artifact(tmp_path)
+    cache = tmp_path / 'engines'
     logs = []
-    trt32 = create_backend('tensorrt', ckpt, precision='fp32', logger=logs.append)
+    trt32 = create_backend('tensorrt', deploy, precision='fp32', cache_dir=cache,
+                           logger=logs.append)
     assert trt32.prepared.rebuilt and 'no cached engine' in trt32.prepared.reasons
-    ort = create_backend('onnxruntime', ckpt, device='cpu')
+    assert trt32.prepared.paths.engine.is_relative_to(cache)  # never into the deploy dir
+    ort = create_backend('onnxruntime', deploy, device='cpu')
     feeds = example_feeds(ort.config, seed=3)
     ref, got = ort.infer(feeds), trt32.infer(feeds)
     np.testing.assert_allclose(got['waypoints'], ref['waypoints'], atol=2e-3)
     np.testing.assert_allclose(got['risk'], ref['risk'], atol=2e-3)
     assert trt32.warmup(2) > 0
 
-    again = create_backend('tensorrt', ckpt, precision='fp32', logger=logs.append)
+    again = create_backend('tensorrt', deploy, precision='fp32', cache_dir=cache,
+                           logger=logs.append)
     assert not again.prepared.rebuilt and any('cache hit' in line for line in logs)
 
-    trt16 = create_backend('tensorrt', ckpt, precision='fp16', logger=logs.append)
+    trt16 = create_backend('tensorrt', deploy, precision='fp16', cache_dir=cache,
+                           logger=logs.append)
     assert trt16.prepared.rebuilt
     np.testing.assert_allclose(trt16.infer(feeds)['waypoints'], ref['waypoints'], atol=0.1)
 
-    make_checkpoint(ckpt, seed=7)  # retrained: a new graph, so the engine must be rebuilt
+    trt32.close()
+    make_artifact(tmp_path, seed=7)  # retrained and re-exported: the engine must be rebuilt
     logs.clear()
-    rebuilt = create_backend('tensorrt', ckpt, precision='fp32', logger=logs.append)
+    rebuilt = create_backend('tensorrt', deploy, precision='fp32', cache_dir=cache,
+                             logger=logs.append)
     assert rebuilt.prepared.rebuilt
-    assert any(r.startswith('ONNX graph (sha256) changed') for r in rebuilt.prepared.reasons)
+    assert rebuilt.prepared.paths.engine != again.prepared.paths.engine  # one folder per model
 
 
 @needs_tensorrt
 def test_build_only_prepares_the_engine(tmp_path):
-    from rsd_drive.deploy.backends import ensure_onnx, prepare_backend
+    from rsd_drive.deploy.backends import prepare_backend
 
-    ckpt = make_checkpoint(tmp_path / 'ckpt')
-    summary = prepare_backend('tensorrt', ckpt, 'fp16', cache_dir=tmp_path / 'cache')
-    assert 'engine built' in summary and (tmp_path / 'cache' / 'model.fp16.engine').is_file()
-    assert 'engine reused' in prepare_backend('tensorrt', ckpt, 'fp16',
+    deploy = make_artifact(tmp_path)
+    summary = prepare_backend('tensorrt', deploy, 'fp16', cache_dir=tmp_path / 'cache')
+    assert 'engine built' in summary and list((tmp_path / 'cache').glob('*/model.fp16.engine'))
+    assert 'engine reused' in prepare_backend('tensorrt', deploy, 'fp16',
                                               cache_dir=tmp_path / 'cache')
-    assert te.main([str(ensure_onnx(ckpt)), '--precision', 'fp16', '--cache-dir',
+    assert te.main([str(deploy / 'model.onnx'), '--precision', 'fp16', '--cache-dir',
                     str(tmp_path / 'cache')]) == 0

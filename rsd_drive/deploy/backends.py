@@ -2,146 +2,77 @@
 
 ``tensorrt`` (NVIDIA, fp32/fp16, cached engines), ``onnxruntime`` (CPU, or the CUDA provider when
 installed) and ``torch`` (eager, the reference). All take and return the model's named numpy
-arrays (``rsd_drive.model.INPUT_NAMES`` -> ``OUTPUT_NAMES``) at the static shapes of the exported
-graph, so the node and the benchmarks never care which one runs.
+arrays (``rsd_drive.model.spec.INPUT_NAMES`` -> ``OUTPUT_NAMES``) at the static shapes of the
+exported graph (images uint8, see :func:`rsd_drive.deploy.artifact.input_specs`), so the node and
+the benchmarks never care which one runs.
 
-A deployment model directory is a checkpoint directory (``config.yaml`` + ``model.safetensors``
-[+ ``encoder/``]) plus ``model.onnx`` (+ its ``model.json`` sidecar) exported from it. The ONNX
-graph is exported on demand when it is missing or older than the checkpoint, into a temporary
-directory and renamed into place, so a crash never leaves a half-written graph behind.
+``model_dir`` is a deploy artifact (``model.onnx`` + ``deploy.json``, written by ``rsd-drive
+export``; read-only) for ``onnxruntime`` and ``tensorrt``, and a training checkpoint
+(``config.yaml`` + ``model.safetensors``) for ``torch``. On a training machine a checkpoint also
+works for the graph backends: it is exported to ``CHECKPOINT/deploy`` first (needs torch). This
+module imports neither torch nor transformers unless the torch backend (or that export) is used.
+TensorRT engines go to ``engine_cache_dir`` (default ``$RSD_DRIVE_CACHE/engines``, else
+``~/.cache/rsd_drive/engines``), one folder per artifact fingerprint.
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
+from rsd_drive.deploy.artifact import (IMAGE_DTYPE, DeployArtifact, default_cache_root,
+                                       example_feeds, input_specs, is_artifact, is_checkpoint)
 from rsd_drive.model.config import ModelConfig
-from rsd_drive.model.planner import CONFIG_NAME, INPUT_NAMES, OUTPUT_NAMES, WEIGHTS_NAME
+from rsd_drive.model.spec import CONFIG_NAME, INPUT_NAMES, OUTPUT_NAMES
 
 BACKENDS = ('tensorrt', 'onnxruntime', 'torch')
 DEVICES = ('auto', 'cpu', 'cuda')
-ONNX_NAME = 'model.onnx'
-FINGERPRINT_KEY = 'checkpoint_sha256'
 
 log = logging.getLogger(__name__)
 
+__all__ = ['BACKENDS', 'DEVICES', 'InferenceBackend', 'TorchBackend', 'OnnxRuntimeBackend',
+           'TensorRTBackend', 'create_backend', 'prepare_backend', 'resolve_artifact',
+           'load_model_config', 'input_specs', 'example_feeds', 'default_engine_cache']
 
-# -- the deployment model directory ---------------------------------------------------------------
+
+# -- what model_dir is ----------------------------------------------------------------------------
+def _not_a_model(model_dir) -> FileNotFoundError:
+    return FileNotFoundError(f'{model_dir}: neither a deploy artifact (deploy.json + model.onnx, '
+                             f'from rsd-drive export) nor a RiskPlanner checkpoint (no '
+                             f'{CONFIG_NAME}); point model_dir at one')
+
+
 def load_model_config(model_dir) -> ModelConfig:
-    model_dir = Path(model_dir)
-    if not (model_dir / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f'{model_dir}: not a RiskPlanner checkpoint (no {CONFIG_NAME}); '
-                                f'train one (rsd-drive train) or point model_dir at one')
-    return ModelConfig.from_yaml(model_dir / CONFIG_NAME)
+    """The model config of a deploy artifact (deploy.json) or a checkpoint (config.yaml)."""
+    if is_artifact(model_dir):
+        return DeployArtifact.load(model_dir).config
+    if is_checkpoint(model_dir):
+        return ModelConfig.from_yaml(Path(model_dir) / CONFIG_NAME)
+    raise _not_a_model(model_dir)
 
 
-def input_specs(config: ModelConfig, batch_size: int = 1) -> dict:
-    """name -> (shape, dtype) of the model's inputs; the same static shapes the exporter writes."""
-    n, h, w = config.num_cameras, config.image_height, config.image_width
-    f32 = np.dtype(np.float32)
-    return {
-        'images': ((batch_size, n, 3, h, w), f32),
-        'intrinsics': ((batch_size, n, 3, 3), f32),
-        'cam_to_ego': ((batch_size, n, 4, 4), f32),
-        'past_states': ((batch_size, config.past_steps, 4), f32),
-        'intent': ((batch_size,), np.dtype(np.int64)),
-    }
-
-
-def example_feeds(config: ModelConfig, batch_size: int = 1, seed: int = 0) -> dict:
-    """Plausible numpy inputs (the exporter's example inputs) for warm-up and benchmarks."""
-    from rsd_drive.deploy.export import example_inputs
-
-    # example_inputs only reads .config; a namespace avoids building the model for warm-up.
-    tensors = example_inputs(SimpleNamespace(config=config), batch_size, seed)
-    return {k: tensors[k].numpy() for k in INPUT_NAMES}
-
-
-def checkpoint_fingerprint(model_dir) -> str:
-    """sha256 over everything the exported graph is made from: config, weights, encoder files."""
-    model_dir = Path(model_dir)
-    files = [model_dir / CONFIG_NAME, model_dir / WEIGHTS_NAME]
-    encoder_dir = model_dir / 'encoder'
-    if encoder_dir.is_dir():
-        files += sorted(p for p in encoder_dir.rglob('*') if p.is_file())
-    h = hashlib.sha256()
-    for path in files:
-        if path.is_file():
-            h.update(str(path.relative_to(model_dir)).encode())
-            with open(path, 'rb') as f:
-                for block in iter(lambda: f.read(1 << 20), b''):
-                    h.update(block)
-    return h.hexdigest()
-
-
-def onnx_staleness(model_dir, onnx_path=None) -> list[str]:
-    """Why ``model.onnx`` must be (re-)exported from the checkpoint; empty when it is current."""
-    model_dir = Path(model_dir)
-    onnx_path = Path(onnx_path) if onnx_path else model_dir / ONNX_NAME
-    sidecar = onnx_path.with_suffix('.json')
-    if not onnx_path.is_file():
-        return [f'{onnx_path.name} missing']
-    if not sidecar.is_file():
-        return [f'{sidecar.name} (export sidecar) missing']
+def resolve_artifact(model_dir, logger=log.info) -> DeployArtifact:
+    """The deploy artifact ``model_dir`` is, or (training machine) the one exported from it."""
+    if is_artifact(model_dir):
+        return DeployArtifact.load(model_dir)
+    if not is_checkpoint(model_dir):
+        raise _not_a_model(model_dir)
     try:
-        meta = json.loads(sidecar.read_text())
-        exported_config = ModelConfig.from_dict(meta['model_config'])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return [f'{sidecar.name} unreadable ({e})']
-    if exported_config != load_model_config(model_dir):
-        return ['checkpoint config.yaml differs from the exported model config']
-    if FINGERPRINT_KEY in meta:
-        if meta[FINGERPRINT_KEY] != checkpoint_fingerprint(model_dir):
-            return ['checkpoint files changed since the export']
-    elif (model_dir / WEIGHTS_NAME).stat().st_mtime > onnx_path.stat().st_mtime:
-        # Exported by `rsd-drive export` (no fingerprint): fall back to modification times.
-        return [f'{WEIGHTS_NAME} is newer than {onnx_path.name}']
-    return []
+        from rsd_drive.deploy.export import ensure_checkpoint_artifact
+    except ImportError as e:
+        raise FileNotFoundError(
+            f'{model_dir} is a training checkpoint and this machine cannot export it ({e}); '
+            f'export it on the training machine (rsd-drive export {model_dir} --out DEPLOY_DIR) '
+            f'and point model_dir at DEPLOY_DIR') from e
+    return ensure_checkpoint_artifact(model_dir, logger=logger)
 
 
-def ensure_onnx(model_dir, logger=log.info) -> Path:
-    """``model_dir/model.onnx``, exported from the checkpoint first if missing or stale."""
-    from rsd_drive.deploy.export import export_onnx
-    from rsd_drive.model.planner import RiskPlanner
-
-    model_dir = Path(model_dir)
-    load_model_config(model_dir)  # clear error when model_dir is not a checkpoint
-    onnx_path = model_dir / ONNX_NAME
-    reasons = onnx_staleness(model_dir, onnx_path)
-    if not reasons:
-        return onnx_path
-    logger(f'exporting {onnx_path}: ' + '; '.join(reasons))
-    t0 = time.perf_counter()
-    model = RiskPlanner.from_pretrained(model_dir)
-    tmp_dir = Path(tempfile.mkdtemp(dir=model_dir, prefix='.export-'))
-    try:
-        tmp_onnx = export_onnx(model, tmp_dir / ONNX_NAME)
-        tmp_sidecar = tmp_onnx.with_suffix('.json')
-        meta = json.loads(tmp_sidecar.read_text())
-        meta[FINGERPRINT_KEY] = checkpoint_fingerprint(model_dir)
-        tmp_sidecar.write_text(json.dumps(meta, indent=1))
-        # Any external-data file first, the sidecar next, the graph last: once model.onnx is in
-        # place, everything it needs is too.
-        for extra in tmp_dir.iterdir():
-            if extra.name not in (ONNX_NAME, tmp_sidecar.name):
-                os.replace(extra, model_dir / extra.name)
-        os.replace(tmp_sidecar, onnx_path.with_suffix('.json'))
-        os.replace(tmp_onnx, onnx_path)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    logger(f'exported {onnx_path} in {time.perf_counter() - t0:.1f} s')
-    return onnx_path
+def default_engine_cache() -> Path:
+    return default_cache_root() / 'engines'
 
 
 # -- the interface --------------------------------------------------------------------------------
@@ -167,7 +98,9 @@ class InferenceBackend(ABC):
         return {k: np.asarray(outputs[k], dtype=np.float32) for k in OUTPUT_NAMES}
 
     def check_inputs(self, inputs: dict) -> dict:
-        """Exact names and shapes, dtypes converted; a mismatch names the input."""
+        """Exact names and shapes, dtypes converted; a mismatch names the input. Float images in
+        [0, 1] (the older float pipeline) are quantised back to uint8, exactly for images that
+        came from uint8."""
         missing = [k for k in INPUT_NAMES if k not in inputs]
         extra = sorted(set(inputs) - set(INPUT_NAMES))
         if missing or extra:
@@ -178,6 +111,8 @@ class InferenceBackend(ABC):
             if arr.shape != shape:
                 raise ValueError(f'model input {name!r}: shape {arr.shape}, the model expects '
                                  f'{shape}')
+            if dtype == IMAGE_DTYPE and arr.dtype.kind == 'f':
+                arr = np.rint(np.clip(arr, 0.0, 1.0) * 255.0)
             feeds[name] = np.ascontiguousarray(arr, dtype=dtype)
         return feeds
 
@@ -213,11 +148,18 @@ def _want_cuda(device: str) -> bool:
 
 
 class TorchBackend(InferenceBackend):
-    """Eager PyTorch (the reference): RiskPlanner.from_pretrained, run under inference_mode."""
+    """Eager PyTorch (the reference) on a training checkpoint: RiskPlanner.from_pretrained, run
+    under inference_mode; uint8 images are scaled to [0, 1] as the exported graph does."""
 
     name = 'torch'
 
     def __init__(self, model_dir, precision: str = 'fp32', device: str = 'auto'):
+        if not is_checkpoint(model_dir):
+            if is_artifact(model_dir):
+                raise ValueError(f'{model_dir} is a deploy artifact (an ONNX graph): backend '
+                                 f'torch needs the training checkpoint; use onnxruntime or '
+                                 f'tensorrt')
+            raise _not_a_model(model_dir)
         import torch
 
         from rsd_drive.model.planner import RiskPlanner
@@ -235,6 +177,7 @@ class TorchBackend(InferenceBackend):
     def _run(self, feeds: dict) -> dict:
         torch = self._torch
         args = [torch.from_numpy(feeds[k]).to(self._device) for k in INPUT_NAMES]
+        args[0] = args[0].to(torch.float32) / 255.0
         autocast = (torch.autocast('cuda', dtype=torch.float16) if self.precision == 'fp16'
                     else contextlib.nullcontext())
         with torch.inference_mode(), autocast:
@@ -246,7 +189,7 @@ class TorchBackend(InferenceBackend):
 
 
 class OnnxRuntimeBackend(InferenceBackend):
-    """ONNX Runtime on the exported graph: the CUDA provider when available, else the CPU."""
+    """ONNX Runtime on the artifact's graph: the CUDA provider when available, else the CPU."""
 
     name = 'onnxruntime'
 
@@ -254,16 +197,13 @@ class OnnxRuntimeBackend(InferenceBackend):
                  threads: int = 0, logger=log.info):
         import onnxruntime as ort
 
-        from rsd_drive.deploy.graph_check import assert_plain_graph
-
         if precision != 'fp32':
             raise ValueError(f'ONNX Runtime runs the fp32 graph; precision {precision!r} is a '
                              f'TensorRT build option (backend tensorrt)')
         if device not in DEVICES:
             raise ValueError(f'device must be one of {DEVICES}, got {device!r}')
-        config = load_model_config(model_dir)
-        self.onnx_path = ensure_onnx(model_dir, logger)
-        assert_plain_graph(self.onnx_path)
+        self.artifact = resolve_artifact(model_dir, logger)
+        self.onnx_path = self.artifact.onnx_path
         available = ort.get_available_providers()
         if device == 'cuda' and 'CUDAExecutionProvider' not in available:
             raise RuntimeError(f'device=cuda but ONNX Runtime has no CUDA provider ({available})')
@@ -274,7 +214,17 @@ class OnnxRuntimeBackend(InferenceBackend):
         if threads:
             options.intra_op_num_threads = int(threads)
         self.session = ort.InferenceSession(str(self.onnx_path), options, providers=providers)
-        super().__init__(config, precision, self.session.get_providers()[0])
+        super().__init__(self.artifact.config, precision, self.session.get_providers()[0])
+        self._check_session()
+
+    def _check_session(self) -> None:
+        """The graph's inputs are the ones deploy.json declares (names and element types)."""
+        got = {i.name: i.type for i in self.session.get_inputs()}
+        for name, (_, dtype) in self.specs.items():
+            want = f'tensor({"float" if dtype == np.float32 else dtype.name})'
+            if got.get(name) != want:
+                raise ValueError(f'{self.onnx_path}: input {name!r} is {got.get(name)}, '
+                                 f'deploy.json declares {want}')
 
     def _run(self, feeds: dict) -> dict:
         return dict(zip(OUTPUT_NAMES, self.session.run(list(OUTPUT_NAMES), feeds)))
@@ -284,7 +234,8 @@ class OnnxRuntimeBackend(InferenceBackend):
 
 
 class TensorRTBackend(InferenceBackend):
-    """TensorRT engine from the exported graph, cached per TensorRT/GPU/precision/shapes/graph."""
+    """TensorRT engine from the artifact's graph, cached per TensorRT/GPU/precision/shapes/graph
+    under ``cache_dir/<fingerprint>``; no torch (CUDA through the runtime library)."""
 
     name = 'tensorrt'
 
@@ -292,37 +243,40 @@ class TensorRTBackend(InferenceBackend):
                  workspace_mb: int | None = None, logger=log.info):
         from rsd_drive.deploy import tensorrt_engine as te
 
-        config = load_model_config(model_dir)
-        self.prepared = prepare_tensorrt(model_dir, precision, cache_dir, workspace_mb, logger)
+        self.artifact = resolve_artifact(model_dir, logger)
+        self.prepared = prepare_tensorrt(self.artifact, precision, cache_dir, workspace_mb,
+                                         logger)
         try:
             self.engine = te.TensorRTEngine(self.prepared.paths.engine)
         except RuntimeError as e:
             # The key matched but the file does not load (truncated copy, driver change): rebuild.
             logger(f'cached engine unusable ({e}); rebuilding')
-            self.prepared = prepare_tensorrt(model_dir, precision, cache_dir, workspace_mb,
+            self.prepared = prepare_tensorrt(self.artifact, precision, cache_dir, workspace_mb,
                                              logger, force=True)
             self.engine = te.TensorRTEngine(self.prepared.paths.engine)
-        super().__init__(config, precision, self.prepared.key.gpu_name)
+        super().__init__(self.artifact.config, precision, self.prepared.key.gpu_name)
 
     def _run(self, feeds: dict) -> dict:
         return self.engine.infer(feeds)
 
     def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
         self.engine = None
 
 
-def prepare_tensorrt(model_dir, precision: str, cache_dir=None, workspace_mb=None,
+def prepare_tensorrt(artifact: DeployArtifact, precision: str, cache_dir=None, workspace_mb=None,
                      logger=log.info, force: bool = False):
-    """Export (if needed), check the graph, and reuse or build the cached engine."""
+    """Reuse or build the cached engine of an artifact. The cache key's graph hash and shapes
+    come from deploy.json (hashed once at export, not at every start)."""
     from rsd_drive.deploy import tensorrt_engine as te
-    from rsd_drive.deploy.graph_check import assert_plain_graph
 
-    onnx_path = ensure_onnx(model_dir, logger)
-    assert_plain_graph(onnx_path)
-    cache_dir = Path(cache_dir) if cache_dir else Path(model_dir) / 'engines'
-    return te.prepare_engine(onnx_path, cache_dir, precision,
+    cache_dir = Path(cache_dir) if cache_dir else default_engine_cache()
+    shapes = {k: list(shape) for k, (shape, _) in artifact.specs.items()}
+    return te.prepare_engine(artifact.onnx_path, cache_dir / artifact.fingerprint[:16],
+                             precision, input_shapes=shapes,
                              workspace_mb=workspace_mb or te.DEFAULT_WORKSPACE_MB, force=force,
-                             logger=logger)
+                             logger=logger, onnx_sha256=artifact.onnx_sha256)
 
 
 def create_backend(kind: str, model_dir, precision: str = 'fp32', device: str = 'auto',
@@ -341,10 +295,11 @@ def create_backend(kind: str, model_dir, precision: str = 'fp32', device: str = 
 
 def prepare_backend(kind: str, model_dir, precision: str = 'fp32', cache_dir=None,
                     logger=log.info) -> str:
-    """``build_only``: make every artifact the backend needs (ONNX graph, TensorRT engine) and
-    check it, without starting inference. Returns a one-line summary."""
+    """``build_only``: make every artifact the backend needs (TensorRT engine) and check it,
+    without starting inference. Returns a one-line summary."""
     if kind == 'tensorrt':
-        prepared = prepare_tensorrt(model_dir, precision, cache_dir, logger=logger)
+        prepared = prepare_tensorrt(resolve_artifact(model_dir, logger), precision, cache_dir,
+                                    logger=logger)
         state = 'built' if prepared.rebuilt else 'reused'
         return f'tensorrt {precision}: engine {state} at {prepared.paths.engine}'
     if kind == 'onnxruntime':
@@ -352,9 +307,8 @@ def prepare_backend(kind: str, model_dir, precision: str = 'fp32', cache_dir=Non
         backend.close()
         return f'onnxruntime {precision}: graph ready at {backend.onnx_path}'
     if kind == 'torch':
-        config = load_model_config(model_dir)
-        from rsd_drive.model.planner import RiskPlanner
-
-        RiskPlanner.from_pretrained(model_dir)
-        return f'torch {precision}: checkpoint loads ({config.num_cameras} cameras)'
+        backend = TorchBackend(model_dir, precision, 'cpu')
+        n = backend.config.num_cameras
+        backend.close()
+        return f'torch {precision}: checkpoint loads ({n} cameras)'
     raise ValueError(f'backend must be one of {BACKENDS}, got {kind!r}')

@@ -1,135 +1,294 @@
-"""Export a RiskPlanner checkpoint (frozen encoder included) to one ONNX graph.
+"""Export a RiskPlanner checkpoint to a deploy artifact: ``model.onnx`` + ``deploy.json``.
 
-Static shapes, named inputs/outputs (rsd_drive.model.INPUT_NAMES / OUTPUT_NAMES), standard-domain
-operators only, so TensorRT builds it without plugins. A JSON sidecar next to the graph records
-the input shapes and dtypes and the model config, for the backends and the engine cache.
+``rsd-drive export CHECKPOINT --out DEPLOY_DIR`` (default ``CHECKPOINT/deploy``). The graph has
+static shapes, named inputs/outputs (``rsd_drive.model.spec``), standard-domain operators only
+(checked, so TensorRT builds it without plugins), and takes uint8 RGB images: the cast, /255 and
+the encoder's normalisation are in the graph. The ONNX Runtime result is compared with torch on
+example inputs and the differences are written into ``deploy.json`` (see
+``rsd_drive.deploy.artifact`` for its fields). The directory is written beside its final place and
+renamed into it, so a reader sees the old artifact or the new one, never a mix.
+
+This module needs torch (the training machine); the vehicle only reads the artifact.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from rsd_drive.model import INPUT_NAMES, OUTPUT_NAMES, RiskPlanner
+from rsd_drive.atomic import write_atomic, write_json_atomic
+from rsd_drive.deploy.artifact import (DEPLOY_JSON, FORMAT, ONNX_NAME, DeployArtifact,
+                                       example_feeds, input_specs, is_artifact, output_specs,
+                                       spec_to_json)
+from rsd_drive.model.spec import CONFIG_NAME, INPUT_NAMES, OUTPUT_NAMES, WEIGHTS_NAME
 
 OPSET = 17
+DEPLOY_SUBDIR = 'deploy'
 
 
-def example_inputs(model: RiskPlanner, batch_size: int = 1, seed: int = 0) -> dict:
-    """Plausible inputs of the model's static shapes (a ring of cameras, straight driving)."""
-    from rsd_drive.geometry import camera_to_ego, intrinsics
-
-    c = model.config
-    g = torch.Generator().manual_seed(seed)
-    n, h, w = c.num_cameras, c.image_height, c.image_width
-    K = torch.tensor(intrinsics(0.8 * w, 0.8 * w, w / 2, h / 2), dtype=torch.float32)
-    yaws = np.linspace(0.0, 2 * np.pi, n, endpoint=False)
-    E = torch.stack([torch.tensor(camera_to_ego(1.0, 0.0, 1.6, y), dtype=torch.float32)
-                     for y in yaws])
-    past = torch.zeros(batch_size, c.past_steps, 4)
-    past[..., 0] = torch.linspace(-(c.past_steps - 1) * 2.5, 0.0, c.past_steps)
-    past[..., 3] = 10.0
-    return {
-        'images': torch.rand(batch_size, n, 3, h, w, generator=g),
-        'intrinsics': K.expand(batch_size, n, 3, 3).contiguous(),
-        'cam_to_ego': E.expand(batch_size, n, 4, 4).contiguous(),
-        'past_states': past,
-        'intent': torch.ones(batch_size, dtype=torch.int64),
-    }
+def example_inputs(model, batch_size: int = 1, seed: int = 0) -> dict:
+    """The example feeds as torch tensors, for the torch model: images as float in [0, 1]
+    (exactly the uint8 feeds / 255, what the graph computes from them)."""
+    feeds = example_feeds(model.config, batch_size, seed)
+    tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
+    tensors['images'] = tensors['images'].to(torch.float32) / 255.0
+    return tensors
 
 
-def input_spec(inputs: dict) -> dict:
-    return {k: {'shape': list(v.shape), 'dtype': str(v.dtype).replace('torch.', '')}
-            for k, v in inputs.items()}
+class Uint8Images(torch.nn.Module):
+    """The planner with uint8 images in: cast and /255 become the first nodes of the graph."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, intrinsics, cam_to_ego, past_states, intent):
+        return self.model(images.to(torch.float32) / 255.0, intrinsics, cam_to_ego, past_states,
+                          intent)
 
 
-def export_onnx(model: RiskPlanner, out_path, batch_size: int = 1) -> Path:
-    """Write ``out_path`` (ONNX) and ``out_path.with_suffix('.json')`` (shapes + config).
+def export_onnx(model, out_path, batch_size: int = 1) -> Path:
+    """Write the graph alone to ``out_path`` (atomically), uint8 images in.
 
     Uses the TorchScript exporter: the model is plain linear/attention/conv ops, which that
     exporter turns into a compact static graph in seconds (the dynamo exporter needs minutes for
-    the transformers encoder on a small CPU). Written to a temp file and renamed into place.
+    the transformers encoder on a small CPU). A planner whose frozen encoder is an ONNX graph is
+    exported as heads + encoder graph merged (``rsd_drive.deploy.onnx_merge``).
     """
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
     from rsd_drive.model.onnx_encoder import OnnxFrozenEncoder
 
+    out_path = Path(out_path)
+    model = model.eval()
     if isinstance(model.encoder, OnnxFrozenEncoder):
         return _export_with_onnx_encoder(model, out_path, batch_size)
-    inputs = example_inputs(model, batch_size)
-    args = tuple(inputs[k] for k in INPUT_NAMES)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=out_path.name, suffix='.tmp')
-    os.close(fd)
-    try:
+    feeds = example_feeds(model.config, batch_size)
+    args = tuple(torch.from_numpy(feeds[k]) for k in INPUT_NAMES)
+
+    def write(tmp):
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            torch.onnx.export(model, args, tmp, input_names=list(INPUT_NAMES),
-                              output_names=list(OUTPUT_NAMES), opset_version=OPSET,
-                              do_constant_folding=True, dynamo=False)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    sidecar = {'inputs': input_spec(inputs), 'outputs': list(OUTPUT_NAMES), 'opset': OPSET,
-               'model_config': model.config.to_dict()}
-    out_path.with_suffix('.json').write_text(json.dumps(sidecar, indent=1))
-    return out_path
+            torch.onnx.export(Uint8Images(model).eval(), args, tmp,
+                              input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+                              opset_version=OPSET, do_constant_folding=True, dynamo=False)
+
+    return write_atomic(out_path, write)
 
 
-def _export_with_onnx_encoder(model: RiskPlanner, out_path: Path, batch_size: int) -> Path:
+def _export_with_onnx_encoder(model, out_path: Path, batch_size: int) -> Path:
     """An ONNX-graph encoder can't be traced from torch: export the heads (``plan``) and join
     them with the encoder's own graph into one graph of the same inputs and outputs."""
-    from rsd_drive.model.onnx_encoder import export_heads_onnx, merge_with_planner_onnx
+    from rsd_drive.deploy.onnx_merge import export_heads_onnx, merge_with_planner_onnx
 
-    enc = model.encoder
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
     with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
-        heads = export_heads_onnx(model, Path(tmp) / 'heads.onnx', batch_size)
-        merge_with_planner_onnx(enc.source_path, heads, out_path,
-                                image_hw=(model.config.image_height, model.config.image_width),
-                                image_mean=model.config.encoder.image_mean,
-                                image_std=model.config.encoder.image_std,
-                                encoder_output=model.config.encoder.onnx_output)
-    inputs = example_inputs(model, batch_size)
-    sidecar = {'inputs': input_spec(inputs), 'outputs': list(OUTPUT_NAMES), 'opset': OPSET,
-               'model_config': model.config.to_dict(), 'encoder_graph': str(enc.source_path)}
-    out_path.with_suffix('.json').write_text(json.dumps(sidecar, indent=1))
-    return out_path
+        heads = export_heads_onnx(model, Path(tmp) / 'heads.onnx', batch_size, opset=OPSET)
+        return merge_with_planner_onnx(model.encoder.source_path, heads, out_path,
+                                       image_hw=(cfg.image_height, cfg.image_width),
+                                       image_mean=cfg.encoder.image_mean,
+                                       image_std=cfg.encoder.image_std,
+                                       encoder_output=cfg.encoder.onnx_output)
 
 
-def check_against_torch(model: RiskPlanner, onnx_path, seed: int = 1) -> dict:
-    """Run the ONNX graph in ONNX Runtime and torch on the same inputs; max abs difference."""
+def check_against_torch(model, onnx_path, seed: int = 1) -> dict:
+    """Run the graph in ONNX Runtime (uint8 feeds) and torch (the same images / 255) on the same
+    inputs; max abs difference per output."""
     import onnxruntime as ort
 
-    inputs = example_inputs(model, batch_size=1, seed=seed)
+    feeds = example_feeds(model.config, 1, seed)
+    inputs = example_inputs(model, 1, seed)
     with torch.no_grad():
         expected = dict(zip(OUTPUT_NAMES, model.eval()(*(inputs[k] for k in INPUT_NAMES))))
     sess = ort.InferenceSession(str(onnx_path), providers=['CPUExecutionProvider'])
-    got = dict(zip(OUTPUT_NAMES, sess.run(list(OUTPUT_NAMES),
-                                          {k: v.numpy() for k, v in inputs.items()})))
+    got = dict(zip(OUTPUT_NAMES, sess.run(list(OUTPUT_NAMES), feeds)))
     return {k: float(np.max(np.abs(got[k] - expected[k].numpy()))) for k in OUTPUT_NAMES}
+
+
+# -- the checkpoint's identity --------------------------------------------------------------------
+def checkpoint_files(checkpoint) -> list:
+    """What the exported graph is made from: config, weights, encoder files (when saved there)."""
+    checkpoint = Path(checkpoint)
+    files = [checkpoint / CONFIG_NAME, checkpoint / WEIGHTS_NAME]
+    encoder_dir = checkpoint / 'encoder'
+    if encoder_dir.is_dir():
+        files += sorted(p for p in encoder_dir.rglob('*') if p.is_file())
+    return [p for p in files if p.is_file()]
+
+
+def checkpoint_fingerprint(checkpoint) -> str:
+    """sha256 over the checkpoint's files; computed once, at export, and kept in deploy.json."""
+    checkpoint = Path(checkpoint)
+    h = hashlib.sha256()
+    for path in checkpoint_files(checkpoint):
+        h.update(str(path.relative_to(checkpoint)).encode())
+        with open(path, 'rb') as f:
+            for block in iter(lambda: f.read(1 << 20), b''):
+                h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_stat(checkpoint) -> dict:
+    """relative path -> [size, mtime_ns]: a cheap test of whether a checkpoint changed."""
+    checkpoint = Path(checkpoint)
+    return {str(p.relative_to(checkpoint)): [p.stat().st_size, p.stat().st_mtime_ns]
+            for p in checkpoint_files(checkpoint)}
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+
+    import rsd_drive
+
+    return {'rsd_drive': rsd_drive.__version__, 'torch': torch.__version__,
+            'onnx': onnx.__version__, 'onnxruntime': onnxruntime.__version__,
+            'numpy': np.__version__, 'opset': OPSET}
+
+
+def training_cameras(checkpoint) -> list | None:
+    """The camera order of the training index named by the checkpoint's train.yaml, if any."""
+    import yaml
+
+    from rsd_drive.data.index import read_manifest
+
+    train_yaml = Path(checkpoint) / 'train.yaml'
+    if not train_yaml.is_file():
+        return None
+    try:
+        index = (yaml.safe_load(train_yaml.read_text()) or {}).get('train', {}).get('index')
+        names = read_manifest(Path(index)).get('cameras') if index else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return list(names) if names else None
+
+
+# -- the artifact ---------------------------------------------------------------------------------
+def build_metadata(model, checkpoint, onnx_path: Path, cameras, diff) -> dict:
+    from rsd_drive import INTENTS
+    from rsd_drive.deploy.graph_check import assert_plain_graph
+    from rsd_drive.deploy.tensorrt_engine import onnx_sha256
+
+    cfg = model.config
+    report = assert_plain_graph(onnx_path)
+    return {
+        'format': FORMAT,
+        'exported_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+        'source_checkpoint': str(Path(checkpoint).resolve()),
+        'fingerprint': checkpoint_fingerprint(checkpoint),
+        'checkpoint_stat': checkpoint_stat(checkpoint),
+        'onnx': {'file': onnx_path.name, 'bytes': onnx_path.stat().st_size,
+                 'sha256': onnx_sha256(onnx_path), 'opset': OPSET,
+                 'graph_check': report.summary().split(': ', 1)[-1]},
+        'inputs': spec_to_json(input_specs(cfg)),
+        'outputs': spec_to_json(output_specs(cfg)),
+        'cameras': {'count': cfg.num_cameras, 'names': cameras,
+                    'image_size': {'height': cfg.image_height, 'width': cfg.image_width},
+                    'layout': 'images [B, N, 3, H, W] uint8 RGB in this camera order'},
+        'normalisation': {'in_graph': True, 'scale': 1 / 255.0,
+                          'mean': list(cfg.encoder.image_mean),
+                          'std': list(cfg.encoder.image_std),
+                          'formula': '(images / 255 - mean) / std, per RGB channel'},
+        'grid': cfg.grid.to_dict(),
+        'intents': list(INTENTS),
+        'model_config': cfg.to_dict(),
+        'check_against_torch': diff,
+        'versions': _versions(),
+    }
+
+
+def export_artifact(checkpoint, out_dir=None, cameras=None, check: bool = True,
+                    logger=print) -> DeployArtifact:
+    """Checkpoint -> deploy directory (default ``CHECKPOINT/deploy``), replaced as a whole."""
+    from rsd_drive.model.planner import RiskPlanner
+
+    checkpoint = Path(checkpoint)
+    out_dir = Path(out_dir) if out_dir else checkpoint / DEPLOY_SUBDIR
+    model = RiskPlanner.from_pretrained(checkpoint).eval()
+    cameras = list(cameras) if cameras else training_cameras(checkpoint)
+    if cameras is not None and len(cameras) != model.config.num_cameras:
+        raise ValueError(f'{len(cameras)} camera names {cameras} for a '
+                         f'{model.config.num_cameras}-camera model')
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f'.{out_dir.name}.'))
+    try:
+        onnx_path = export_onnx(model, tmp / ONNX_NAME)
+        diff = check_against_torch(model, onnx_path) if check else None
+        write_json_atomic(tmp / DEPLOY_JSON, build_metadata(model, checkpoint, onnx_path,
+                                                            cameras, diff))
+        _replace_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    artifact = DeployArtifact.load(out_dir)
+    logger(f'wrote {out_dir}/{ONNX_NAME} ({artifact.onnx_path.stat().st_size / 1e6:.1f} MB) and '
+           f'{DEPLOY_JSON} (fingerprint {artifact.fingerprint[:12]})')
+    return artifact
+
+
+def _replace_dir(new: Path, final: Path) -> None:
+    old = final.with_name(f'.{final.name}.old')
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.rename(final, old)
+    os.rename(new, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def artifact_staleness(checkpoint, deploy_dir) -> list[str]:
+    """Why ``deploy_dir`` does not (or no longer) match ``checkpoint``; empty when current.
+    Compares file sizes and modification times recorded at export (no hashing)."""
+    if not is_artifact(deploy_dir):
+        return [f'{deploy_dir} has no {DEPLOY_JSON}']
+    try:
+        meta = json.loads((Path(deploy_dir) / DEPLOY_JSON).read_text())
+    except (OSError, ValueError) as e:
+        return [f'{DEPLOY_JSON} unreadable ({e})']
+    if meta.get('format') != FORMAT:
+        return [f'{DEPLOY_JSON} format {meta.get("format")!r} != {FORMAT!r}']
+    if meta.get('checkpoint_stat') != checkpoint_stat(checkpoint):
+        return ['checkpoint files changed since the export']
+    return []
+
+
+def ensure_checkpoint_artifact(checkpoint, logger=print) -> DeployArtifact:
+    """On a training machine: the artifact of a checkpoint (``CHECKPOINT/deploy``), exported
+    first when it is missing or older than the checkpoint. The vehicle uses deploy dirs."""
+    from rsd_drive.atomic import locked
+
+    deploy_dir = Path(checkpoint) / DEPLOY_SUBDIR
+    with locked(checkpoint):  # two processes starting on one checkpoint export it once
+        reasons = artifact_staleness(checkpoint, deploy_dir)
+        if not reasons:
+            return DeployArtifact.load(deploy_dir)
+        logger(f'exporting {deploy_dir}: ' + '; '.join(reasons))
+        return export_artifact(checkpoint, deploy_dir, check=False, logger=logger)
 
 
 def add_arguments(parser) -> None:
     parser.add_argument('checkpoint', help='RiskPlanner checkpoint directory (config.yaml + '
                                            'model.safetensors)')
-    parser.add_argument('--out', help='ONNX file to write (default: CHECKPOINT/model.onnx)')
+    parser.add_argument('--out', help='deploy directory to write (model.onnx + deploy.json); '
+                                      'default: CHECKPOINT/deploy')
+    parser.add_argument('--cameras', nargs='+', metavar='NAME',
+                        help='camera order of the model (default: from the training index)')
     parser.add_argument('--no-check', action='store_true',
                         help='skip the ONNX Runtime vs torch comparison')
 
 
 def run(args) -> int:
-    model = RiskPlanner.from_pretrained(args.checkpoint)
-    out = Path(args.out) if args.out else Path(args.checkpoint) / 'model.onnx'
-    export_onnx(model, out)
-    print(f'wrote {out} ({out.stat().st_size / 1e6:.1f} MB) and {out.with_suffix(".json")}')
-    if not args.no_check:
-        diff = check_against_torch(model, out)
+    artifact = export_artifact(args.checkpoint, args.out, cameras=args.cameras,
+                               check=not args.no_check)
+    diff = artifact.meta['check_against_torch']
+    if diff:
         print('ONNX Runtime vs torch, max abs difference: '
               + ', '.join(f'{k} {v:.2e}' for k, v in diff.items()))
+    print(f'graph: {artifact.meta["onnx"]["graph_check"]}; cameras: '
+          f'{artifact.camera_names or "not recorded (pass --cameras)"}')
     return 0

@@ -10,7 +10,8 @@ for vehicle bring-up and CI:
 
 ``tensorrt`` needs an NVIDIA GPU and is imported lazily: everything above the ``TensorRTEngine``
 class (the cache key, the rebuild decision, the file layout) works and is tested without it.
-Device buffers are torch CUDA tensors, so no extra CUDA binding (pycuda, cuda-python) is needed.
+Device buffers come from the CUDA runtime through ctypes (``rsd_drive.deploy.cuda_runtime``): no
+torch and no extra CUDA binding package on the vehicle.
 """
 from __future__ import annotations
 
@@ -46,17 +47,19 @@ class TensorRTUnavailable(RuntimeError):
 
 
 def tensorrt_availability() -> tuple[bool, str]:
-    """(usable, reason): whether ``tensorrt`` imports and torch sees a CUDA device."""
+    """(usable, reason): whether ``tensorrt`` imports and the CUDA runtime sees a device."""
     try:
         import tensorrt  # noqa: F401
     except ImportError as e:
         return False, f'tensorrt is not installed ({e}); it needs an NVIDIA GPU machine'
+    from rsd_drive.deploy import cuda_runtime
+
     try:
-        import torch
-    except ImportError as e:  # pragma: no cover - torch is a core dependency
-        return False, f'torch is needed for CUDA buffers ({e})'
-    if not torch.cuda.is_available():
-        return False, 'no CUDA device visible to torch (CPU build or no GPU)'
+        count = cuda_runtime.device_count()
+    except cuda_runtime.CudaError as e:
+        return False, f'no usable CUDA runtime ({e})'
+    if count == 0:
+        return False, 'the CUDA runtime sees no GPU'
     return True, 'ok'
 
 
@@ -139,17 +142,18 @@ def onnx_input_shapes(onnx_path) -> dict:
 
 
 def current_key(onnx_path, precision: str, input_shapes: dict | None = None,
-                device_index: int = 0) -> EngineKey:
-    """The key an engine built here, now, for this graph would have (needs TensorRT + CUDA)."""
-    trt = _import_tensorrt()
-    import torch
+                device_index: int = 0, onnx_digest: str | None = None) -> EngineKey:
+    """The key an engine built here, now, for this graph would have (needs TensorRT + CUDA).
+    ``onnx_digest``: the graph's sha256 when already known (a deploy artifact records it)."""
+    from rsd_drive.deploy import cuda_runtime
 
-    major, minor = torch.cuda.get_device_capability(device_index)
+    trt = _import_tensorrt()
+    major, minor = cuda_runtime.compute_capability(device_index)
     return EngineKey(tensorrt_version=trt.__version__,
-                     gpu_name=torch.cuda.get_device_name(device_index),
+                     gpu_name=cuda_runtime.device_name(device_index),
                      compute_capability=f'{major}.{minor}', precision=precision,
                      input_shapes=input_shapes or onnx_input_shapes(onnx_path),
-                     onnx_sha256=onnx_sha256(onnx_path))
+                     onnx_sha256=onnx_digest or onnx_sha256(onnx_path))
 
 
 def read_cached_key(sidecar_path) -> tuple[dict | None, str | None]:
@@ -240,10 +244,10 @@ def build_serialized_engine(onnx_path, precision: str, input_shapes: dict,
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     if precision == 'fp16':
-        # builder.platform_has_fast_fp16 is deprecated since 10.5: ask CUDA (via torch) instead.
-        import torch
+        # builder.platform_has_fast_fp16 is deprecated since 10.5: ask the CUDA runtime instead.
+        from rsd_drive.deploy import cuda_runtime
 
-        if torch.cuda.get_device_capability() < (5, 3):
+        if cuda_runtime.compute_capability() < (5, 3):
             raise RuntimeError('fp16 requested but this GPU has no native fp16; use fp32')
         config.set_flag(trt.BuilderFlag.FP16)
     dynamic = []
@@ -280,7 +284,7 @@ class PreparedEngine:
 
 def prepare_engine(onnx_path, cache_dir, precision: str = 'fp16', input_shapes: dict | None = None,
                    workspace_mb: int = DEFAULT_WORKSPACE_MB, force: bool = False,
-                   logger=log.info) -> PreparedEngine:
+                   logger=log.info, onnx_sha256: str | None = None) -> PreparedEngine:
     """Reuse the cached engine if its key matches this machine and graph; else build and cache it.
 
     ``logger`` receives one line: reuse, or rebuild with every reason.
@@ -289,7 +293,7 @@ def prepare_engine(onnx_path, cache_dir, precision: str = 'fp16', input_shapes: 
     if not onnx_path.is_file():
         raise FileNotFoundError(f'ONNX graph {onnx_path} not found (rsd-drive export CHECKPOINT)')
     paths = EnginePaths.for_onnx(onnx_path, cache_dir, precision)
-    wanted = current_key(onnx_path, precision, input_shapes)
+    wanted = current_key(onnx_path, precision, input_shapes, onnx_digest=onnx_sha256)
     reasons = ['forced rebuild'] if force else decide(paths, wanted)
     if not reasons:
         logger(f'TensorRT engine cache hit: reusing {paths.engine} ({precision}, '
@@ -309,11 +313,11 @@ class TensorRTEngine:
     """A deserialized engine with preallocated CUDA I/O buffers, run on its own CUDA stream."""
 
     def __init__(self, engine_path, device_index: int = 0):
-        trt = _import_tensorrt()
-        import torch
+        from rsd_drive.deploy import cuda_runtime as cuda
 
-        self._torch = torch
-        self.device = torch.device('cuda', device_index)
+        trt = _import_tensorrt()
+        self._cuda = cuda
+        cuda.set_device(device_index)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         data = Path(engine_path).read_bytes()
@@ -322,9 +326,8 @@ class TensorRTEngine:
             raise RuntimeError(f'{engine_path}: TensorRT could not deserialize the engine '
                                f'(corrupt, or built by another TensorRT/GPU)')
         self.context = self.engine.create_execution_context()
-        self.inputs, self.outputs = {}, {}
-        with torch.cuda.device(self.device):
-            self.stream = torch.cuda.Stream()
+        self.stream = cuda.stream_create()
+        self.inputs, self.outputs, self._device_ptrs = {}, {}, []
         for i in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(i)
             np_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
@@ -332,32 +335,42 @@ class TensorRTEngine:
             if any(d < 0 for d in shape):
                 raise RuntimeError(f'engine tensor {name!r} has a dynamic shape {shape}; the '
                                    f'exported graph is meant to be static')
-            buf = torch.empty(shape, dtype=_torch_dtype(torch, np_dtype), device=self.device)
-            self.context.set_tensor_address(name, buf.data_ptr())
+            host = np.empty(shape, dtype=np_dtype)
+            ptr = cuda.malloc(host.nbytes)
+            self._device_ptrs.append(ptr)
+            self.context.set_tensor_address(name, ptr)
             if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                self.inputs[name] = buf
+                self.inputs[name] = (ptr, host)
             else:
-                self.outputs[name] = buf
+                self.outputs[name] = (ptr, host)
 
     def infer(self, inputs: dict) -> dict:
-        torch = self._torch
-        with torch.cuda.stream(self.stream):
-            for name, buf in self.inputs.items():
-                buf.copy_(torch.from_numpy(np.ascontiguousarray(inputs[name])), non_blocking=False)
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise RuntimeError('TensorRT execute_async_v3 failed')
-            out = {name: buf.to('cpu', non_blocking=False) for name, buf in self.outputs.items()}
-        self.stream.synchronize()
-        return {name: t.numpy() for name, t in out.items()}
+        cuda = self._cuda
+        for name, (ptr, host) in self.inputs.items():
+            src = np.ascontiguousarray(inputs[name], dtype=host.dtype)
+            if src.shape != host.shape:
+                raise ValueError(f'engine input {name!r}: shape {src.shape}, expected '
+                                 f'{host.shape}')
+            host[...] = src
+            cuda.memcpy_async(ptr, host.ctypes.data, host.nbytes, cuda.MEMCPY_HOST_TO_DEVICE,
+                              self.stream)
+        if not self.context.execute_async_v3(self.stream):
+            raise RuntimeError('TensorRT execute_async_v3 failed')
+        for ptr, host in self.outputs.values():
+            cuda.memcpy_async(host.ctypes.data, ptr, host.nbytes, cuda.MEMCPY_DEVICE_TO_HOST,
+                              self.stream)
+        cuda.stream_synchronize(self.stream)
+        return {name: host.copy() for name, (_, host) in self.outputs.items()}
 
-
-def _torch_dtype(torch, np_dtype: np.dtype):
-    table = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16,
-             np.dtype(np.int64): torch.int64, np.dtype(np.int32): torch.int32,
-             np.dtype(np.bool_): torch.bool, np.dtype(np.int8): torch.int8}
-    if np_dtype not in table:
-        raise RuntimeError(f'unsupported engine tensor dtype {np_dtype}')
-    return table[np_dtype]
+    def close(self) -> None:
+        """Free the device buffers and the stream (the engine objects go with them)."""
+        for ptr in self._device_ptrs:
+            self._cuda.free(ptr)
+        self._device_ptrs = []
+        if self.stream:
+            self._cuda.stream_destroy(self.stream)
+            self.stream = 0
+        self.context = self.engine = None
 
 
 def main(argv=None) -> int:
@@ -365,12 +378,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description='Build or verify the TensorRT engine cache.')
     parser.add_argument('onnx', help='exported graph (rsd-drive export CHECKPOINT)')
     parser.add_argument('--precision', choices=PRECISIONS, default='fp16')
-    parser.add_argument('--cache-dir', help='default: <onnx dir>/engines')
+    parser.add_argument('--cache-dir', help='writable engine cache (default: '
+                        '$RSD_DRIVE_CACHE/engines or ~/.cache/rsd_drive/engines)')
     parser.add_argument('--workspace-mb', type=int, default=DEFAULT_WORKSPACE_MB)
     parser.add_argument('--force', action='store_true', help='rebuild even on a cache hit')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    cache_dir = args.cache_dir or Path(args.onnx).parent / 'engines'
+    from rsd_drive.deploy.artifact import default_cache_root
+
+    cache_dir = args.cache_dir or default_cache_root() / 'engines'
     try:
         prepare_engine(args.onnx, cache_dir, args.precision, workspace_mb=args.workspace_mb,
                        force=args.force)

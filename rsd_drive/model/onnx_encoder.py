@@ -13,21 +13,18 @@ patch size; a graph that can't is reported with its native size. The token layou
 the output: [B, T, C] (the last gh*gw tokens are the patches; CLS/register tokens before them
 are dropped) or a feature map [B, C, gh, gw].
 
-Deployment: the encoder is frozen, so its engine is built once and reused while the trainable
-heads are retrained. :func:`export_heads_onnx` exports everything after the encoder (the
-``RiskPlanner.plan`` graph) and :func:`merge_with_planner_onnx` joins encoder and heads into one
-graph with the planner's inputs and outputs (``onnx.compose``), for backends that want a single
-graph; torch export of a planner whose encoder is an ONNX graph is refused (ONNX Runtime can't be
-traced: it would bake one image's features into the graph as constants).
+Deployment: ``rsd_drive.deploy.onnx_merge`` exports everything after the encoder (the
+``RiskPlanner.plan`` graph) and joins it with the prepared encoder graph into one graph with the
+planner's inputs and outputs (``onnx.compose``); torch export of a planner whose encoder is an
+ONNX graph is refused (ONNX Runtime can't be traced: it would bake one image's features into the
+graph as constants). The model package never imports ``deploy``.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -299,165 +296,7 @@ class OnnxFrozenEncoder(nn.Module):
                 torch.compiler.is_compiling():
             raise RuntimeError('an ONNX-graph encoder cannot be traced or exported from torch; '
                                'export the heads with export_heads_onnx and join them with '
-                               'merge_with_planner_onnx (rsd_drive.model.onnx_encoder)')
+                               'merge_with_planner_onnx (rsd_drive.deploy.onnx_merge)')
         with torch.no_grad():
             tokens = self.encode_numpy(images.detach().to('cpu', torch.float32).numpy())
         return torch.from_numpy(tokens).to(images.device)
-
-
-# -- deployment: encoder graph + heads graph ----------------------------------------------
-
-def export_heads_onnx(model, out_path, batch_size: int = 1, opset: int | None = None) -> Path:
-    """Export ``model.plan`` (everything after the frozen encoder) with inputs
-    ``features [B,N,P,C]`` + the planner's other inputs, outputs as the planner's; static shapes.
-    Written to a temporary file and renamed into place."""
-    from rsd_drive.deploy.export import OPSET, example_inputs
-    from rsd_drive.model import INPUT_NAMES, OUTPUT_NAMES
-
-    class Heads(nn.Module):
-        def __init__(self, planner):
-            super().__init__()
-            self.planner = planner
-
-        def forward(self, features, intrinsics, cam_to_ego, past_states, intent):
-            return self.planner.plan(features, intrinsics, cam_to_ego, past_states, intent)
-
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    inputs = example_inputs(model.eval(), batch_size)
-    with torch.no_grad():
-        inputs[HEADS_FEATURES] = model.encode(inputs.pop('images'))
-    names = [HEADS_FEATURES] + [n for n in INPUT_NAMES if n != 'images']
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=out_path.name, suffix='.tmp')
-    os.close(fd)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            torch.onnx.export(Heads(model).eval(), tuple(inputs[n] for n in names), tmp,
-                              input_names=names, output_names=list(OUTPUT_NAMES),
-                              opset_version=opset or OPSET, do_constant_folding=True,
-                              dynamo=False)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    spec = {k: {'shape': list(v.shape), 'dtype': str(v.dtype).replace('torch.', '')}
-            for k, v in inputs.items()}
-    out_path.with_suffix('.json').write_text(json.dumps(
-        {'inputs': spec, 'outputs': list(OUTPUT_NAMES), 'opset': opset or OPSET,
-         'model_config': model.config.to_dict()}, indent=1))
-    return out_path
-
-
-def _opset(model) -> int:
-    return next(o.version for o in model.opset_import if o.domain in ('', 'ai.onnx'))
-
-
-def merge_with_planner_onnx(encoder_onnx, heads_onnx, out, *, image_hw=None,
-                            image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225),
-                            encoder_output: str | None = None, cache_dir=None) -> Path:
-    """One ONNX graph with the planner's inputs (``images`` [B,N,3,H,W] in [0,1], ...) and
-    outputs: glue (reshape to [B*N,3,H,W], normalise) -> encoder -> glue (keep the last P tokens,
-    reshape to [B,N,P,C]) -> heads. ``encoder_onnx`` is cut at ``encoder_output`` when given; B,
-    N, P and C come from the heads' ``features`` input; H, W from ``image_hw``, else the heads
-    export's sidecar (model config), else the encoder's native size. The encoder is converted to
-    the heads' opset where they differ. Written to a temporary file and renamed into place."""
-    import onnx
-    from onnx import TensorProto, compose, helper, numpy_helper, version_converter
-
-    graph_path, info = prepare_encoder_graph(encoder_onnx, encoder_output, cache_dir)
-    enc = _load(graph_path)
-    heads = _load(Path(heads_onnx))
-    feat = next((i for i in heads.graph.input if i.name == HEADS_FEATURES), None)
-    if feat is None:
-        raise ValueError(f'{heads_onnx}: no {HEADS_FEATURES!r} input; export it with '
-                         f'export_heads_onnx')
-    B, N, P, C = (d.dim_value for d in feat.type.tensor_type.shape.dim)
-    if min(B, N, P, C) <= 0:
-        raise ValueError(f'{heads_onnx}: features input needs static [B,N,P,C] dimensions')
-    H, W = image_hw or _image_hw(heads_onnx, info)
-    enc_rank = _output_rank(graph_path, info, (H, W))
-    target = _opset(heads)
-    if _opset(enc) != target:
-        enc = version_converter.convert_version(enc, target)
-    enc.ir_version = heads.ir_version = max(enc.ir_version, heads.ir_version)
-    enc = compose.add_prefix(enc, prefix='encoder/')
-    enc_in, enc_out = 'encoder/' + info['input'], 'encoder/' + info['output']
-    opsets = [helper.make_opsetid('', target)]
-
-    def const(name, array):
-        return numpy_helper.from_array(np.asarray(array), name)
-
-    pre = helper.make_model(helper.make_graph(
-        [helper.make_node('Reshape', ['images', 'pre/shape'], ['pre/flat']),
-         helper.make_node('Sub', ['pre/flat', 'pre/mean'], ['pre/centred']),
-         helper.make_node('Div', ['pre/centred', 'pre/std'], ['pre/pixels'])],
-        'pre', [helper.make_tensor_value_info('images', TensorProto.FLOAT, [B, N, 3, H, W])],
-        [helper.make_tensor_value_info('pre/pixels', TensorProto.FLOAT, [B * N, 3, H, W])],
-        initializer=[const('pre/shape', np.array([B * N, 3, H, W], np.int64)),
-                     const('pre/mean', np.array(image_mean, np.float32).reshape(1, 3, 1, 1)),
-                     const('pre/std', np.array(image_std, np.float32).reshape(1, 3, 1, 1))]),
-        opset_imports=opsets, ir_version=heads.ir_version)
-    # Tokens [B*N, T, C] keep their last P; a feature map [B*N, C, h, w] is flattened first.
-    post_nodes, post_init = [], [const('post/shape', np.array([B, N, P, C], np.int64))]
-    src = 'post/in'
-    if enc_rank == 4:
-        post_nodes += [helper.make_node('Reshape', [src, 'post/map'], ['post/flat']),
-                       helper.make_node('Transpose', ['post/flat'], ['post/tokens'],
-                                        perm=[0, 2, 1])]
-        post_init.append(const('post/map', np.array([B * N, C, P], np.int64)))
-        src = 'post/tokens'
-    post_nodes += [helper.make_node('Slice', [src, 'post/start', 'post/end', 'post/axis'],
-                                    ['post/patches']),
-                   helper.make_node('Reshape', ['post/patches', 'post/shape'], [HEADS_FEATURES])]
-    post_init += [const('post/start', np.array([-P], np.int64)),
-                  const('post/end', np.array([np.iinfo(np.int64).max], np.int64)),
-                  const('post/axis', np.array([1], np.int64))]
-    post = helper.make_model(helper.make_graph(
-        post_nodes, 'post', [helper.make_tensor_value_info(
-            'post/in', TensorProto.FLOAT, [f'tokens_{k}' for k in range(enc_rank)])],
-        [helper.make_tensor_value_info(HEADS_FEATURES, TensorProto.FLOAT, [B, N, P, C])],
-        initializer=post_init), opset_imports=opsets, ir_version=heads.ir_version)
-
-    enc.graph.ClearField('value_info')
-    _symbolic_shape(enc.graph.output[0], 'tokens', enc_rank)
-    merged = compose.merge_models(pre, enc, io_map=[('pre/pixels', enc_in)])
-    merged = compose.merge_models(merged, post, io_map=[(enc_out, 'post/in')])
-    merged = compose.merge_models(merged, heads, io_map=[(HEADS_FEATURES, HEADS_FEATURES)])
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name, suffix='.tmp')
-    os.close(fd)
-    try:
-        onnx.save(merged, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
-
-
-def _output_rank(graph_path, info, hw) -> int:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    sess = ort.InferenceSession(str(graph_path), options, providers=['CPUExecutionProvider'])
-    out = sess.run([info['output']], {info['input']: np.zeros((1, 3, *hw), np.float32)})[0]
-    if out.ndim not in (3, 4):
-        raise ValueError(f'encoder output {info["output"]!r} has rank {out.ndim}; expected '
-                         f'tokens [B,T,C] or a feature map [B,C,h,w]')
-    return out.ndim
-
-
-def _image_hw(heads_onnx, info) -> tuple[int, int]:
-    """Model input size: the heads sidecar's model config, else the encoder's native size."""
-    sidecar = Path(heads_onnx).with_suffix('.json')
-    if sidecar.is_file():
-        cfg = json.loads(sidecar.read_text()).get('model_config', {})
-        if cfg.get('image_height') and cfg.get('image_width'):
-            return int(cfg['image_height']), int(cfg['image_width'])
-    if info['native_hw']:
-        return info['native_hw']
-    raise ValueError(f'image size unknown: {heads_onnx} has no sidecar with the model config and '
-                     f'the encoder graph has symbolic H, W')

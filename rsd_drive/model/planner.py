@@ -26,11 +26,8 @@ from torch import nn
 
 from rsd_drive.model.config import ModelConfig
 from rsd_drive.model.encoder import FrozenEncoder, build_encoder
+from rsd_drive.model.spec import CONFIG_NAME, INPUT_NAMES, OUTPUT_NAMES, WEIGHTS_NAME  # noqa: F401
 
-WEIGHTS_NAME = 'model.safetensors'
-CONFIG_NAME = 'config.yaml'
-INPUT_NAMES = ('images', 'intrinsics', 'cam_to_ego', 'past_states', 'intent')
-OUTPUT_NAMES = ('waypoints', 'risk')
 POSITION_SCALE = 40.0  # metres; keeps 3D coordinates fed to embeddings near unit scale
 
 

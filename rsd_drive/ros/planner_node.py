@@ -10,11 +10,18 @@ Topics (names are parameters, see config/planner.yaml):
   ``output_frame``: ``base_link`` or the odometry frame), ``~/risk_grid`` (``OccupancyGrid``
   0..100, the model's GridSpec), ``~/markers`` (``MarkerArray``), ``/diagnostics``.
 
-Life cycle, the ros2/demos lifecycle pattern in a plain node (so it runs where ``lifecycle_msgs``
-services are not wanted): ``__init__`` only declares and reads parameters; ``configure()`` loads
-the model or builds the TensorRT engine (seconds to minutes); ``activate()`` creates the
-subscriptions, the inference worker and the timers; ``shutdown()`` frees them. ``main`` runs the
-three in order; ``build_only:=true`` stops after preparing the backend.
+Life cycle: a managed node (``rclpy.lifecycle.LifecycleNode``, as in ros2/demos and nav2), driven
+through the standard ``~/change_state`` / ``~/get_state`` services (``ros2 lifecycle set``, a
+lifecycle manager, launch_ros). ``__init__`` only declares and reads parameters and starts
+``/diagnostics``; ``on_configure`` loads the deploy artifact and builds or loads the engine
+(seconds to minutes) and creates the output publishers; ``on_activate`` creates the subscriptions
+and the inference worker and enables the publishers; ``on_deactivate`` stops both (no output while
+inactive); ``on_cleanup`` frees the backend; ``on_shutdown`` frees everything from any state. A
+transition that cannot be made (bad artifact, missing tf2_msgs, camera order differing from the
+model's) returns FAILURE with the reason logged; an unexpected exception is an ERROR, after which
+``on_error`` frees what was made and the node is unconfigured again. Diagnostics carry the state.
+``autostart: true`` configures and activates at start, so ``ros2 run`` needs no manager;
+``build_only:=true`` prepares the backend and exits.
 
 Threads: subscription callbacks run on the executor, do only cheap validation and
 synchronisation, and hand complete camera sets to one inference worker through a latest-only
@@ -44,7 +51,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data)
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -82,12 +89,16 @@ PARAMETERS = {
     'odom_topic': (T.STRING, 'nav_msgs/Odometry of base_frame in odom_frame'),
     'intent_topic': (T.STRING, "std_msgs/String with unknown|straight|left|right; '' = none"),
     'default_intent': (T.STRING, 'intent used until one arrives on intent_topic'),
-    'model_dir': (T.STRING, 'checkpoint directory (config.yaml, model.safetensors); model.onnx '
-                            'is exported there on demand'),
+    'model_dir': (T.STRING, 'deploy artifact (model.onnx + deploy.json from rsd-drive export), '
+                            'read-only; a training checkpoint works for backend torch (and, with '
+                            'torch installed, is exported to <checkpoint>/deploy first)'),
     'backend': (T.STRING, 'tensorrt | onnxruntime | torch'),
     'precision': (T.STRING, 'fp32 | fp16 (fp16: tensorrt, or torch on CUDA)'),
     'device': (T.STRING, 'auto | cpu | cuda'),
-    'engine_cache_dir': (T.STRING, "TensorRT engine cache; '' = <model_dir>/engines"),
+    'engine_cache_dir': (T.STRING, "writable TensorRT engine cache; '' = $RSD_DRIVE_CACHE/engines "
+                                   'or ~/.cache/rsd_drive/engines'),
+    'autostart': (T.BOOL, 'configure and activate at start (no lifecycle manager needed); '
+                          'false: wait in unconfigured for ~/change_state'),
     'build_only': (T.BOOL, 'prepare the backend (export ONNX, build the engine) and exit'),
     'threads': (T.INTEGER, 'ONNX Runtime intra-op threads; 0 = runtime default'),
     'sync_slop_s': (T.DOUBLE, 'other cameras must be within this of the reference stamp'),
@@ -138,6 +149,7 @@ class Settings:
     precision: str
     device: str
     engine_cache_dir: str
+    autostart: bool
     build_only: bool
     threads: int
     sync_slop_s: float
@@ -200,7 +212,7 @@ class PendingSet:
     complete_perf: float
 
 
-class PlannerNode(Node):
+class PlannerNode(LifecycleNode):
     """See the module docstring."""
 
     def __init__(self, **kwargs):
@@ -234,6 +246,16 @@ class PlannerNode(Node):
         self.worker = None
         self.queue = LatestOnlyQueue()
         self.stopping = threading.Event()
+        self.outputs = []                   # lifecycle publishers (path, grid, markers)
+        self.inputs = []                    # subscriptions, only while active
+        self.last_transition_error = ''
+        # Diagnostics in every state, on the steady clock: they must keep reporting (stale!) even
+        # when the ROS clock stops, e.g. a replay that ended.
+        self.diag_pub = self.create_publisher(
+            DiagnosticArray, '/diagnostics', QoSProfile(depth=10,
+                                                        reliability=ReliabilityPolicy.RELIABLE))
+        self.create_timer(s.diagnostics_period_s, self._publish_diagnostics,
+                          clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     # -- parameters ---------------------------------------------------------------------------
     def _declare(self, name: str, spec) -> object:
@@ -301,15 +323,78 @@ class PlannerNode(Node):
                                  s.sync_queue_size)
 
     # -- life cycle -----------------------------------------------------------------------------
-    def configure(self) -> None:
-        """Load the backend (heavy: model load, ONNX export on demand, TensorRT build)."""
+    @property
+    def lifecycle_state(self) -> str:
+        """'unconfigured' | 'inactive' | 'active' | 'finalized' (or a transition state)."""
+        return self._state_machine.current_state[1]
+
+    def _transition(self, name: str, work, undo=None) -> TransitionCallbackReturn:
+        """Run one transition's work: FAILURE with the reason logged for what a user can fix
+        (``undo`` returns the node to the state it came from), ERROR (then on_error) for
+        anything unexpected."""
+        try:
+            work()
+        except (ConfigError, FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
+            self.last_transition_error = f'{name} failed: {type(e).__name__}: {e}'
+            self.get_logger().error(self.last_transition_error)
+            if undo is not None:
+                undo()
+            return TransitionCallbackReturn.FAILURE
+        except Exception as e:  # noqa: BLE001 - any other error: the lifecycle's ERROR path
+            self.last_transition_error = f'{name} raised {type(e).__name__}: {e}'
+            self.get_logger().error(self.last_transition_error)
+            return TransitionCallbackReturn.ERROR
+        self.last_transition_error = ''
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._transition('configure', self._configure, undo=self._release)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        result = self._transition('activate', self._activate, undo=self._stop_inputs)
+        if result != TransitionCallbackReturn.SUCCESS:
+            return result
+        return super().on_activate(state)  # enables the lifecycle publishers
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        result = self._transition('deactivate', self._deactivate)
+        if result != TransitionCallbackReturn.SUCCESS:
+            return result
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        result = self._transition('cleanup', self._release)
+        self.get_logger().info('cleaned up: backend freed, unconfigured')
+        return result
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self.get_logger().info(f'shut down from {state.label}')
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self.get_logger().error(f'error while leaving {state.label}; resources freed, back to '
+                                f'unconfigured ({self.last_transition_error})')
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self) -> None:
+        """Load the backend (heavy: artifact, TensorRT engine build or cache load) and create the
+        output publishers (inactive until activate)."""
         from rsd_drive.deploy.backends import create_backend
 
         s = self.settings
         log = self.get_logger()
+        if s.extrinsics_source == 'tf_static':
+            self._tf_message_type()  # fail now, not at activation
         t0 = time.perf_counter()
         self.backend = create_backend(s.backend, s.model_dir, s.precision, s.device,
                                       s.engine_cache_dir or None, s.threads, logger=log.info)
+        artifact = getattr(self.backend, 'artifact', None)
+        model_cameras = artifact.camera_names if artifact is not None else None
+        if model_cameras is not None and list(model_cameras) != list(s.camera_names):
+            raise ConfigError(f'camera_names {s.camera_names} differ from the camera order the '
+                              f'model was trained with, {model_cameras} (deploy.json)')
         self.planner = FramePlanner(self.backend, s.camera_names)
         self.odometry = self._new_odometry_history()
         warm = self.backend.warmup()
@@ -320,60 +405,105 @@ class PlannerNode(Node):
                 self.intrinsics_by_camera[cam] = (intrinsics(fx, fy, cx, cy), (height, width))
             if s.extrinsics_source == 'file':
                 self.extrinsics_by_camera[cam] = extrinsics_to_matrix(cfg['extrinsics'])
-        log.info(f'configured {self.backend.describe()} in {time.perf_counter() - t0:.1f} s '
-                 f'(warm-up {warm * 1e3:.0f} ms); cameras {s.camera_names}')
-
-    def activate(self) -> None:
-        """Subscriptions, publishers, timers and the inference worker."""
-        s = self.settings
-        tf_message = None
-        if s.extrinsics_source == 'tf_static':
-            try:
-                from tf2_msgs.msg import TFMessage as tf_message
-            except ImportError as e:
-                raise ConfigError(f'extrinsics_source tf_static needs tf2_msgs ({e}); install it '
-                                  f'or use extrinsics_source file') from e
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.path_pub = self.create_publisher(PathMsg, '~/path', reliable)
-        self.grid_pub = self.create_publisher(OccupancyGrid, '~/risk_grid', reliable)
-        self.marker_pub = self.create_publisher(MarkerArray, '~/markers', reliable)
-        self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', reliable)
+        self.path_pub = self.create_lifecycle_publisher(PathMsg, '~/path', reliable)
+        self.grid_pub = self.create_lifecycle_publisher(OccupancyGrid, '~/risk_grid', reliable)
+        self.marker_pub = self.create_lifecycle_publisher(MarkerArray, '~/markers', reliable)
+        self.outputs = [self.path_pub, self.grid_pub, self.marker_pub]
+        source = artifact.describe() if artifact is not None else s.model_dir
+        log.info(f'configured {self.backend.describe()} in {time.perf_counter() - t0:.1f} s '
+                 f'(warm-up {warm * 1e3:.0f} ms) from {source}; cameras {s.camera_names}')
+
+    def _tf_message_type(self):
+        try:
+            from tf2_msgs.msg import TFMessage
+        except ImportError as e:
+            raise ConfigError(f'extrinsics_source tf_static needs tf2_msgs ({e}); install it '
+                              f'or use extrinsics_source file') from e
+        return TFMessage
+
+    def _activate(self) -> None:
+        """Subscriptions and the inference worker."""
+        s = self.settings
+        tf_message = self._tf_message_type() if s.extrinsics_source == 'tf_static' else None
+        sub = self.create_subscription
         for cam, cfg in s.cameras.items():
             msg_type = CompressedImage if cfg['compressed'] else Image
-            self.create_subscription(msg_type, cfg['image_topic'],
-                                     partial(self._on_image, cam), qos_profile_sensor_data)
+            self.inputs.append(sub(msg_type, cfg['image_topic'], partial(self._on_image, cam),
+                                   qos_profile_sensor_data))
             if cfg['info_topic']:
-                self.create_subscription(CameraInfo, cfg['info_topic'],
-                                         partial(self._on_camera_info, cam),
-                                         qos_profile_sensor_data)
-        self.create_subscription(Odometry, s.odom_topic, self._on_odometry,
-                                 qos_profile_sensor_data)
+                self.inputs.append(sub(CameraInfo, cfg['info_topic'],
+                                       partial(self._on_camera_info, cam),
+                                       qos_profile_sensor_data))
+        self.inputs.append(sub(Odometry, s.odom_topic, self._on_odometry,
+                               qos_profile_sensor_data))
         if s.intent_topic:
-            self.create_subscription(String, s.intent_topic, self._on_intent,
-                                     QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+            self.inputs.append(sub(String, s.intent_topic, self._on_intent,
+                                   QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)))
         if tf_message is not None:
             latched = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                                  durability=DurabilityPolicy.TRANSIENT_LOCAL)
-            self.create_subscription(tf_message, s.tf_static_topic, self._on_tf_static, latched)
-        # Diagnostics tick on the steady clock: they must keep reporting (stale!) even when the
-        # ROS clock stops, e.g. a replay that ended.
-        self.create_timer(s.diagnostics_period_s, self._publish_diagnostics,
-                          clock=Clock(clock_type=ClockType.STEADY_TIME))
-        self.worker = threading.Thread(target=self._work, name='planner_inference', daemon=True)
+            self.inputs.append(sub(tf_message, s.tf_static_topic, self._on_tf_static, latched))
+        self.queue = LatestOnlyQueue()
+        self.stopping = threading.Event()
+        self.worker = threading.Thread(target=self._work, args=(self.queue, self.stopping),
+                                       name='planner_inference', daemon=True)
         self.worker.start()
         self.get_logger().info(f'active: {len(s.cameras)} cameras, odometry {s.odom_topic}, '
                                f'output frame {s.output_frame}, max input age '
                                f'{s.max_input_age_s} s')
 
-    def shutdown(self) -> None:
+    def _deactivate(self) -> None:
+        """No more inputs, no more plans: subscriptions destroyed, worker stopped."""
+        self._stop_inputs()
+        self.get_logger().info('inactive: subscriptions and inference stopped, no output')
+
+    def _stop_inputs(self) -> None:
+        for sub in self.inputs:
+            self.destroy_subscription(sub)
+        self.inputs = []
         self.stopping.set()
         self.queue.close()
         if self.worker is not None:
-            self.worker.join(timeout=5.0)
+            self.worker.join(timeout=10.0)
+        self.worker = None
+        with self.lock:
+            self.sync = self._new_synchronizer()
+            self.last_stamp_ns.clear()
+
+    def _release(self) -> None:
+        """Back to unconfigured: inputs, worker, output publishers and the backend freed."""
+        self._stop_inputs()
+        for pub in self.outputs:
+            self.destroy_lifecycle_publisher(pub)
+        self.outputs = []
         if self.planner is not None:
             self.planner.close()  # its decode threads
         if self.backend is not None:
             self.backend.close()
+        self.backend = self.planner = None
+        self.intrinsics_by_camera.clear()
+        self.extrinsics_by_camera.clear()
+
+    def shut_down(self) -> None:
+        """The shutdown transition from whatever state the node is in (Ctrl-C, end of main);
+        resources are freed even when the context is already gone."""
+        if self.lifecycle_state in ('unconfigured', 'inactive', 'active'):
+            try:
+                self.trigger_shutdown()
+            except Exception as e:  # noqa: BLE001 - context shut down by the signal handler
+                self.get_logger().debug(f'shutdown transition not possible ({e})')
+        self._release()
+
+    def autostart_transitions(self) -> bool:
+        """``autostart``: configure then activate; False (reason logged) when either fails."""
+        for name, trigger in (('configure', self.trigger_configure),
+                              ('activate', self.trigger_activate)):
+            if trigger() != TransitionCallbackReturn.SUCCESS:
+                reason = self.last_transition_error or f'{name} failed'
+                self.get_logger().fatal(f'planner_node cannot start: {reason}')
+                return False
+        return True
 
     # -- time -----------------------------------------------------------------------------------
     def _now_ns(self) -> int:
@@ -483,9 +613,9 @@ class PlannerNode(Node):
         return T_total if frame == self.settings.base_frame else None
 
     # -- inference worker -----------------------------------------------------------------------
-    def _work(self) -> None:
-        while not self.stopping.is_set():
-            pending = self.queue.get(timeout=0.2)
+    def _work(self, queue: LatestOnlyQueue, stopping: threading.Event) -> None:
+        while not stopping.is_set():
+            pending = queue.get(timeout=0.2)
             if pending is None:
                 continue
             try:
@@ -634,14 +764,21 @@ class PlannerNode(Node):
         input_values.update({f'sync.{k}': v for k, v in sorted(sync_drops.items())})
         input_values['sync.emitted'] = sync_emitted
         input_values['intent'] = INTENTS[self.intent]
-        if stale:
+        state = self.lifecycle_state
+        active = state == 'active'
+        if not active:
+            in_level, in_msg = 'WARN', f'lifecycle state {state}: not subscribed'
+        elif stale:
             in_level, in_msg = 'ERROR', 'stale inputs: ' + ', '.join(stale)
         else:
             in_level, in_msg = 'OK', 'all inputs fresh'
 
         plan_values = {'backend': s.backend, 'precision': s.precision,
                        'device': self.backend.device if self.backend else 'none',
-                       'plans_published': plans, 'output_frame': s.output_frame}
+                       'plans_published': plans, 'output_frame': s.output_frame,
+                       'lifecycle_state': state}
+        if self.last_transition_error:
+            plan_values['last_transition_error'] = self.last_transition_error
         plan_values['latency_clock'] = 'latency_ms: wall; latency_sim_ms: ROS (sim) time'
         for stage, (p50, p99) in latency.items():
             key = f'latency_sim_ms.{stage[:-4]}' if stage.endswith('_sim') else \
@@ -652,7 +789,11 @@ class PlannerNode(Node):
             node = sum(latency[st][0] for st in NODE_STAGES if st in latency)
             plan_values['node_overhead_to_inference'] = f'{node / latency["inference"][0]:.3f}'
         recent = last_plan is not None and now - last_plan <= self.max_age_ns
-        if stale:
+        if not active:
+            plan_level = 'ERROR' if self.last_transition_error else 'WARN'
+            plan_msg = f'lifecycle state {state}: not planning' + (
+                f' ({self.last_transition_error})' if self.last_transition_error else '')
+        elif stale:
             plan_level, plan_msg = 'ERROR', 'not planning: stale inputs: ' + ', '.join(stale)
         elif recent:
             plan_level = 'OK'
@@ -702,7 +843,8 @@ def write_parameters(out_path, cameras: dict | None = None, base=None, **overrid
 
 
 def main(args=None) -> int:
-    """Console script ``planner_node``: declare parameters, configure, activate, spin."""
+    """Console script ``planner_node``: declare parameters; with ``autostart`` configure and
+    activate; spin (serving the lifecycle services); shut down cleanly on Ctrl-C."""
     rclpy.init(args=args)
     node = None
     code = 0
@@ -716,8 +858,11 @@ def main(args=None) -> int:
                                       s.engine_cache_dir or None, logger=node.get_logger().info)
             node.get_logger().info(f'build_only: {summary}')
             return 0
-        node.configure()
-        node.activate()
+        if s.autostart and not node.autostart_transitions():
+            return 1
+        if not s.autostart:
+            node.get_logger().info('unconfigured; waiting for a lifecycle transition '
+                                   '(ros2 lifecycle set /planner_node configure)')
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
@@ -730,7 +875,7 @@ def main(args=None) -> int:
         code = 1
     finally:
         if node is not None:
-            node.shutdown()
+            node.shut_down()
             node.destroy_node()
         rclpy.try_shutdown()
     return code
