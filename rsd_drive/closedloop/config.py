@@ -38,8 +38,8 @@ class ControllerConfig:
     stop_speed: a plan slower than this (m/s) is a stop: brake to standstill.
     """
 
-    lookahead_min_m: float = 4.0
-    lookahead_gain_s: float = 0.8
+    lookahead_min_m: float = 3.0
+    lookahead_gain_s: float = 0.5
     lookahead_max_m: float = 15.0
     speed_lead_s: float = 0.5
     speed_gain: float = 1.5
@@ -49,7 +49,7 @@ class ControllerConfig:
     jerk_max: float = 10.0
     curvature_max: float = 0.2
     curvature_rate_max: float = 0.5
-    lateral_accel_max: float = 4.0
+    lateral_accel_max: float = 8.0
     stop_speed: float = 0.3
 
     def __post_init__(self):
@@ -178,7 +178,7 @@ class ClosedLoopConfig:
     """
 
     plan_hz: float = 2.0
-    route_timeout_factor: float = 1.5
+    route_timeout_factor: float = 2.0
     image_size: object = 'model'
     cameras: list = field(default_factory=list)
     stop_on_collision: bool = False

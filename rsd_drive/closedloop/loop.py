@@ -28,6 +28,7 @@ from rsd_drive.closedloop.policies import Observation, Policy
 from rsd_drive.data.convert import EgoState, yaw_from_quaternion
 
 GIF_CAMERA_HW = (144, 256)
+ROUTE_AHEAD_M = 120.0
 
 
 class PlannerFailure(RuntimeError):
@@ -128,6 +129,7 @@ class RouteRunner:
                              f'{self.dt} s')
         self.plan_every = int(round(period))
         self.t_limit = float(scenario_cfg.duration_s) * cfg.route_timeout_factor
+        self.route_length = route_goal(self.sim, float(scenario_cfg.duration_s))
         self.controller = PurePursuit(cfg.controller, self.dt)
         self.history = OdometryHistory(max_gap_ns=int(1e9))
         self.trace = RouteTrace()
@@ -156,12 +158,14 @@ class RouteRunner:
             cfg = self.policy.config
             obs.past_states = self.history.past_states(stamp_ns, cfg.past_steps,
                                                        cfg.frequency_hz, True)
+        if getattr(self.policy, 'needs_route', False):
+            obs.route = self.sim.route_ahead(ROUTE_AHEAD_M)
         if self.rig is not None:
             from rsd_drive.scenario.render import render_camera
 
-            obs.images = [render_camera(state, cam) for cam in self.rig.cameras]
+            obs.images_raw = [render_camera(state, cam) for cam in self.rig.cameras]
             obs.calibrations = self.rig.calibrations
-            obs.images = self.encode_images(obs.images)
+            obs.images = self.encode_images(obs.images_raw)
         return obs
 
     def encode_images(self, images: list) -> list:
@@ -173,13 +177,13 @@ class RouteRunner:
     # -- the loop ---------------------------------------------------------------------------------
     def _terminated(self, off_road_s: float) -> str | None:
         sim, scoring = self.sim, self.cfg.scoring
-        if self.trace.progress[-1] >= self.sim.route_length - scoring.completion_tolerance_m:
+        if self.trace.progress[-1] >= self.route_length - scoring.completion_tolerance_m:
             return 'completed'
         if sim.t >= self.t_limit - 1e-9:
             return 'timeout'
         if off_road_s >= scoring.off_road_terminate_s:
             return 'off_road'
-        if self.cfg.stop_on_collision and sim.ego_collisions():
+        if self.cfg.stop_on_collision and collision_log(sim):
             return 'collision'
         return None
 
@@ -209,9 +213,9 @@ class RouteRunner:
         policy, sim = self.policy, self.sim
         wall0 = time.perf_counter()
         failure, step, off_road_s, reason = None, 0, 0.0, None
-        if hasattr(policy, 'begin_route'):
-            policy.begin_route(self)
         try:
+            if hasattr(policy, 'begin_route'):
+                policy.begin_route(self)
             while True:
                 stamp_ns = step * self.dt_ns
                 ego = sim.ego
@@ -245,13 +249,36 @@ class RouteRunner:
         finally:
             if hasattr(policy, 'end_route'):
                 policy.end_route(self)
-        scores = score_route(self.trace, sim.ego_collisions(), float(sim.route_length),
+        scores = score_route(self.trace, collision_log(sim), self.route_length,
                              self.cfg.scoring, failure)
         record = {'family': self.family, 'seed': self.seed, 'policy': policy.name, **scores,
-                  'termination': reason, 'route_length_m': round(float(sim.route_length), 2),
+                  'termination': reason, 'route_length_m': round(self.route_length, 2),
                   'plans': self.plans, 'late_plans': self.late_plans, 'steps': step,
-                  'wall_s': round(time.perf_counter() - wall0, 3)}
+                  'wall_s': round(time.perf_counter() - wall0, 3),
+                  'concrete_family': getattr(sim, 'family', self.family)}
+        if hasattr(policy, 'route_info'):
+            record.update(policy.route_info())
         return record, self.frames
+
+
+def route_goal(sim, duration_s: float) -> float:
+    """The route to drive (m along the ego lane): where the hazard-free speed plan takes the ego
+    in the scenario's ``duration_s`` (the simulation's full lane route goes on to the end of the
+    road, further than a drive lasts)."""
+    full = float(sim.route_length)
+    if hasattr(sim, 'route_progress_at'):
+        return min(float(sim.route_progress_at(sim.nominal_s(duration_s))), full)
+    # Until the simulation exposes it (REQUESTS_closedloop.md): its lane arc-length table.
+    arc = getattr(sim, '_lane_arc', None)
+    if arc is None or not hasattr(sim, 'nominal_s'):
+        return full
+    return min(float(np.interp(sim.nominal_s(duration_s), sim.road.s, arc)), full)
+
+
+def collision_log(sim) -> list:
+    """Every contact event of the route (first touch per agent), {id, class, time_s, speed}."""
+    log = getattr(sim, 'collision_log', None)
+    return list(log) if log is not None else list(sim.ego_collisions())
 
 
 def _control(accel_curvature):

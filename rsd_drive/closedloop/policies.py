@@ -16,7 +16,7 @@ import numpy as np
 
 from rsd_drive.closedloop.controller import Plan, constant_velocity_plan
 
-BASELINES = ('expert', 'constant-velocity')
+BASELINES = ('expert', 'constant-velocity', 'straight')
 
 
 @dataclass
@@ -34,6 +34,8 @@ class Observation:
     past_states: np.ndarray | None = None
     images: list | None = None
     calibrations: list | None = None
+    images_raw: list | None = None   # as rendered (before a JPEG round trip, if any)
+    route: np.ndarray | None = None  # [N,2] the route ahead (lane centre) in the world frame
 
 
 class Policy:
@@ -71,9 +73,29 @@ class ExpertPolicy(Policy):
 
 
 class ConstantVelocityPolicy(Policy):
-    """Straight ahead at the current speed: never brakes, never turns."""
+    """Keeps its speed along the route: steers on the route's lane centre line (the navigation
+    route every policy gets, as the intent) and never brakes or speeds up, whatever is ahead."""
 
     name = 'constant-velocity'
+    needs_route = True
+
+    def plan(self, obs: Observation) -> Plan:
+        x, y, yaw = obs.pose
+        c, s = np.cos(yaw), np.sin(yaw)
+        d = np.asarray(obs.route, dtype=np.float64) - (x, y)
+        local = np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1]], -1)
+        local = local[np.argmin((local ** 2).sum(axis=1)):]
+        cum = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(local, axis=0), axis=1))])
+        want = obs.speed * np.arange(1, self.steps + 1) / self.frequency_hz + cum[0]
+        wp = np.stack([np.interp(want, cum, local[:, 0]), np.interp(want, cum, local[:, 1])], -1)
+        return Plan(obs.t, obs.pose, wp, self.frequency_hz)
+
+
+class StraightPolicy(Policy):
+    """Straight ahead at the current speed: never brakes, never turns (leaves the road at the
+    first turn: a sanity floor, not a driving baseline)."""
+
+    name = 'straight'
 
     def plan(self, obs: Observation) -> Plan:
         return constant_velocity_plan(obs.t, obs.pose, obs.speed, self.steps, self.frequency_hz)
@@ -137,9 +159,12 @@ class ModelPolicy(Policy):
 
 def make_policy(spec: str, backend: str = 'onnxruntime', device: str = 'cpu', threads: int = 1,
                 name: str | None = None) -> Policy:
-    """'expert' | 'constant-velocity' | a checkpoint directory | an exported model.onnx."""
+    """'expert' | 'constant-velocity' | 'straight' | a checkpoint directory | an exported
+    model.onnx."""
     if spec == 'expert':
         return ExpertPolicy()
     if spec in ('constant-velocity', 'cv'):
         return ConstantVelocityPolicy()
+    if spec == 'straight':
+        return StraightPolicy()
     return ModelPolicy(spec, backend, device, threads, name=name)
