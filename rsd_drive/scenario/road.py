@@ -39,6 +39,8 @@ MARKING_WIDTH, EDGE_LINE_INSET = 0.15, 0.2
 ROAD_BEHIND = 80.0
 # Parked vehicles: centre this far beyond the road edge (half on the sidewalk).
 PARKED_OFFSET = 0.5
+# The route published with the objects: the ego lane's centre line this far ahead, every 2 m.
+ROUTE_AHEAD_M, ROUTE_SPACING_M = 80.0, 2.0
 
 
 
@@ -126,7 +128,8 @@ class WorldState:
 
     t: seconds since the drive started; ego: (x, y, yaw) of ``base_link`` in the world (odom)
     frame; objects: the agents (published on /scenario/objects); scenery: static boxes that are
-    rendered but not published; ground: road polygons (None: bare ground plane).
+    rendered but not published; ground: road polygons (None: bare ground plane); route: [N,2]
+    world points of the ego's route (its lane centre line) ahead of it (None: unknown).
     """
 
     t: float
@@ -134,10 +137,16 @@ class WorldState:
     objects: Boxes = field(default_factory=Boxes.empty)
     scenery: Boxes = field(default_factory=Boxes.empty)
     ground: GroundMesh | None = None
+    route: np.ndarray | None = None
 
     def objects_json(self, stamp_ns: int) -> str:
-        return json.dumps({'stamp_ns': int(stamp_ns), 'frame': 'odom',
-                           'objects': self.objects.to_objects()}, separators=(',', ':'))
+        """The ``/scenario/objects`` message: objects (odom frame) and, when known, ``route``:
+        the ego lane's centre line ahead of the ego ([[x, y], ...] in odom, map knowledge, not
+        the logged future)."""
+        msg = {'stamp_ns': int(stamp_ns), 'frame': 'odom', 'objects': self.objects.to_objects()}
+        if self.route is not None:
+            msg['route'] = [[round(float(x), 2), round(float(y), 2)] for x, y in self.route]
+        return json.dumps(msg, separators=(',', ':'))
 
 
 class Road:

@@ -32,8 +32,9 @@ import numpy as np
 
 from rsd_drive import INTENTS
 from rsd_drive.scenario.config import FAMILIES, ScenarioConfig
-from rsd_drive.scenario.road import (VEHICLE_SIZE, Boxes, Road, WorldState,
-                                     boxes_overlap, make_ground, make_road, make_scenery)
+from rsd_drive.scenario.road import (ROUTE_AHEAD_M, ROUTE_SPACING_M, VEHICLE_SIZE, Boxes,
+                                     Road, WorldState, boxes_overlap, make_ground, make_road,
+                                     make_scenery)
 
 # Ego footprint: length, width; base_link (rear axle) sits EGO_REAR metres ahead of the rear.
 EGO_LENGTH, EGO_WIDTH = VEHICLE_SIZE[0], VEHICLE_SIZE[1]
@@ -129,7 +130,9 @@ class Simulation:
 
     Public state: ``t`` (s), ``dt`` (s), ``ego`` (:class:`EgoState`), ``road``, ``family`` (the
     concrete family), ``requested_family``, ``agents``, ``scenery``, ``ground``, ``hazard`` (what
-    the family placed and when it fired: a dict).
+    the family placed and when it fired: a dict), ``route_length`` (m, the ego lane to the end of
+    the road), ``collision_log`` (every contact of the ego since the start, once per contact, in
+    the :meth:`ego_collisions` schema).
     """
 
     def __init__(self, seed: int, cfg: ScenarioConfig, family: str | None = None):
@@ -143,6 +146,8 @@ class Simulation:
         self.jitter_seed = seeds[SEED_STREAMS.index('jitter')]
         self.dt = float(cfg.expert.dt)
         self.t, self._step, self._lane_pose_step = 0.0, 0, -1
+        self.expert_leader = None  # id of the agent the expert's IDM followed at its last call
+        self.expert_interaction = 0.0  # the deceleration (m/s^2) that leader caused
         self.half = cfg.lane_width
         self.lane_d = -cfg.lane_width / 2
         self.t_plan = cfg.duration_s + cfg.intent_horizon_s
@@ -253,7 +258,17 @@ class Simulation:
 
     def route_progress(self) -> float:
         """Metres along the route (the ego lane's arc length) at base_link."""
-        return float(np.interp(self._ego_s, self.road.s, self._lane_arc))
+        return self.route_progress_at(self._ego_s)
+
+    def route_progress_at(self, s: float) -> float:
+        """Route progress (m along the ego lane) at road arc length s."""
+        return float(np.interp(s, self.road.s, self._lane_arc))
+
+    def route_goal(self, duration_s: float | None = None) -> float:
+        """Route progress (m) the ego's hazard-free speed plan reaches in ``duration_s``
+        (default ``cfg.duration_s``): the route a drive of that length is scored on."""
+        t = self.cfg.duration_s if duration_s is None else duration_s
+        return self.route_progress_at(self.nominal_s(t))
 
     def intent(self) -> str:
         """Where the route goes: left/right when the lane's heading turns by more than
@@ -334,12 +349,14 @@ class Simulation:
         curvature = k_ref - ex.lateral_gain * (d_ego - self.lane_d) - ex.heading_gain * err_h
         v = self.ego.v
         v0 = min(self.v_target(self.t), self.curve_limit(self._ego_s + v))
-        gap, dv = math.inf, 0.0
-        for g, speed, _, _ in self.corridor_obstacles(predict=True):
+        gap, dv, self.expert_leader = math.inf, 0.0, None
+        for g, speed, agent, _ in self.corridor_obstacles(predict=True):
             if g < gap:
-                gap, dv = g, v - speed
+                gap, dv, self.expert_leader = g, v - speed, agent.id
         a, a_free = idm_accel(v, v0, gap, dv, cfg.accel_max, cfg.decel_max, ex.headway_s,
                               ex.min_gap_m)
+        # How much of the braking the leader causes (IDM's interaction term, m/s^2).
+        self.expert_interaction = float(a_free - a)
         # The free-road term (speed plan, curves) stays comfortable; only a gap may demand more.
         if math.isfinite(gap):
             a = float(np.clip(a, -ex.decel_emergency, cfg.accel_max))
@@ -387,26 +404,33 @@ class Simulation:
             return
         arr = self._arrays()
         s_c, d_ego, _ = self.ego_lane_pose()
-        s_all = np.append(arr['s'], s_c)
-        d_all = np.append(arr['d'], d_ego)
+        s_all, d_all = np.append(arr['s'], s_c), np.append(arr['d'], d_ego)
         L_all, W_all = np.append(arr['L'], EGO_LENGTH), np.append(arr['W'], EGO_WIDTH)
         vs_all = np.append(np.where(arr['ped'], 0.0, arr['vs']), self.ego.v)
+        idx = np.array([a.id for a in movers])
+        direction = np.array([a.direction for a in movers], np.float64)
+        v = np.array([a.v for a in movers])
+        rel = (s_all[None] - s_all[idx, None]) * direction[:, None]
+        overlap = (np.abs(d_all[None] - d_all[idx, None])
+                   < (W_all[None] + W_all[idx, None]) / 2 + LATERAL_MARGIN)
+        valid = overlap & (rel > 0)
+        valid[np.arange(len(idx)), idx] = False
+        gaps = np.where(valid, rel - (L_all[None] + L_all[idx, None]) / 2, np.inf)
+        j = np.argmin(gaps, axis=1)
+        gap = gaps[np.arange(len(idx)), j]
+        dv = np.where(np.isfinite(gap), v - vs_all[j] * direction, 0.0)
+        ahead = s_all[idx] + direction * v
+        limit = np.where(d_all[idx] <= 0,
+                         np.interp(ahead, self.road.s, self._v_lim[self.lane_d]),
+                         np.interp(ahead, self.road.s, self._v_lim[-self.lane_d]))
+        v0 = np.minimum([a.v0 for a in movers], limit)
         cfg, ex = self.cfg, self.cfg.expert
-        for a in movers:
-            rel = (s_all - a.s) * a.direction
-            overlap = np.abs(d_all - a.d) < (W_all + a.size[1]) / 2 + LATERAL_MARGIN
-            valid = overlap & (rel > 0)
-            valid[a.id] = False
-            gaps = np.where(valid, rel - (L_all + a.size[0]) / 2, np.inf)
-            j = int(np.argmin(gaps))
-            gap = float(gaps[j])
-            dv = a.v - float(vs_all[j]) * a.direction if math.isfinite(gap) else 0.0
-            v0 = min(a.v0, self.curve_limit(a.s + a.direction * a.v, a.d))
-            acc, _ = idm_accel(a.v, v0, gap, dv, cfg.accel_max, cfg.decel_max, ex.headway_s,
-                               ex.min_gap_m)
+        acc, _ = idm_accel(v, v0, gap, dv, cfg.accel_max, cfg.decel_max, ex.headway_s,
+                           ex.min_gap_m)
+        for a, value in zip(movers, acc):
             override = a.script.accel_override(self, a) if a.script is not None else None
-            acc = float(acc) if override is None else min(float(acc), override)
-            a.accel = max(acc, -OTHER_DECEL_LIMIT)
+            value = float(value) if override is None else min(float(value), override)
+            a.accel = max(value, -OTHER_DECEL_LIMIT)
 
     def _move_agents(self) -> None:
         dt, lo, hi = self.dt, self.road.s[0] + 3.0, self.road.length - 3.0
@@ -434,8 +458,9 @@ class Simulation:
         centre, yaw, half = self.ego_box()
         if self.agents:
             c, yaws, halves = self._agent_boxes()
-            hit = boxes_overlap(centre, yaw, half, c, yaws, halves)
-            for i in np.flatnonzero(hit):
+            near = np.flatnonzero(np.abs(c - centre).max(axis=1) < 8.0)
+            hit = near[boxes_overlap(centre, yaw, half, c[near], yaws[near], halves[near])]
+            for i in hit:
                 now.append({'id': int(self.agents[i].id), 'class': self.agents[i].cls,
                             'time_s': round(self.t, 3), 'speed': round(self.ego.v, 3)})
         sc = self.scenery
@@ -514,4 +539,5 @@ class Simulation:
         e = self.ego
         return WorldState(t=float(self.t), ego=(e.x, e.y, e.yaw),
                           objects=self.objects(velocities), scenery=self.scenery,
-                          ground=self.ground)
+                          ground=self.ground, route=self.route_ahead(ROUTE_AHEAD_M,
+                                                                      ROUTE_SPACING_M))

@@ -18,7 +18,8 @@ import numpy as np
 from rsd_drive.scenario.config import ScenarioConfig
 from rsd_drive.scenario.road import (BUILDING_COLOURS, CLASSES, MARKING_COLOUR,  # noqa: F401
                                      PEDESTRIAN_COLOURS, PEDESTRIAN_SIZE, ROAD_BEHIND,
-                                     ROAD_COLOUR, SIDEWALK_COLOUR, TREE_COLOUR, VEHICLE_COLOURS,
+                                     ROAD_COLOUR, ROUTE_AHEAD_M, ROUTE_SPACING_M,
+                                     SIDEWALK_COLOUR, TREE_COLOUR, VEHICLE_COLOURS,
                                      VEHICLE_SIZE, Boxes, GroundMesh, Road, WorldState,
                                      make_road)
 from rsd_drive.scenario.sim import Simulation
@@ -64,9 +65,13 @@ class World:
         self._yaw = np.zeros((n, n_agents))
         self._vel = np.zeros((n, n_agents, 2))
         self._intents, self._ttc = [], np.zeros(n)
+        self.leader = np.full(n, -1, np.int64)
+        self.interaction = np.zeros(n)
         for i in range(n):
             if i:
                 sim.step()
+                self.leader[i - 1] = -1 if sim.expert_leader is None else sim.expert_leader
+                self.interaction[i - 1] = sim.expert_interaction
             e = sim.ego
             self._ego[i] = (e.x, e.y, e.yaw, e.v, e.a, e.yaw_rate)
             self._ego_s[i] = sim.ego_s
@@ -111,6 +116,17 @@ class World:
     def _nearest(self, t: float) -> int:
         return int(np.clip(round(t / self.dt), 0, len(self.sim_t) - 1))
 
+    def expert_leader(self, t: float):
+        """Id of the agent the expert followed (its IDM leader) at the step nearest t, or None."""
+        lead = int(self.leader[self._nearest(t)])
+        return None if lead < 0 else lead
+
+    def braking_for(self, t: float, min_decel: float = 1.0):
+        """Id of the agent the expert brakes for at t (its IDM leader, when the leader's
+        interaction term decelerates it by at least ``min_decel`` m/s^2), else None."""
+        i = self._nearest(t)
+        return self.expert_leader(t) if self.interaction[i] >= min_decel else None
+
     def intent(self, t: float) -> str:
         """Route intent at t (from the map and the speed at t: :meth:`Simulation.intent`)."""
         return self._intents[self._nearest(t)]
@@ -126,15 +142,17 @@ class World:
         return len(self.agent_classes)
 
     def state(self, t: float, velocities: bool = False) -> WorldState:
-        """The world at t seconds; ``velocities`` adds agent velocities (world frame)."""
+        """The world at t seconds; ``velocities`` adds agent velocities (world frame) and the route
+        ahead (what the published objects message needs; rendering does not)."""
         xy, yaw = self._lerp(self._xy, t), self._lerp(self._yaw, t)
         vel = self._lerp(self._vel, t) if velocities else np.zeros((len(yaw), 2))
         objects = Boxes(centre=np.concatenate([xy, self.agent_size[:, 2:] / 2], axis=1),
                         yaw=yaw, size=self.agent_size, colour=self.agent_colour, velocity=vel,
                         ids=self.agent_ids, classes=self.agent_classes)
         e = self.ego(t)
+        route = self.route_ahead(t, ROUTE_AHEAD_M, ROUTE_SPACING_M) if velocities else None
         return WorldState(t=float(t), ego=(e['x'], e['y'], e['yaw']), objects=objects,
-                          scenery=self.scenery, ground=self.ground)
+                          scenery=self.scenery, ground=self.ground, route=route)
 
     def camera_offsets_ns(self, n_frames: int, n_cameras: int) -> np.ndarray:
         """[n_frames, n_cameras] stamp offsets (ns) from the frame time; camera 0 (the reference)
