@@ -168,7 +168,10 @@ class ClosedLoopConfig:
 
     plan_hz: planning rate in sim time; the world steps at the simulation's dt (10 Hz) and the
         planning period must be a whole number of steps.
-    route_timeout_factor: a route ends after ``factor * scenario.duration_s`` of sim time.
+    odom_hz: rate of the odometry the planner sees (the past states; ``/odom`` in ``--ros``); a
+        whole number of world steps that divides the planning period.
+    route_timeout_factor, route_timeout_slack_s: a route ends after ``factor *
+        scenario.duration_s + slack`` of sim time (waiting behind a stopped car takes time).
     image_size: 'model' (render at the model's input size: no resize) or [width, height].
     cameras: camera names of the scenario rig fed to the model, in model order; empty: the rig's
         first N (N = the model's ``num_cameras``).
@@ -178,7 +181,9 @@ class ClosedLoopConfig:
     """
 
     plan_hz: float = 2.0
+    odom_hz: float = 10.0
     route_timeout_factor: float = 2.0
+    route_timeout_slack_s: float = 10.0
     image_size: object = 'model'
     cameras: list = field(default_factory=list)
     stop_on_collision: bool = False
@@ -192,10 +197,13 @@ class ClosedLoopConfig:
                          ('ros', RosLoopConfig)):
             if isinstance(getattr(self, key), dict):
                 setattr(self, key, _from_dict(cls, getattr(self, key), key))
-        if not 0 < self.plan_hz <= 20:
-            raise ValueError(f'plan_hz must be in (0, 20], got {self.plan_hz}')
-        if self.route_timeout_factor <= 0 or self.gif_frames_max < 2:
-            raise ValueError('route_timeout_factor must be > 0 and gif_frames_max >= 2')
+        if not 0 < self.plan_hz <= 20 or not self.plan_hz <= self.odom_hz <= 100:
+            raise ValueError(f'need 0 < plan_hz <= 20 and plan_hz <= odom_hz <= 100, got '
+                             f'{self.plan_hz}, {self.odom_hz}')
+        if self.route_timeout_factor <= 0 or self.route_timeout_slack_s < 0 \
+                or self.gif_frames_max < 2:
+            raise ValueError('route_timeout_factor must be > 0, route_timeout_slack_s >= 0 and '
+                             'gif_frames_max >= 2')
         if self.image_size != 'model':
             size = list(self.image_size)
             if len(size) != 2 or min(size) < 16:

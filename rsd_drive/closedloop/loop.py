@@ -128,7 +128,14 @@ class RouteRunner:
             raise ValueError(f'plan_hz {cfg.plan_hz} is not a whole number of world steps of '
                              f'{self.dt} s')
         self.plan_every = int(round(period))
-        self.t_limit = float(scenario_cfg.duration_s) * cfg.route_timeout_factor
+        odom_period = 1.0 / (cfg.odom_hz * self.dt)
+        self.odom_every = int(round(odom_period))
+        if abs(odom_period - self.odom_every) > 1e-6 or self.odom_every < 1 \
+                or self.plan_every % self.odom_every:
+            raise ValueError(f'odom_hz {cfg.odom_hz} must be a whole number of world steps of '
+                             f'{self.dt} s and divide the planning period')
+        self.t_limit = float(scenario_cfg.duration_s) * cfg.route_timeout_factor \
+            + cfg.route_timeout_slack_s
         self.route_length = route_goal(self.sim, float(scenario_cfg.duration_s))
         self.controller = PurePursuit(cfg.controller, self.dt)
         self.history = OdometryHistory(max_gap_ns=int(1e9))
@@ -220,9 +227,10 @@ class RouteRunner:
                 stamp_ns = step * self.dt_ns
                 ego = sim.ego
                 odom = odometry_state(stamp_ns, ego)
-                self.history.add(odom)
-                if hasattr(policy, 'on_step'):
-                    policy.on_step(stamp_ns, odom, ego)
+                if step % self.odom_every == 0:
+                    self.history.add(odom)
+                    if hasattr(policy, 'on_step'):
+                        policy.on_step(stamp_ns, odom, ego)
                 off = bool(sim.off_road())
                 off_road_s = off_road_s + self.dt if off else 0.0
                 self.trace.add(sim.t, (ego.x, ego.y, ego.yaw, ego.v), ego.yaw_rate,

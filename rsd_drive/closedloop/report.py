@@ -64,9 +64,11 @@ def draw_bev(state, pose, plan=None, past_xy=None) -> np.ndarray:
     if ground is not None:
         for quads, colour, centres, radius in ground.layers:
             near = np.linalg.norm(centres - np.asarray(pose[:2]), axis=1) < reach + radius
-            polys = [np.round(_to_px(q[:, :2], pose) * 16).astype(np.int32) for q in quads[near]]
-            if polys:
-                cv2.fillPoly(img, polys, colour, lineType=cv2.LINE_AA, shift=4)
+            if near.any():
+                q = quads[near][:, :, :2]
+                polys = np.round(_to_px(q.reshape(-1, 2), pose) * 16).astype(np.int32)
+                cv2.fillPoly(img, list(polys.reshape(len(q), -1, 2)), colour,
+                             lineType=cv2.LINE_AA, shift=4)
     _draw_risk(img, plan, pose)
     objects = state.objects
     for i in range(len(objects)):
@@ -148,6 +150,7 @@ def route_png(path, record: dict, ego: np.ndarray, frames: list) -> Path:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
 
     fig, ax = plt.subplots(figsize=(7, 7))
     x, y, t, v = ego[:, 0], ego[:, 1], ego[:, 2], ego[:, 3]
@@ -157,8 +160,9 @@ def route_png(path, record: dict, ego: np.ndarray, frames: list) -> Path:
         ground = getattr(frames[0]['state'], 'ground', None)
         for quads, colour, centres, _ in (ground.layers if ground is not None else []):
             near = np.all((centres > lo - 20) & (centres < hi + 20), axis=1)
-            for q in quads[near]:
-                ax.fill(q[:, 0], q[:, 1], color=np.array(colour) / 255.0, lw=0)
+            ax.add_collection(PolyCollection(quads[near][:, :, :2],
+                                             facecolors=np.array(colour) / 255.0,
+                                             edgecolors='none'))
         tracks = {}
         for f in frames:
             o = f['state'].objects

@@ -304,6 +304,7 @@ class RosPlannerPolicy(Policy):
             self.world = SimWorldNode(self.rig.names, self.ros.compressed)
         self.process = PlannerProcess(self._params(), self.out / 'planner_node.log')
         self.acked_intent = None
+        self.odom_sent = self.lost_before = 0
         deadline = time.monotonic() + self.ros.node_start_timeout_s
         w = self.world
         w.wait(w.planner_visible, self.ros.node_start_timeout_s, self._check_alive)
@@ -317,7 +318,7 @@ class RosPlannerPolicy(Policy):
             t_ns = self.cursor_ns
             for k in range(5):  # half a second of odometry, standing still
                 w.publish_clock(t_ns - (4 - k) * dt_ns)
-                w.publish_odometry(t_ns - (4 - k) * dt_ns, _Standing())
+                self._publish_odometry(t_ns - (4 - k) * dt_ns, _Standing())
             w.publish_frame(t_ns, blank, self.rig)
             got = w.wait(lambda: t_ns in w.paths, 2.0, self._check_alive)
             self.cursor_ns += 10 * dt_ns
@@ -339,11 +340,13 @@ class RosPlannerPolicy(Policy):
             self.rig = runner.rig
         elif [c.name for c in runner.rig.cameras] != self.rig.names:
             raise ValueError('the --ros world keeps one camera rig for the whole run')
-        self.route = {'late_plans': 0, 'odom_published': 0, 'intent_ack_timeouts': 0,
-                      'planner_pid': None}
+        self.route = {'late_plans': 0, 'odom_published': 0, 'odom_lost': None,
+                      'intent_ack_timeouts': 0, 'planner_pid': None, 'planner_start_s': 0.0}
         if self.process is None or self.process.returncode() is not None:
+            t0 = time.perf_counter()
             self._stop()
             self._start()
+            self.route['planner_start_s'] = round(time.perf_counter() - t0, 2)
         self.route['planner_pid'] = self.process.pid
         self.base_ns = self.cursor_ns
         self.missing = 0
@@ -351,12 +354,34 @@ class RosPlannerPolicy(Policy):
             self.world.paths.clear()
             self.world.grids.clear()
 
+    def _publish_odometry(self, t_ns: int, ego) -> None:
+        self.world.publish_odometry(t_ns, ego)
+        self.odom_sent += 1
+
     def on_step(self, stamp_ns: int, odom, ego) -> None:
         t_ns = self.base_ns + stamp_ns
         self.world.publish_clock(t_ns)
-        self.world.publish_odometry(t_ns, ego)
+        self._publish_odometry(t_ns, ego)
         self.route['odom_published'] += 1
         self.last_ns = t_ns
+
+    def _odometry_lost(self) -> int | None:
+        """Odometry messages the node has not counted as received (its /diagnostics), since the
+        last call: best-effort messages lost on the way would make its past states differ."""
+        w = self.world
+
+        def received():
+            value = w.diag_inputs.get('received.odometry')
+            return int(value) if value is not None else None
+        count = w.diag_count
+        w.wait(lambda: w.diag_count > count and (received() or 0) >= self.odom_sent,
+               max(1.0, 3 * self.ros.diagnostics_period_s))
+        got = received()
+        if got is None:
+            return None
+        lost_total = self.odom_sent - got
+        lost, self.lost_before = lost_total - self.lost_before, lost_total
+        return lost
 
     def _ack_intent(self, intent: str) -> None:
         if intent == self.acked_intent:
@@ -398,6 +423,8 @@ class RosPlannerPolicy(Policy):
             self._stop()
 
     def end_route(self, runner) -> None:
+        if self.process is not None and self.process.returncode() is None:
+            self.route['odom_lost'] = self._odometry_lost()
         end = getattr(self, 'last_ns', self.cursor_ns)
         self.cursor_ns = max(self.cursor_ns, end) + int(self.ros.route_gap_s * 1e9)
 
