@@ -21,7 +21,7 @@ CLASS_COLOURS = {'vehicle': (60, 110, 230), 'pedestrian': (255, 150, 0),
 EGO_COLOUR, PLAN_COLOUR, TRACE_COLOUR = (40, 200, 60), (230, 40, 200), (255, 255, 255)
 
 
-# -- the BEV panel (cv2, per frame) -----------------------------------------------------------------
+# -- the BEV panel (cv2, per frame) -------------------------------------------------------------
 def _to_px(xy: np.ndarray, pose) -> np.ndarray:
     """World points [N,2] -> panel pixels, the ego at ``pose`` facing up."""
     x, y, yaw = pose
@@ -143,7 +143,7 @@ def write_gif(frames_npz, gif_path, fps: float = 4.0) -> Path:
     return write_atomic(gif_path, write)
 
 
-# -- the per-route PNG (matplotlib) -----------------------------------------------------------------
+# -- the per-route PNG (matplotlib) -------------------------------------------------------------
 def route_png(path, record: dict, ego: np.ndarray, frames: list) -> Path:
     """The whole route from above: road, agent tracks (at the planning frames), the ego's path
     coloured by speed, every 4th plan, collisions; title with the scores."""
@@ -153,6 +153,8 @@ def route_png(path, record: dict, ego: np.ndarray, frames: list) -> Path:
     from matplotlib.collections import PolyCollection
 
     fig, ax = plt.subplots(figsize=(7, 7))
+    if not len(ego):   # the route failed before its first step
+        ego = np.zeros((1, 4))
     x, y, t, v = ego[:, 0], ego[:, 1], ego[:, 2], ego[:, 3]
     pad = 25.0
     lo, hi = np.array([x.min(), y.min()]) - pad, np.array([x.max(), y.max()]) + pad
@@ -202,7 +204,7 @@ def route_png(path, record: dict, ego: np.ndarray, frames: list) -> Path:
     return write_bytes_atomic(path, buf.getvalue())
 
 
-# -- tables and the report --------------------------------------------------------------------------
+# -- tables and the report ----------------------------------------------------------------------
 def _fmt(value, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return '-'

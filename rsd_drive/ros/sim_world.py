@@ -25,7 +25,6 @@ is restarted for the next route. Routes are laid out one after another on the RO
 """
 from __future__ import annotations
 
-import math
 import os
 import signal
 import subprocess
@@ -84,8 +83,8 @@ class SimWorldNode:
         self.compressed = compressed
         self.clock_pub = node.create_publisher(Clock, '/clock', reliable)
         self.odom_pub = node.create_publisher(Odometry, '/odom', sensor)
-        self.intent_pub = node.create_publisher(
-            String, '/scenario/intent', QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+        latest = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        self.intent_pub = node.create_publisher(String, '/scenario/intent', latest)
         image_type = CompressedImage if compressed else Image
         suffix = '/compressed' if compressed else ''
         self.image_pubs = {c: node.create_publisher(image_type, f'/cameras/{c}/image_raw{suffix}',
@@ -320,7 +319,8 @@ class RosPlannerPolicy(Policy):
                 w.publish_clock(t_ns - (4 - k) * dt_ns)
                 self._publish_odometry(t_ns - (4 - k) * dt_ns, _Standing())
             w.publish_frame(t_ns, blank, self.rig)
-            got = w.wait(lambda: t_ns in w.paths, 2.0, self._check_alive)
+            # Any warm-up plan will do: the first inference may take longer than a frame.
+            got = w.wait(lambda: bool(w.paths), 5.0, self._check_alive)
             self.cursor_ns += 10 * dt_ns
             if got:
                 break
