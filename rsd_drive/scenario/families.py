@@ -31,6 +31,7 @@ from rsd_drive.scenario.road import (PARKED_OFFSET, PEDESTRIAN_COLOURS, PEDESTRI
 from rsd_drive.scenario.sim import EGO_CENTRE_X, EGO_LENGTH, EGO_WIDTH, TRIGGER_MIN_SPEED
 
 HOLD = -20.0  # acceleration override that keeps a standing vehicle standing
+MIN_ARRIVAL_S = 4.0  # the ego is never due at a placed hazard sooner than this
 
 
 def uniform(rng, value) -> float:
@@ -185,8 +186,10 @@ class KerbWalker(Script):
 # -- the families -----------------------------------------------------------------------------
 
 def _arrival_point(sim, params, rng) -> tuple:
-    """(time, arc length of the ego's front) when the ego is due at the hazard."""
-    t_arr = uniform(rng, params['arrival']) * sim.cfg.duration_s
+    """(time, arc length of the ego's front) when the ego is due at the hazard: the family's
+    fraction of the drive, but never sooner than ``MIN_ARRIVAL_S`` (room to stop; in short drives
+    the hazard then lies beyond their end)."""
+    t_arr = max(uniform(rng, params['arrival']) * sim.cfg.duration_s, MIN_ARRIVAL_S)
     return t_arr, sim.nominal_s(t_arr) + EGO_CENTRE_X + EGO_LENGTH / 2
 
 

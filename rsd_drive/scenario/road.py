@@ -37,8 +37,9 @@ DASH_LENGTH, DASH_PERIOD = 3.0, 9.0
 MARKING_WIDTH, EDGE_LINE_INSET = 0.15, 0.2
 # Road behind the ego's start (rendered by the back cameras at t = 0).
 ROAD_BEHIND = 80.0
-# Parked vehicles: centre this far beyond the road edge (half on the sidewalk).
-PARKED_OFFSET = 0.5
+# Parked vehicles: centre this far beyond the road edge (mostly on the sidewalk, 0.15 m into the
+# lane).
+PARKED_OFFSET = 0.8
 # The route published with the objects: the ego lane's centre line this far ahead, every 2 m.
 ROUTE_AHEAD_M, ROUTE_SPACING_M = 80.0, 2.0
 

@@ -129,6 +129,18 @@ def frenet(line: np.ndarray, points: np.ndarray) -> tuple:
     return arc[i] + u[k, i] * length[i], lateral, np.arctan2(tangent[:, 1], tangent[:, 0])
 
 
+def _boxes_meet(dx, dy, half_len, half_w, rel_yaw, obj_half_len, obj_half_w) -> np.ndarray:
+    """Whether the ego box (half extents half_len x half_w, axis-aligned) and an object box
+    centred at (dx, dy) [K] from it, rotated by rel_yaw, overlap: separating-axis test."""
+    c, s = abs(math.cos(rel_yaw)), abs(math.sin(rel_yaw))
+    cr, sr = math.cos(rel_yaw), math.sin(rel_yaw)
+    seps = (np.abs(dx) - half_len - (obj_half_len * c + obj_half_w * s),
+            np.abs(dy) - half_w - (obj_half_len * s + obj_half_w * c),
+            np.abs(dx * cr + dy * sr) - obj_half_len - (half_len * c + half_w * s),
+            np.abs(-dx * sr + dy * cr) - obj_half_w - (half_len * s + half_w * c))
+    return np.maximum.reduce(seps) <= 0
+
+
 def object_risk(obj: dict, future: np.ndarray, frequency_hz: float, cfg, corridor=None,
                 reach: float | None = None):
     """(risk, ttc_s or None, clearance_m) of one base_link object.
@@ -156,9 +168,8 @@ def object_risk(obj: dict, future: np.ndarray, frequency_hz: float, cfg, corrido
     ext_l = 0.5 * (obj['length'] * abs(math.sin(rel)) + obj['width'] * abs(math.cos(rel)))
     front, rear, half_w = cfg.ego_front_m, cfg.ego_rear_m, cfg.ego_half_width_m
     s_obj, l_obj = s0 + v_s * fine, l0 + v_l * fine
-    gap_s = np.abs(s_obj - (s_ego + 0.5 * (front - rear))) - 0.5 * (front + rear) - ext_s
-    gap_l = np.abs(l_obj) - half_w - ext_l
-    hit = np.maximum(gap_s, gap_l) <= 0
+    hit = _boxes_meet(s_obj - (s_ego + 0.5 * (front - rear)), l_obj, 0.5 * (front + rear),
+                      half_w, rel, obj['length'] / 2, obj['width'] / 2)
     ttc = float(fine[np.argmax(hit)]) if hit.any() else None
     risk_ttc = 0.0 if ttc is None else 1.0 - ttc / cfg.horizon_s
     # Clearance to the corridor ahead of the moving ego, [s_ego - rear, reach] x [-half_w,
