@@ -271,16 +271,9 @@ class RouteRunner:
 
 def route_goal(sim, duration_s: float) -> float:
     """The route to drive (m along the ego lane): where the hazard-free speed plan takes the ego
-    in the scenario's ``duration_s`` (the simulation's full lane route goes on to the end of the
-    road, further than a drive lasts)."""
-    full = float(sim.route_length)
-    if hasattr(sim, 'route_progress_at'):
-        return min(float(sim.route_progress_at(sim.nominal_s(duration_s))), full)
-    # Until the simulation exposes it (REQUESTS_closedloop.md): its lane arc-length table.
-    arc = getattr(sim, '_lane_arc', None)
-    if arc is None or not hasattr(sim, 'nominal_s'):
-        return full
-    return min(float(np.interp(sim.nominal_s(duration_s), sim.road.s, arc)), full)
+    in the scenario's ``duration_s`` (``Simulation.route_goal``; the full lane route goes on to
+    the end of the road, further than a drive lasts)."""
+    return min(float(sim.route_goal(duration_s)), float(sim.route_length))
 
 
 def collision_log(sim) -> list:
