@@ -12,7 +12,7 @@ from rsd_drive.closedloop.config import ClosedLoopConfig
 
 pytestmark = pytest.mark.timeout(600)
 COMPARED = ('route_completion', 'driving_score', 'success', 'collisions', 'min_ttc_s',
-            'progress_m', 'steps', 'plans', 'comfort', 'termination')
+            'progress_m', 'steps', 'plans', 'comfort', 'termination', 'plan_digest')
 
 
 def scenario():
@@ -35,14 +35,16 @@ def config(**ros) -> ClosedLoopConfig:
     return cfg
 
 
-def test_ros_loop_agrees_with_in_process(tiny_model, tmp_path):
+@pytest.mark.parametrize('compressed', [False, True], ids=['Image', 'CompressedImage'])
+def test_ros_loop_agrees_with_in_process(tiny_model, tmp_path, compressed):
     from rsd_drive.closedloop import run_closed_loop
     from rsd_drive.closedloop.run import load_routes
 
-    cfg = config()
-    run_closed_loop(str(tiny_model), ['lead_brake'], '0', tmp_path, ros=True, cfg=cfg,
+    cfg = config(compressed=compressed)
+    family, seed = ('lead_brake', '0') if not compressed else ('ped_occluded', '1')
+    run_closed_loop(str(tiny_model), [family], seed, tmp_path, ros=True, cfg=cfg,
                     scenario_cfg=scenario(), progress=False)
-    run_closed_loop(str(tiny_model), ['lead_brake'], '0', tmp_path, cfg=cfg,
+    run_closed_loop(str(tiny_model), [family], seed, tmp_path, cfg=cfg,
                     scenario_cfg=scenario(), progress=False)
     routes = {r['policy']: r for r in load_routes(tmp_path)}
     ros, local = routes['tiny@ros'], routes['tiny']
@@ -51,6 +53,7 @@ def test_ros_loop_agrees_with_in_process(tiny_model, tmp_path):
     assert ros['odom_published'] > ros['plans']
     for key in COMPARED:
         assert ros[key] == local[key], key
+    assert ros['collisions'], 'a route where the tiny model collides: a stronger comparison'
     assert (tmp_path / 'planner_closedloop.yaml').is_file()
     assert 'active:' in (tmp_path / 'planner_node.log').read_text()
 

@@ -13,6 +13,7 @@ A policy may also implement ``begin_route(sim, cameras)``, ``on_step(stamp_ns, o
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -155,6 +156,7 @@ class RouteRunner:
                                         GIF_CAMERA_HW).cameras[0])
         self.plans, self.late_plans = 0, 0
         self.plan = None
+        self.plan_digest = hashlib.sha1()  # of every plan followed (waypoints to 10 um)
 
     # -- observation ------------------------------------------------------------------------------
     def observe(self, stamp_ns: int, state) -> Observation:
@@ -204,6 +206,8 @@ class RouteRunner:
             self.plans += 1
             self.plan = plan
             self.controller.set_plan(plan)
+            wp = np.round(np.asarray(plan.waypoints, dtype=np.float64), 5) + 0.0  # no -0.0
+            self.plan_digest.update(wp.tobytes())
         if self.keep_frames:
             self.frames.append(self._frame(state, obs))
         if self.on_frame is not None:
@@ -262,6 +266,7 @@ class RouteRunner:
         record = {'family': self.family, 'seed': self.seed, 'policy': policy.name, **scores,
                   'termination': reason, 'route_length_m': round(self.route_length, 2),
                   'plans': self.plans, 'late_plans': self.late_plans, 'steps': step,
+                  'plan_digest': self.plan_digest.hexdigest()[:16],
                   'wall_s': round(time.perf_counter() - wall0, 3),
                   'concrete_family': getattr(sim, 'family', self.family)}
         if hasattr(policy, 'route_info'):

@@ -98,11 +98,12 @@ def compose_frame(frame: dict, title: str, past_xy=None) -> np.ndarray:
     w = int(round(cam.shape[1] * BEV_PX / cam.shape[0]))
     cam = cv2.resize(cam, (w, BEV_PX), interpolation=cv2.INTER_AREA)
     out = np.concatenate([cam, bev], axis=1)
-    caption = f"{title}  t={frame['t']:.1f}s  v={frame['speed']:.1f}m/s"
-    cv2.putText(out, caption, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 3,
-                cv2.LINE_AA)
-    cv2.putText(out, caption, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1,
-                cv2.LINE_AA)
+    lines = (title, f"t {frame['t']:.1f} s   v {frame['speed']:.1f} m/s")
+    cv2.rectangle(out, (0, 0), (min(out.shape[1], 8 + 7 * max(map(len, lines))), 36),
+                  (20, 20, 20), -1)
+    for i, text in enumerate(lines):
+        cv2.putText(out, text, (5, 14 + 16 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                    (255, 255, 255), 1, cv2.LINE_AA)
     return out
 
 
