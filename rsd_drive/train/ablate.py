@@ -33,7 +33,8 @@ from rsd_drive.metrics import paired_t_test
 # (key in the evaluation report, column title, higher is better)
 METRICS = (('rfs', 'RFS', True), ('ade_3s', 'ADE@3s (m)', False), ('ade_5s', 'ADE@5s (m)', False),
            ('fde', 'FDE (m)', False), ('risk_pearson', 'risk CC', True),
-           ('risk_kl', 'risk KL', False), ('risk_topk_recall', 'risk top-k recall', True))
+           ('risk_kl', 'risk KL', False), ('risk_topk_recall', 'risk top-k recall', True),
+           ('risk_ece', 'risk ECE', False), ('risk_ece_risky', 'risk ECE (cells >= 0.05)', False))
 PAIRED_METRICS = ('rfs', 'ade_3s', 'ade_5s', 'risk_pearson')
 REFERENCE = 'lambda=0'
 ARMS = ('ego-status', 'random-encoder')
@@ -163,7 +164,10 @@ def _train_and_score(model_cfg, train_cfg, variant: dict, seed: int, run_dir: Pa
     return {'variant': variant['name'], 'seed': int(seed),
             'risk_weight': variant['risk_weight'], 'risk_loss': variant['risk_loss'],
             'checkpoint': summary['checkpoint'],
-            'metrics': {k: report['overall']['model'][k] for k, _, _ in METRICS},
+            'metrics': {**{k: report['overall']['model'][k] for k, _, _ in METRICS
+                           if k in report['overall']['model']},
+                        'risk_ece': report['calibration']['ece'],
+                        'risk_ece_risky': report['calibration']['ece_risky_cells']},
             'calibration': {k: report['calibration'][k]
                             for k in ('ece', 'ece_risky_cells', 'marker_threshold')},
             'baseline_cv': report['overall']['cv'], 'per_frame': report['per_frame']}
