@@ -12,7 +12,6 @@ The hazard window is [trigger_time, trigger_time + window_s]; "before" is [0, tr
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from dataclasses import replace
 

@@ -145,7 +145,8 @@ class PullOut(Script):
             else:
                 # The lateral speed that lands on the cosine profile at the next step.
                 u1 = min(u + sim.dt / self.duration, 1.0)
-                target = self.d_from + (self.d_to - self.d_from) * 0.5 * (1 - math.cos(math.pi * u1))
+                shape = 0.5 * (1 - math.cos(math.pi * u1))
+                target = self.d_from + (self.d_to - self.d_from) * shape
                 agent.vd = (target - agent.d) / sim.dt
         if self.state != 'parked':
             note_onset(sim, agent)

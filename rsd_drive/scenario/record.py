@@ -254,6 +254,24 @@ def info_json(world: World) -> str:
                       separators=(',', ':'))
 
 
+def _add_topics(bag: _Bag, cameras, cfg: ScenarioConfig) -> list:
+    """Register every topic of a drive; returns the image topic per camera."""
+    bag.add(TF_STATIC_TOPIC, 'tf2_msgs/msg/TFMessage', qos=[TF_STATIC_QOS])
+    bag.add(TF_TOPIC, 'tf2_msgs/msg/TFMessage')
+    bag.add(ODOM_TOPIC, 'nav_msgs/msg/Odometry')
+    image_type = 'sensor_msgs/msg/CompressedImage' if cfg.compressed else 'sensor_msgs/msg/Image'
+    image_topics = [IMAGE_TOPIC.format(c.name) + (COMPRESSED_SUFFIX if cfg.compressed else '')
+                    for c in cameras]
+    for cam, topic in zip(cameras, image_topics):
+        bag.add(topic, image_type)
+        bag.add(INFO_TOPIC.format(cam.name), 'sensor_msgs/msg/CameraInfo')
+    bag.add(OBJECTS_TOPIC, 'std_msgs/msg/String')
+    bag.add(MARKERS_TOPIC, 'visualization_msgs/msg/MarkerArray')
+    bag.add(INTENT_TOPIC, 'std_msgs/msg/String')
+    bag.add(INFO_TOPIC_JSON, 'std_msgs/msg/String')
+    return image_topics
+
+
 def _record(path: Path, seed: int, cfg: ScenarioConfig, progress: bool,
             family: str | None = None) -> DriveSummary:
     world = World(seed, cfg, family)
@@ -268,21 +286,7 @@ def _record(path: Path, seed: int, cfg: ScenarioConfig, progress: bool,
     with writer, tqdm(total=cfg.n_frames, desc=path.name, unit='frame',
                       disable=not progress) as bar:
         bag = _Bag(writer)
-        bag.add(TF_STATIC_TOPIC, 'tf2_msgs/msg/TFMessage', qos=[TF_STATIC_QOS])
-        bag.add(TF_TOPIC, 'tf2_msgs/msg/TFMessage')
-        bag.add(ODOM_TOPIC, 'nav_msgs/msg/Odometry')
-        image_type = ('sensor_msgs/msg/CompressedImage' if cfg.compressed
-                      else 'sensor_msgs/msg/Image')
-        image_topics = [IMAGE_TOPIC.format(c.name) + (COMPRESSED_SUFFIX if cfg.compressed else '')
-                        for c in cameras]
-        for cam, topic in zip(cameras, image_topics):
-            bag.add(topic, image_type)
-            bag.add(INFO_TOPIC.format(cam.name), 'sensor_msgs/msg/CameraInfo')
-        bag.add(OBJECTS_TOPIC, 'std_msgs/msg/String')
-        bag.add(MARKERS_TOPIC, 'visualization_msgs/msg/MarkerArray')
-        bag.add(INTENT_TOPIC, 'std_msgs/msg/String')
-        bag.add(INFO_TOPIC_JSON, 'std_msgs/msg/String')
-
+        image_topics = _add_topics(bag, cameras, cfg)
         for stamp, _, kind, k, c in _schedule(cfg, start_ns, offsets):
             t = (stamp - start_ns) * 1e-9
             if kind == 'tf_static':

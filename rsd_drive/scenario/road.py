@@ -44,7 +44,6 @@ PARKED_OFFSET = 0.8
 ROUTE_AHEAD_M, ROUTE_SPACING_M = 80.0, 2.0
 
 
-
 @dataclass
 class Boxes:
     """Oriented boxes standing on the ground, as arrays (one row per box).

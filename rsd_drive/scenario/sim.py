@@ -116,8 +116,9 @@ def resolve_family(seed: int, family: str) -> str:
 
 
 def idm_accel(v, v0, gap, dv, a_max: float, b: float, headway: float, s0: float):
-    """IDM acceleration ``a_max (1 - (v/v0)^4 - (s*/gap)^2)``, s* = s0 + v T + v dv / (2 sqrt(a b));
-    gap = inf for a free road. Arrays broadcast."""
+    """IDM acceleration ``a_max (1 - (v/v0)^4 - (s*/gap)^2)``, with
+    s* = s0 + v T + v dv / (2 sqrt(a b)); gap = inf for a free road. Arrays broadcast. Returns
+    (acceleration, its free-road part)."""
     v, v0, gap, dv = (np.asarray(x, np.float64) for x in (v, v0, gap, dv))
     free = 1.0 - (v / np.maximum(v0, 0.1)) ** IDM_DELTA
     s_star = s0 + np.maximum(0.0, v * headway + v * dv / (2.0 * math.sqrt(a_max * b)))
@@ -292,13 +293,27 @@ class Simulation:
 
     # -- corridor queries ----------------------------------------------------------------------
 
+    def _static(self) -> dict:
+        """Per-agent constants as arrays (rebuilt when agents are added)."""
+        if getattr(self, '_static_n', -1) != len(self.agents):
+            a = self.agents
+            size = np.array([x.size for x in a], np.float64).reshape(-1, 3)
+            self._static_arrays = {
+                'L': size[:, 0], 'W': size[:, 1], 'size': size,
+                'ped': np.array([x.cls == 'pedestrian' for x in a], bool),
+                'vehicle': np.array([x.cls == 'vehicle' for x in a], bool)}
+            self._static_n = len(a)
+        return self._static_arrays
+
     def _arrays(self) -> dict:
         """Agents as arrays: s, d, length, width, s_speed, vd, is_ped."""
         a = self.agents
-        return {'s': np.array([x.s for x in a]), 'd': np.array([x.d for x in a]),
-                'L': np.array([x.size[0] for x in a]), 'W': np.array([x.size[1] for x in a]),
-                'vs': np.array([x.s_speed for x in a]), 'vd': np.array([x.vd for x in a]),
-                'ped': np.array([x.cls == 'pedestrian' for x in a], bool)}
+        out = dict(self._static())
+        out.update(s=np.array([x.s for x in a]), d=np.array([x.d for x in a]),
+                   vs=np.array([x.direction * x.v if x.cls == 'vehicle' else x.vs_walk
+                                for x in a]),
+                   vd=np.array([x.vd for x in a]))
+        return out
 
     def corridor_obstacles(self, predict: bool = True) -> list:
         """Obstacles in the ego's corridor ahead: (gap m, speed along s m/s, agent, entry time s).
@@ -450,8 +465,7 @@ class Simulation:
 
     def _agent_boxes(self) -> tuple:
         x, y, yaw = self._agent_poses()
-        size = np.array([a.size for a in self.agents]).reshape(-1, 3)
-        return np.stack([x, y], 1), yaw, size[:, :2] / 2
+        return np.stack([x, y], 1), yaw, self._static()['size'][:, :2] / 2
 
     def _check_collisions(self) -> None:
         now = []
@@ -459,13 +473,14 @@ class Simulation:
         if self.agents:
             c, yaws, halves = self._agent_boxes()
             near = np.flatnonzero(np.abs(c - centre).max(axis=1) < 8.0)
-            hit = near[boxes_overlap(centre, yaw, half, c[near], yaws[near], halves[near])]
+            hit = near[boxes_overlap(centre, yaw, half, c[near], yaws[near], halves[near])] \
+                if len(near) else near
             for i in hit:
                 now.append({'id': int(self.agents[i].id), 'class': self.agents[i].cls,
                             'time_s': round(self.t, 3), 'speed': round(self.ego.v, 3)})
         sc = self.scenery
         if len(sc):
-            near = np.linalg.norm(sc.centre[:, :2] - centre, axis=1) < 20.0
+            near = np.abs(sc.centre[:, :2] - centre).max(axis=1) < 12.0
             if near.any():
                 hit = boxes_overlap(centre, yaw, half, sc.centre[near, :2], sc.yaw[near],
                                     sc.size[near, :2] / 2)
@@ -519,15 +534,15 @@ class Simulation:
         d = np.array([a.d for a in self.agents])
         h = self.road.heading_at(s)
         k = self.road.curvature(s)
-        along = np.array([a.s_speed for a in self.agents])
-        along = np.where([a.cls == 'vehicle' for a in self.agents], along, along * (1 - k * d))
+        along = self._arrays()['vs']
+        along = np.where(self._static()['vehicle'], along, along * (1 - k * d))
         vd = np.array([a.vd for a in self.agents])
         return np.stack([along * np.cos(h) - vd * np.sin(h),
                          along * np.sin(h) + vd * np.cos(h)], axis=1)
 
     def objects(self, velocities: bool = True) -> Boxes:
         x, y, yaw = self._agent_poses()
-        size = np.array([a.size for a in self.agents], np.float64).reshape(-1, 3)
+        size = self._static()['size']
         return Boxes(centre=np.stack([x, y, size[:, 2] / 2], axis=1), yaw=yaw, size=size,
                      colour=np.array([a.colour for a in self.agents], np.uint8).reshape(-1, 3),
                      velocity=self.agent_velocities() if velocities else np.zeros((len(x), 2)),
@@ -537,7 +552,7 @@ class Simulation:
     def state(self, velocities: bool = True) -> WorldState:
         """The world now, ready to render (``render_camera``) or publish (``objects_json``)."""
         e = self.ego
+        route = self.route_ahead(ROUTE_AHEAD_M, ROUTE_SPACING_M)
         return WorldState(t=float(self.t), ego=(e.x, e.y, e.yaw),
                           objects=self.objects(velocities), scenery=self.scenery,
-                          ground=self.ground, route=self.route_ahead(ROUTE_AHEAD_M,
-                                                                      ROUTE_SPACING_M))
+                          ground=self.ground, route=route)
