@@ -16,7 +16,7 @@ from rsd_drive.cli import main as cli_main
 from rsd_drive.geometry import make_transform, project_points, quaternion_to_matrix, yaw_matrix
 from rsd_drive.scenario import (Boxes, Camera, ScenarioConfig, World, WorldState, generate_drive,
                                 generate_drives, render_camera, save_contact_sheet)
-from rsd_drive.scenario import record
+from rsd_drive.scenario import read_drive_info, record
 from rsd_drive.scenario.preview import decode_image
 from rsd_drive.scenario.record import TYPESTORE
 from rsd_drive.scenario.render import clip_polygon_near
@@ -183,6 +183,7 @@ def test_objects_json_schema(drive):
         steps = np.linalg.norm(np.diff(route, axis=0), axis=1)
         assert len(route) == 41 and np.all(np.abs(steps - 2.0) < 0.2)  # 2 m of road arc
     info = json.loads(bag['/scenario/info'][0][2].data)
+    assert read_drive_info(summary.path) == info
     assert info['family'] == summary.family and info['seed'] == 7
     assert info['requested_family'] == 'mixed' and info['collisions'] == []
     assert info['hazard']['family'] == summary.family

@@ -247,6 +247,18 @@ def json_safe(value):
     return value
 
 
+def read_drive_info(bag_path) -> dict | None:
+    """The ``/scenario/info`` record of a scenario bag (seed, family, requested_family, hazard,
+    collisions), or None for a bag without one (older drives, other sources)."""
+    from rosbags.rosbag2 import Reader
+
+    with Reader(bag_path) as reader:
+        conns = [c for c in reader.connections if c.topic == INFO_TOPIC_JSON]
+        for conn, _, raw in reader.messages(connections=conns):
+            return json.loads(TYPESTORE.deserialize_cdr(raw, conn.msgtype).data)
+    return None
+
+
 def info_json(world: World) -> str:
     return json.dumps(json_safe({'seed': world.seed, 'family': world.family,
                                  'requested_family': world.requested_family,
