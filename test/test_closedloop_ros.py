@@ -41,7 +41,7 @@ def test_ros_loop_agrees_with_in_process(tiny_model, tmp_path, compressed):
     from rsd_drive.closedloop.run import load_routes
 
     cfg = config(compressed=compressed)
-    family, seed = ('lead_brake', '0') if not compressed else ('ped_occluded', '1')
+    family, seed = ('lead_brake', '0') if not compressed else ('ped_occluded', '2')
     run_closed_loop(str(tiny_model), [family], seed, tmp_path, ros=True, cfg=cfg,
                     scenario_cfg=scenario(), progress=False)
     run_closed_loop(str(tiny_model), [family], seed, tmp_path, cfg=cfg,

@@ -325,6 +325,7 @@ class RosPlannerPolicy(Policy):
             if got:
                 break
         self.cursor_ns += int(self.ros.route_gap_s * 1e9)
+        self._odometry_lost()  # warm-up odometry sent before the node subscribed is not a route's
 
     def _stop(self) -> None:
         if self.process is not None:
