@@ -133,7 +133,8 @@ class Simulation:
     concrete family), ``requested_family``, ``agents``, ``scenery``, ``ground``, ``hazard`` (what
     the family placed and when it fired: a dict), ``route_length`` (m, the ego lane to the end of
     the road), ``collision_log`` (every contact of the ego since the start, once per contact, in
-    the :meth:`ego_collisions` schema).
+    the :meth:`ego_collisions` schema), ``expert_leader`` / ``expert_interaction`` (the agent id
+    the expert's IDM followed at its last call and the deceleration, m/s^2, that leader caused).
     """
 
     def __init__(self, seed: int, cfg: ScenarioConfig, family: str | None = None):
