@@ -230,3 +230,6 @@ def test_cli_closedloop(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match='not a policy'):
         main(['closedloop', str(tmp_path), '--family', 'cruise', '--seeds', '0', '--out',
               str(tmp_path / 'out2'), '--scenario-config', str(cfg)])
+    with pytest.raises(ValueError, match='needs a model policy'):
+        main(['closedloop', 'expert', '--ros', '--family', 'cruise', '--seeds', '0', '--out',
+              str(tmp_path / 'out3'), '--scenario-config', str(cfg)])

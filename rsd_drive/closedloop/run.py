@@ -116,7 +116,12 @@ def run_closed_loop(policy, families, seeds, out, backend: str = 'onnxruntime',
     families, seeds = list(families), parse_seeds(seeds)
     pol = policy if not isinstance(policy, (str, Path)) else None
     if pol is None and ros:
+        from rsd_drive.closedloop.policies import BASELINES
         from rsd_drive.ros.sim_world import RosPlannerPolicy
+
+        if str(policy) in BASELINES + ('cv',):
+            raise ValueError(f'--ros runs planner_node: it needs a model policy (a checkpoint '
+                             f'or model.onnx), not the built-in baseline {policy!r}')
 
         pol = RosPlannerPolicy(str(policy), backend, cfg, out, name=name)
     elif pol is None:
