@@ -191,7 +191,7 @@ def test_same_seed_same_metrics():
 
 
 def test_run_closed_loop_writes_report_and_resumes(tmp_path):
-    from rsd_drive.closedloop import format_summary_table, run_closed_loop
+    from rsd_drive.closedloop import format_arms_table, format_summary_table, run_closed_loop
     from rsd_drive.closedloop.run import route_paths
 
     cfg = ClosedLoopConfig()
@@ -211,6 +211,9 @@ def test_run_closed_loop_writes_report_and_resumes(tmp_path):
     md = (tmp_path / 'report.md').read_text()
     assert '| expert | 2 |' in md and 'rollouts/' in md
     assert '| constant-velocity |' in format_summary_table(summary)
+    arms = format_arms_table(summary, {'baselines': ['expert', 'constant-velocity']})
+    ds = [summary[p]['all']['driving_score'] for p in ('expert', 'constant-velocity')]
+    assert f'| baselines | 2 | {np.mean(ds):.2f} ± {np.std(ds, ddof=1):.2f} |' in arms
     # A rerun skips finished routes: their records are not rewritten.
     record = route_paths(tmp_path, 'expert', 'lead_brake', 0)['json']
     before = record.stat().st_mtime_ns

@@ -228,6 +228,26 @@ def format_summary_table(summary: dict, family: str = 'all', policies=None) -> s
     return '\n'.join(lines)
 
 
+def format_arms_table(summary: dict, arms: dict, family: str = 'all') -> str:
+    """Markdown table of arms evaluated once per training seed: ``arms`` maps a label to the
+    policy names of its seeds (e.g. ``{'lambda=0': ['lam0-s0', 'lam0-s1', 'lam0-s2']}``); each
+    cell is the mean ± sd over those policies of their per-route mean (a baseline is one name)."""
+    lines = ['| arm | seeds | driving score | success rate | collision rate | route completion |',
+             '| --- | --- | --- | --- | --- | --- |']
+    for label, names in arms.items():
+        aggs = [summary[n][family] for n in names if n in summary and family in summary[n]]
+        if not aggs:
+            continue
+        cells = []
+        for key in ('driving_score', 'success_rate', 'collision_rate', 'route_completion'):
+            values = np.array([a[key] for a in aggs], dtype=np.float64)
+            sd = values.std(ddof=1) if len(values) > 1 else 0.0
+            cells.append(f'{values.mean():.2f} ± {sd:.2f}' if len(values) > 1
+                         else f'{values.mean():.2f}')
+        lines.append(f'| {label} | {len(aggs)} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
 def format_family_table(summary: dict, metric: str = 'driving_score', policies=None) -> str:
     """Markdown table of one metric: policies as rows, families (and 'all') as columns."""
     policies = policies or sorted(summary)
