@@ -30,6 +30,7 @@ def tiny_model(tmp_path_factory):
 def config(**ros) -> ClosedLoopConfig:
     cfg = ClosedLoopConfig()
     cfg.ros.plan_deadline_s = 60.0   # pace to the node: a loaded machine is slow, not late
+    cfg.ros.intent_ack_timeout_s = 60.0
     for key, value in ros.items():
         setattr(cfg.ros, key, value)
     return cfg

@@ -286,7 +286,7 @@ class RosPlannerPolicy(Policy):
         return write_parameters(
             path, camera_parameters(self.rig, self.ros.compressed),
             model_dir=str(self.model_dir), backend=self.backend_kind, device='cpu',
-            threads=int(self.ros.threads), pad_short_history=True, odom_wait_s=2.0,
+            threads=int(self.ros.threads), pad_short_history=True, odom_wait_s=10.0,
             max_input_age_s=age, diagnostics_period_s=float(self.ros.diagnostics_period_s),
             output_frame='base_link', intent_topic='/scenario/intent', default_intent='straight')
 
