@@ -153,28 +153,34 @@ def frame_families(index_dir, bag_family: dict) -> list[str]:
     return out
 
 
-# -- the closed-loop stage (hook) ---------------------------------------------------------------
-CLOSED_LOOP_ENTRY = ('rsd_drive.closedloop', 'demo_closed_loop')
-
-
-def closed_loop_stage(out: Path, demo: dict, checkpoints: dict) -> dict | None:
-    """CLOSED-LOOP STAGE (hook). If the closed-loop package provides
-    ``rsd_drive.closedloop.demo_closed_loop(out_dir, policies, families, seeds) -> dict`` (with a
-    'table' in markdown), it drives expert, constant velocity and the trained arms on held-out
-    seeds and its table goes into report.md; otherwise the stage is skipped with the reason."""
-    import importlib
-
+# -- the closed-loop stage ----------------------------------------------------------------------
+def closed_loop_stage(out: Path, demo: dict, checkpoints: dict) -> dict:
+    """CLOSED-LOOP STAGE: ``rsd_drive.closedloop.run_closed_loop`` drives expert, constant
+    velocity and the trained arms (their first-seed checkpoints, torch backend: the export stage
+    comes later) on held-out seeds in process; its table goes into report.md. Skipped, with the
+    reason in the report, when disabled or when the closed-loop package is absent."""
     cl = demo.get('closed_loop') or {}
     if not cl.get('enabled', False):
         return {'skipped': 'closed_loop.enabled is false in config/demo.yaml'}
     try:
-        fn = getattr(importlib.import_module(CLOSED_LOOP_ENTRY[0]), CLOSED_LOOP_ENTRY[1])
-    except (ImportError, AttributeError) as e:
-        return {'skipped': f'{".".join(CLOSED_LOOP_ENTRY)} is not available ({e})'}
-    policies = {'expert': 'expert', 'constant velocity': 'constant-velocity', **checkpoints}
-    result = fn(out / 'closedloop', policies=policies, families=list(cl['families']),
-                seeds=list(cl['seeds']))
-    return {'table': result.get('table', ''), 'report': result.get('report')}
+        from rsd_drive.closedloop import format_family_table, format_summary_table
+        from rsd_drive.closedloop import run_closed_loop
+    except ImportError as e:
+        return {'skipped': f'rsd_drive.closedloop is not available ({e})'}
+    policies = {'expert': 'expert', 'constant velocity': 'constant-velocity',
+                **{name: str(path) for name, path in checkpoints.items()
+                   if name != 'random encoder'}}
+    families, seeds = list(cl['families']), ','.join(str(s) for s in cl['seeds'])
+    summary = {}
+    for name, spec in policies.items():
+        summary = run_closed_loop(spec, families, seeds, out / 'closedloop', backend='torch',
+                                  name=name.replace(' ', '_').replace('=', ''),
+                                  progress=True)
+    table = format_summary_table(summary)
+    print(table)
+    return {'table': table + '\n\n' + format_family_table(summary),
+            'report': str(out / 'closedloop' / 'report.md'), 'families': families,
+            'seeds': list(cl['seeds'])}
 
 
 def read_outputs(bag: Path) -> dict:
@@ -301,7 +307,9 @@ def run(args) -> int:
     stages.run('features', 'frozen encoder once per frame (fp16 feature cache)', cache)
     trained = stages.run(
         'train', f'arms over seeds {demo["seeds"]}: lambda=0, lambda={demo["risk_weight"]}, '
-                 f'ego-status-only, frozen random encoder; paired t-tests',
+                 f'ego-status-only'
+                 + (', frozen random encoder' if demo['compare_random_encoder'] else '')
+                 + '; paired t-tests',
         lambda: _train_arms(out, demo, model_cfg, train_cfg, encoder_cfg))
     checkpoint = Path(trained['checkpoint'])
 

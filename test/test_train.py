@@ -46,11 +46,20 @@ def small_config(data, out, **overrides):
     return TrainConfig(**kwargs)
 
 
+# Observed on this machine (2-core x86, torch 2.13 CPU) for the configuration below, training
+# seeds 0-2 x torch threads 1 and 2 (six runs, OMP_WAIT_POLICY=PASSIVE; table in README, Training
+# notes): val loss ratio 0.45-0.52, plan loss ratio 0.48-0.57, RFS - RFS(CV) +1.4..+1.9, ADE@5s
+# 3.36-3.86 m vs CV 4.46 m, risk Pearson 0.41-0.50, risk ECE 0.036-0.044. Every threshold below keeps
+# a clear margin from the worst of them (another CPU rounds differently: with the old MSE loss an
+# AMD EPYC got Pearson 0.158). LEARNING_SEED lets a person rerun the test with another seed.
+LEARNING_SEED = int(os.environ.get('RSD_DRIVE_TEST_SEED', '0'))
+
+
 def test_training_lowers_validation_loss_and_beats_constant_velocity(data, tmp_path):
     cfg = TrainConfig(lr=2e-3, warmup_steps=50, max_steps=500, batch_size=16, eval_every=250,
-                      checkpoint_every=100, keep_checkpoints=2, risk_loss='mse', risk_weight=1.0,
-                      index=str(data['train']), val_index=str(data['val']),
-                      out=str(tmp_path / 'run'))
+                      checkpoint_every=100, keep_checkpoints=2, risk_loss='focal',
+                      risk_weight=1.0, seed=LEARNING_SEED, index=str(data['train']),
+                      val_index=str(data['val']), out=str(tmp_path / 'run'))
     summary = train(tiny_model_config(), cfg, progress=False)
     before, after = summary['first_validation'], summary['last_validation']
     print('validation before:', before, '\nvalidation after:', after)
@@ -58,10 +67,14 @@ def test_training_lowers_validation_loss_and_beats_constant_velocity(data, tmp_p
     # Untrained, the GRU decodes the constant-velocity plan exactly (zero-initialised head).
     assert before['rfs'] == pytest.approx(before['rfs_cv'])
     assert after['val_loss'] < 0.7 * before['val_loss']
-    assert after['val_plan_loss'] < before['val_plan_loss']
-    assert after['rfs'] > after['rfs_cv'] + 1.0
+    assert after['val_plan_loss'] < 0.8 * before['val_plan_loss']
+    # Relative to the constant-velocity plan scored on the same frames in the same run.
+    assert after['rfs'] > after['rfs_cv'] + 0.75
     assert after['ade_5s'] < after['ade_5s_cv']
-    assert after['risk_pearson'] > 0.2  # the RiskHead learned where the teacher's risk is
+    # The RiskHead learned where the teacher's risk is, and (focal loss) on its scale.
+    assert after['risk_pearson'] > 0.25
+    assert after['risk_pearson'] > before['risk_pearson'] + 0.15
+    assert after['risk_topk_recall'] > before['risk_topk_recall']
 
     run = tmp_path / 'run'
     log = rows(run / 'train_log.csv')

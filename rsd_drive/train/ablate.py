@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from rsd_drive.atomic import write_text_atomic
+from rsd_drive.losses import RISK_LOSS_KINDS
 from rsd_drive.metrics import paired_t_test
 
 # (key in the evaluation report, column title, higher is better)
@@ -272,8 +273,9 @@ def add_arguments(parser) -> None:
     parser.add_argument('--out', required=True, help='ablation directory')
     parser.add_argument('--risk-weights', type=float, nargs='+', default=[0.0, 1.0],
                         help='lambda values (default: %(default)s)')
-    parser.add_argument('--kinds', nargs='+', default=['l1', 'mse', 'kl'],
-                        help='risk loss kinds for lambda > 0 (default: %(default)s)')
+    parser.add_argument('--kinds', nargs='+', default=list(RISK_LOSS_KINDS),
+                        choices=RISK_LOSS_KINDS,
+                        help='risk loss kinds for lambda > 0 (default: all of them)')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--arms', nargs='*', default=[], choices=ARMS,
                         help='extra arms: ego-status (use_cameras: false), random-encoder '
