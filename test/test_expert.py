@@ -146,3 +146,19 @@ def test_followers_react_to_the_ego():
     assert sim.ego.v == 0.0
     assert follower.v < speed_before - 3.0
     assert not sim.collision_log
+
+
+@pytest.mark.parametrize('family', ['ped_crossing', 'ped_occluded'])
+def test_a_policy_that_does_not_brake_meets_the_pedestrian(family):
+    """The hazard is real: the pedestrian stands in the ego's lane when a constant-speed,
+    lane-keeping ego gets there (the expert, on the same seed, slows and never touches it)."""
+    cfg = config(20.0)
+    for seed in (0, 1):
+        sim = Simulation(seed, cfg, family)
+        ped = sim.hazard['agent_id']
+        for _ in range(int(cfg.duration_s / sim.dt)):
+            sim.step(_lane_keeping(sim, 0.0))
+            if sim.collision_log:
+                break
+        assert [c['id'] for c in sim.collision_log] == [ped], (seed, sim.collision_log)
+        assert sim.collision_log[0]['class'] == 'pedestrian'

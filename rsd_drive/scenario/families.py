@@ -9,8 +9,10 @@ ego's time to arrival (distance / max(speed, 2 m/s)) so that the hazard enters t
     cruise           background traffic, sometimes a lead vehicle at its own desired speed
     lead_brake       a lead vehicle brakes hard to a stop, waits, drives on
     stopped_vehicle  a car stands in the ego's lane; it drives off once the ego has waited
-    ped_crossing     a pedestrian waits at the kerb (visible from afar) and crosses
-    ped_occluded     a pedestrian steps out from behind a parked car
+    ped_crossing     a pedestrian waits at the kerb (visible from afar), crosses and stands in the
+                     ego's lane until past the ego's constant-speed arrival (a policy that does
+                     not brake meets it there)
+    ped_occluded     a pedestrian steps out from behind a parked car (and stands, as above)
     cut_in           a car pulls out from the kerb into the ego's lane ahead (the road has one
                      lane per direction, so a cut-in comes from the kerb)
     ped_kerb         a pedestrian walks along the kerb of the ego's side and never crosses (risk
@@ -156,11 +158,13 @@ class PullOut(Script):
 
 
 class Crosser(Script):
-    """Waits at the kerb; when the ego is ``t_trigger`` seconds away, walks across at ``speed``
-    to ``d_end``, then walks off along the sidewalk."""
+    """Waits at the kerb; when the ego is ``t_trigger`` seconds away, walks across at ``speed``,
+    stands ``pause_s`` in the middle of the ego's lane (at ``d_pause``; it hesitates, as CARLA's
+    pedestrian scenarios do), walks on to ``d_end``, then off along the sidewalk."""
 
-    def __init__(self, t_trigger, speed, d_end):
+    def __init__(self, t_trigger, speed, d_end, d_pause=None, pause_s=0.0):
         self.t_trigger, self.speed, self.d_end, self.state = t_trigger, speed, d_end, 'wait'
+        self.d_pause, self.pause_s, self.t_pause = d_pause, pause_s, None
 
     def update(self, sim, agent):
         direction = 1.0 if self.d_end > agent.d else -1.0
@@ -169,10 +173,15 @@ class Crosser(Script):
             note_trigger(sim)
         elif self.state == 'walk':
             note_onset(sim, agent)
-            if (self.d_end - agent.d) * math.copysign(1.0, agent.vd) <= 0:
+            if self.d_pause is not None and self.t_pause is None \
+                    and (self.d_pause - agent.d) * direction <= 0:
+                self.state, self.t_pause, agent.vd, agent.d = 'pause', sim.t, 0.0, self.d_pause
+            elif (self.d_end - agent.d) * math.copysign(1.0, agent.vd or direction) <= 0:
                 self.state, agent.vd, agent.d = 'done', 0.0, self.d_end
                 agent.vs_walk = 1.0
                 agent.yaw_off = 0.0
+        elif self.state == 'pause' and sim.t - self.t_pause >= self.pause_s:
+            self.state, agent.vd = 'walk', direction * self.speed
 
 
 class KerbWalker(Script):
@@ -233,14 +242,21 @@ def family_stopped_vehicle(sim, rng, p):
     sim.hazard.update(agent_id=car.id, planned_arrival_time=round(t_arr, 3))
 
 
-def _crosser(sim, rng, s, d0, d_end, speed, ttc, role):
+def _crosser(sim, rng, s, d0, d_end, speed, ttc, pause, role):
     """A pedestrian at (s, d0) that crosses to d_end, triggered ``ttc`` s before the ego would
-    reach it plus the time it needs to reach the corridor."""
-    t_enter = max(abs(d0 - sim.lane_d) - _corridor_half(PEDESTRIAN_SIZE[1], sim), 0.0) / speed
+    reach it plus the time it needs to reach the corridor. It stands in the middle of the ego's
+    lane for at least ``pause`` s and until 1.5 s past the ego's arrival at its trigger-time
+    speed: a policy that does not brake meets it there."""
+    half = _corridor_half(PEDESTRIAN_SIZE[1], sim)
+    t_enter = max(abs(d0 - sim.lane_d) - half, 0.0) / speed
+    t_centre = abs(d0 - sim.lane_d) / speed
     direction = 1.0 if d_end > d0 else -1.0
+    t_trigger = t_enter + ttc
+    script = Crosser(t_trigger, speed, d_end, d_pause=sim.lane_d,
+                     pause_s=max(pause, t_trigger - t_centre + 1.5))
     return sim.add_agent('pedestrian', role, s, d0, PEDESTRIAN_SIZE,
                          _colour(rng, PEDESTRIAN_COLOURS), yaw_off=direction * math.pi / 2,
-                         script=Crosser(t_enter + ttc, speed, d_end))
+                         script=script)
 
 
 def family_ped_crossing(sim, rng, p):
@@ -248,7 +264,7 @@ def family_ped_crossing(sim, rng, p):
     kerb = sim.half + 0.8
     side = 1.0 if rng.random() < p['from_left_prob'] else -1.0
     ped = _crosser(sim, rng, s, side * kerb, -side * kerb, uniform(rng, p['walk_speed']),
-                   uniform(rng, p['ttc_at_onset_s']), 'crossing')
+                   uniform(rng, p['ttc_at_onset_s']), uniform(rng, p['pause_s']), 'crossing')
     sim.exclusions.append((s - 10.0, s + 10.0))
     sim.hazard.update(agent_id=ped.id, planned_arrival_time=round(t_arr, 3),
                       from_side='left' if side > 0 else 'right')
@@ -261,7 +277,7 @@ def family_ped_occluded(sim, rng, p):
     car = sim.add_agent('vehicle', 'occluder', s_car, d_park, VEHICLE_SIZE,
                         _colour(rng, VEHICLE_COLOURS))
     ped = _crosser(sim, rng, s, d_park, sim.half + 0.8, uniform(rng, p['walk_speed']),
-                   uniform(rng, p['ttc_at_onset_s']), 'occluded')
+                   uniform(rng, p['ttc_at_onset_s']), uniform(rng, p['pause_s']), 'occluded')
     sim.exclusions.append((s_car - 10.0, s + 10.0))
     sim.hazard.update(agent_id=ped.id, occluder_id=car.id, planned_arrival_time=round(t_arr, 3))
 
