@@ -87,14 +87,17 @@ def save_contact_sheet(bag_or_frames, png_path, frame: int | None = None) -> Pat
 
 
 def _sheet_times(world) -> list:
-    """Four frame times that show a family's hazard: before it fires, at its onset, and two
-    later frames; spread over the drive when nothing fires."""
+    """Four frame times that show a family's hazard: before its onset, at it, the expert's
+    slowest moment after it and 2 s later; spread over the drive when nothing fires."""
     duration = world.cfg.duration_s
     h = world.hazard
     onset = h.get('onset_time') if h.get('onset_time') is not None else h.get('trigger_time')
     if onset is None or not onset > 0:
         return [duration * f for f in (0.2, 0.4, 0.6, 0.8)]
-    times = [max(onset - 2.0, 0.0), onset, onset + 1.0, onset + 2.5]
+    # Before, at the onset, the expert's slowest moment in the 8 s after it, 2 s later.
+    t = world.sim_t[(world.sim_t >= onset) & (world.sim_t <= min(onset + 8.0, duration))]
+    slowest = float(t[np.argmin(world.speed(t))]) if len(t) else onset + 1.0
+    times = [max(onset - 2.0, 0.0), onset, max(slowest, onset + 0.5), max(slowest, onset) + 2.0]
     return [min(t, duration - 0.1) for t in times]
 
 
