@@ -160,7 +160,8 @@ def route(policy_name, family, seed, **kw):
                      **kw)[0]
 
 
-@pytest.mark.parametrize('family', ['lead_brake', 'stopped_vehicle'])
+@pytest.mark.parametrize('family', ['lead_brake', 'stopped_vehicle', 'ped_crossing',
+                                    'ped_occluded'])
 def test_expert_drives_hazards_without_collision_constant_velocity_collides(family):
     for seed in (0, 1):
         expert = route('expert', family, seed)
@@ -169,8 +170,9 @@ def test_expert_drives_hazards_without_collision_constant_velocity_collides(fami
         assert expert['driving_score'] >= 0.95
         assert cv['collisions'], cv
         assert cv['driving_score'] < expert['driving_score']
-        # The hazard is what collides: the expert slows for it, constant velocity does not.
-        assert cv['collisions'][0]['speed'] > 2.0
+        # The hazard is what it hits: the expert slows for it, constant velocity does not.
+        hazard = 'pedestrian' if family.startswith('ped_') else 'vehicle'
+        assert cv['collisions'][0]['class'] == hazard and cv['collisions'][0]['speed'] > 2.0
 
 
 def test_expert_succeeds_on_every_family():
