@@ -331,9 +331,13 @@ def test_cli_records_every_family(tmp_path, capsys):
     from rsd_drive.scenario.config import FAMILY_CHOICES
     for i, family in enumerate(FAMILY_CHOICES):
         out = tmp_path / family
+        sheet = ['--family-sheet'] if family == 'lead_brake' else []
         rc = cli_main(['scenario', '--out', str(out), '--seed', str(i), '--family', family,
-                       '--duration', '0.3', '--no-progress'])
+                       '--duration', '0.3', '--no-progress'] + sheet)
         assert rc == 0
+        if sheet:
+            png = cv2.imread(str(out / f'drive_{i:04d}_lead_brake.png'))
+            assert png is not None and png.shape[0] > 300 and png.std() > 10
         printed = capsys.readouterr().out
         bag = read_bag(out / f'drive_{i:04d}')
         info = json.loads(bag['/scenario/info'][0][2].data)
