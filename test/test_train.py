@@ -48,10 +48,11 @@ def small_config(data, out, **overrides):
 
 # Observed on this machine (2-core x86, torch 2.13 CPU) for the configuration below, training
 # seeds 0-2 x torch threads 1 and 2 (six runs, OMP_WAIT_POLICY=PASSIVE; table in README, Training
-# notes): val loss ratio 0.45-0.52, plan loss ratio 0.48-0.57, RFS - RFS(CV) +1.4..+1.9, ADE@5s
-# 3.36-3.86 m vs CV 4.46 m, risk Pearson 0.41-0.50, risk ECE 0.036-0.044. Every threshold below keeps
-# a clear margin from the worst of them (another CPU rounds differently: with the old MSE loss an
-# AMD EPYC got Pearson 0.158). LEARNING_SEED lets a person rerun the test with another seed.
+# notes): val loss ratio 0.45-0.52, plan loss ratio 0.48-0.57, RFS - RFS(CV) +1.42..+1.85,
+# ADE@5s 3.26-3.86 m vs CV 4.46 m, risk Pearson 0.41-0.55 (untrained: -0.13..0.06), top-5 %
+# recall 0.31-0.48 (untrained 0.00-0.06). Every threshold below keeps a clear margin from the
+# worst of them (another CPU rounds differently: with the old MSE loss an AMD EPYC got Pearson
+# 0.158). RSD_DRIVE_TEST_SEED reruns the test with another training seed.
 LEARNING_SEED = int(os.environ.get('RSD_DRIVE_TEST_SEED', '0'))
 
 

@@ -206,7 +206,8 @@ def paired_tests(runs: list[dict], baseline: dict | None, reference: str = REFER
 
 def paired_table(paired: dict) -> str:
     """Markdown: mean difference (arm - other), t, df and the two-sided p-value."""
-    lines = ['| arm | against | metric | mean diff | t | df | p |', '|---|---|---|---|---|---|---|']
+    lines = ['| arm | against | metric | mean diff | t | df | p |',
+             '|---|---|---|---|---|---|---|']
     for name, entry in paired.items():
         for other, tests in entry.items():
             for key, test in tests.items():
