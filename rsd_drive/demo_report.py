@@ -168,16 +168,23 @@ def _calibration_lines(evaluation: dict) -> list:
     if not cal:
         return []
     thr = cal['marker_threshold']
+    if thr['f1'] > 0:
+        marker = (f'The student threshold that best finds the teacher\'s cells >= '
+                  f'{thr["risky"]:g} is {thr["threshold"]:.2f} (precision '
+                  f'{thr["precision"]:.2f}, recall '
+                  f'{thr["recall"]:.2f}, F1 {thr["f1"]:.2f}): the value for the node\'s '
+                  f'`marker_risk_threshold`.')
+    else:
+        marker = (f'No student threshold finds the teacher\'s cells >= {thr["risky"]:g} (F1 0 at '
+                  f'every threshold): this RiskHead has not learned where the hazards are, so '
+                  f'it cannot set `marker_risk_threshold`.')
     return ['## Risk calibration of the deployed RiskHead', '',
             f'Expected calibration error {cal["ece"]:.4f} over all cells, '
             f'{cal["ece_risky_cells"]:.3f} over cells where the student or the teacher says '
             f'>= {cal["risky_cell"]:g}; mean cell risk student {cal["student_mean"]:.4f} vs '
             f'teacher {cal["teacher_mean"]:.4f}, mean per-frame maximum '
-            f'{cal["student_max_mean"]:.2f} vs {cal["teacher_max_mean"]:.2f}. The student '
-            f'threshold that best finds the teacher\'s cells >= {thr["risky"]:g} is '
-            f'{thr["threshold"]:.2f} (precision {thr["precision"]:.2f}, recall '
-            f'{thr["recall"]:.2f}, F1 {thr["f1"]:.2f}): the value for the node\'s '
-            f'`marker_risk_threshold`. Reliability diagram: `eval/reliability.png`.', '']
+            f'{cal["student_max_mean"]:.2f} vs {cal["teacher_max_mean"]:.2f}. {marker} '
+            f'Reliability diagram: `eval/reliability.png`.', '']
 
 
 def _closed_loop_lines(done: dict) -> list:
