@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     'export': ('rsd_drive.deploy.export', 'export a checkpoint to one ONNX graph'),
     'replay': ('rsd_drive.ros.replay', 'play a bag into ROS 2 topics with /clock; record outputs'),
     'bench': ('rsd_drive.bench.cli', 'benchmarks: model | node | label | train'),
+    'closedloop': ('rsd_drive.closedloop.cli', 'closed-loop driving: policy vs the scenario world'),
     'demo': ('rsd_drive.demo', 'the end-to-end default: drives -> labels -> train -> node'),
 }
 

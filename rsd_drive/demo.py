@@ -1,9 +1,11 @@
 """``rsd-drive demo`` (``make demo``): the whole job end to end on generated scenario drives.
 
-drives -> teacher labels + training index -> frozen-encoder feature cache -> training of the
-lambda = 0 and lambda > 0 arms over seeds -> evaluation of the deployed checkpoint -> pretrained vs
-random frozen encoder -> ONNX export -> replay of a held-out drive through ``planner_node`` over
-real DDS, outputs recorded -> ``summary.png`` and ``report.md``.
+drives of every scenario family -> teacher labels + training index -> frozen-encoder feature
+cache -> the arms over seeds (lambda = 0, lambda > 0, ego-status-only and, when configured, the
+frozen random encoder; constant velocity is scored beside them) with paired t-tests -> evaluation
+and calibration of the deployed checkpoint -> [closed-loop stage] -> ONNX export -> replay of a
+held-out drive through ``planner_node`` over real DDS, outputs recorded -> ``summary.png`` and
+``report.md`` (per family and overall).
 
 Every stage calls the same code a user runs (the CLI subcommands and their functions), on the sizes
 of config/demo.yaml. Each stage is skipped when its outputs already exist, so an interrupted demo
@@ -74,15 +76,6 @@ def choose_encoder(kind: str):
     return EncoderConfig(source='config'), 'random ViT (dinov2 architecture, small), frozen'
 
 
-def random_like(encoder_cfg):
-    """A randomly initialised encoder of the same size as DINOv2 ViT-S/14."""
-    from rsd_drive.model.config import EncoderConfig
-
-    return EncoderConfig(source='config', model_type='dinov2', hidden_size=384, num_layers=12,
-                         num_heads=6, patch_size=14, image_mean=encoder_cfg.image_mean,
-                         image_std=encoder_cfg.image_std)
-
-
 def write_train_config(path: Path, demo: dict, encoder_cfg, indexes: dict, **train_overrides):
     from rsd_drive.train.config import load_config, save_config
 
@@ -94,6 +87,100 @@ def write_train_config(path: Path, demo: dict, encoder_cfg, indexes: dict, **tra
                         **train_overrides)
     save_config(path, model_cfg, train_cfg)
     return model_cfg, train_cfg
+
+
+# -- scenario families ----------------------------------------------------------------------------
+def family_support():
+    """How this checkout's scenario package takes a family: 'config' (a ScenarioConfig field),
+    'argument' (a ``family=`` argument of generate_drives) or None (no families yet)."""
+    import inspect
+    from dataclasses import fields
+
+    from rsd_drive.scenario import ScenarioConfig, generate_drives
+
+    if 'family' in {f.name for f in fields(ScenarioConfig)}:
+        return 'config'
+    if 'family' in inspect.signature(generate_drives).parameters:
+        return 'argument'
+    return None
+
+
+def generate_family_drives(out_dir: Path, family: str, seed: int, count: int, scen) -> list:
+    """``count`` drives of one family (or of the default world where families do not exist)."""
+    from rsd_drive.scenario import generate_drives
+
+    how = family_support()
+    if how == 'config':
+        return generate_drives(out_dir, seed, count, replace(scen, family=family))
+    if how == 'argument':
+        return generate_drives(out_dir, seed, count, scen, family=family)
+    return generate_drives(out_dir, seed, count, scen)
+
+
+def make_drives(drives: Path, demo: dict) -> dict:
+    """Train and held-out drives per family: {'train': [...], 'val': [...], 'family': {bag: f}}.
+    Held-out seeds never overlap training seeds; each family gets its own seed block."""
+    from rsd_drive.scenario import ScenarioConfig
+
+    scen = ScenarioConfig.from_yaml(config_file('scenario.yaml'))
+    scen = replace(scen, duration_s=float(demo['duration_s']), image_hz=float(demo['image_hz']))
+    families = list(demo['families']) if family_support() else ['default']
+    if not family_support():
+        print('    this scenario package has no families yet: one default world', flush=True)
+    out = {'train': [], 'val': [], 'family': {}}
+    for k, family in enumerate(families):
+        for split, seed0, count in (('train', demo['train_seed'], demo['train_drives']),
+                                    ('val', demo['val_seed'], demo['val_drives'])):
+            bags = generate_family_drives(drives / split / family, family,
+                                          int(seed0) + 100 * k, int(count), scen)
+            out[split] += [str(b) for b in bags]
+            out['family'].update({str(b): family for b in bags})
+    return out
+
+
+def frame_families(index_dir, bag_family: dict) -> list[str]:
+    """Family of every frame of an index, from the bag its shard was labelled from."""
+    from rsd_drive.data.index import FrameIndex
+
+    index = FrameIndex(index_dir)
+    by_name = {str(Path(b).resolve()): f for b, f in bag_family.items()}
+    shards = index.manifest['shards']
+    out = []
+    for i in range(len(index)):
+        name, _ = index.locate(i)
+        bag = str(Path(shards[name].get('bag', '')).resolve())
+        out.append(by_name.get(bag, 'unknown'))
+    return out
+
+
+# -- the closed-loop stage ----------------------------------------------------------------------
+def closed_loop_stage(out: Path, demo: dict, checkpoints: dict) -> dict:
+    """CLOSED-LOOP STAGE: ``rsd_drive.closedloop.run_closed_loop`` drives expert, constant
+    velocity and the trained arms (their first-seed checkpoints, torch backend: the export stage
+    comes later) on held-out seeds in process; its table goes into report.md. Skipped, with the
+    reason in the report, when disabled or when the closed-loop package is absent."""
+    cl = demo.get('closed_loop') or {}
+    if not cl.get('enabled', False):
+        return {'skipped': 'closed_loop.enabled is false in config/demo.yaml'}
+    try:
+        from rsd_drive.closedloop import format_family_table, format_summary_table
+        from rsd_drive.closedloop import run_closed_loop
+    except ImportError as e:
+        return {'skipped': f'rsd_drive.closedloop is not available ({e})'}
+    policies = {'expert': 'expert', 'constant velocity': 'constant-velocity',
+                **{name: str(path) for name, path in checkpoints.items()
+                   if name != 'random encoder'}}
+    families, seeds = list(cl['families']), ','.join(str(s) for s in cl['seeds'])
+    summary = {}
+    for name, spec in policies.items():
+        summary = run_closed_loop(spec, families, seeds, out / 'closedloop', backend='torch',
+                                  name=name.replace(' ', '_').replace('=', ''),
+                                  progress=True)
+    table = format_summary_table(summary)
+    print(table)
+    return {'table': table + '\n\n' + format_family_table(summary),
+            'report': str(out / 'closedloop' / 'report.md'), 'families': families,
+            'seeds': list(cl['seeds'])}
 
 
 def read_outputs(bag: Path) -> dict:
@@ -160,9 +247,28 @@ def add_arguments(parser) -> None:
     parser.add_argument('--config', help='demo config (default: config/demo.yaml)')
 
 
+def _train_arms(out: Path, demo: dict, model_cfg, train_cfg, encoder_cfg) -> dict:
+    from rsd_drive.train.ablate import run_ablation
+
+    arms = ['ego-status']
+    if demo['compare_random_encoder'] and encoder_cfg.source != 'config':
+        arms.append('random-encoder')
+    result = run_ablation(model_cfg, train_cfg, out / 'ablation',
+                          risk_weights=(0.0, float(demo['risk_weight'])),
+                          kinds=(train_cfg.risk_loss,), seeds=demo['seeds'], arms=arms,
+                          arm_weight=float(demo['risk_weight']))
+    print(result['table'])
+    print(result['paired_table'])
+    deployed = next(r for r in result['runs'] if r['variant'].startswith('lambda=')
+                    and r['risk_weight'] > 0 and r['seed'] == demo['seeds'][0])
+    first = {r['variant']: r['checkpoint'] for r in result['runs']
+             if r['seed'] == demo['seeds'][0]}
+    return {'ablation': str(out / 'ablation' / 'ablation.json'),
+            'checkpoint': deployed['checkpoint'], 'arm_checkpoints': first}
+
+
 def run(args) -> int:
     from rsd_drive.demo_report import write_report, write_summary_png
-    from rsd_drive.scenario import ScenarioConfig, generate_drives
 
     from rsd_drive.ros.dds import confine_dds_to_host
 
@@ -182,15 +288,8 @@ def run(args) -> int:
     model_cfg, train_cfg = write_train_config(train_yaml, demo, encoder_cfg, index, **steps)
     print(f'rsd_drive demo -> {out}/  (frozen encoder: {encoder_desc})')
 
-    def make_drives():
-        scen = ScenarioConfig.from_yaml(config_file('scenario.yaml'))
-        scen = replace(scen, duration_s=float(demo['duration_s']),
-                       image_hz=float(demo['image_hz']))
-        train = generate_drives(drives / 'train', demo['train_seed'], demo['train_drives'], scen)
-        val = generate_drives(drives / 'val', demo['val_seed'], demo['val_drives'], scen)
-        return {'train': [str(p) for p in train], 'val': [str(p) for p in val]}
-
-    bags = stages.run('drives', 'generate scenario drives (rosbag2 MCAP, 6 cameras)', make_drives)
+    bags = stages.run('drives', 'scenario drives per family (rosbag2 MCAP, 6 cameras)',
+                      lambda: make_drives(drives, demo))
 
     def label():
         for split in ('train', 'val'):
@@ -211,20 +310,12 @@ def run(args) -> int:
         return True
 
     stages.run('features', 'frozen encoder once per frame (fp16 feature cache)', cache)
-
-    def train():
-        from rsd_drive.train.ablate import run_ablation
-        result = run_ablation(model_cfg, train_cfg, out / 'ablation',
-                              risk_weights=(0.0, float(demo['risk_weight'])),
-                              kinds=(train_cfg.risk_loss,), seeds=demo['seeds'])
-        print(result['table'])
-        deployed = next(r for r in result['runs'] if r['risk_weight'] > 0
-                        and r['seed'] == demo['seeds'][0])
-        return {'ablation': str(out / 'ablation' / 'ablation.json'),
-                'checkpoint': deployed['checkpoint']}
-
-    trained = stages.run('train', f'adapter + planner + GRU + RiskHead: lambda=0 and '
-                                  f'lambda={demo["risk_weight"]}, seeds {demo["seeds"]}', train)
+    trained = stages.run(
+        'train', f'arms over seeds {demo["seeds"]}: lambda=0, lambda={demo["risk_weight"]}, '
+                 f'ego-status-only'
+                 + (', frozen random encoder' if demo['compare_random_encoder'] else '')
+                 + '; paired t-tests',
+        lambda: _train_arms(out, demo, model_cfg, train_cfg, encoder_cfg))
     checkpoint = Path(trained['checkpoint'])
 
     def evaluate():
@@ -234,33 +325,10 @@ def run(args) -> int:
         return str(out / 'eval' / 'report.json')
 
     stages.run('evaluate', f'the deployed checkpoint (lambda={demo["risk_weight"]}, seed '
-                           f'{demo["seeds"][0]}) on held-out drives: RFS, ADE, risk', evaluate)
-
-    def encoders():
-        if not demo['compare_random_encoder'] or encoder_cfg.source == 'config':
-            print('    skipped: no pretrained encoder to compare')
-            return None
-        from rsd_drive.train.ablate import run_ablation
-        rand_yaml = out / 'train_random_encoder.yaml'
-        rand_model, rand_train = write_train_config(
-            rand_yaml, demo, random_like(encoder_cfg), index, **steps)
-        (out / 'encoders').mkdir(exist_ok=True)
-        for split in ('train', 'val'):
-            _check(cli_main(['cache', str(index[split]), '--config', str(rand_yaml)]),
-                   f'random-encoder feature cache {split}')
-        # The pretrained arm is the ablation's lambda > 0 runs: same config, steps and seeds.
-        ablation = json.loads((out / 'ablation' / 'ablation.json').read_text())
-        pretrained = {k: v for k, v in ablation['summary'].items() if k != 'lambda=0'}
-        random = run_ablation(rand_model, rand_train, out / 'encoders' / 'random',
-                              risk_weights=(float(demo['risk_weight']),),
-                              kinds=(rand_train.risk_loss,), seeds=demo['seeds'])
-        results = {'pretrained': pretrained, 'random': random['summary']}
-        path = out / 'encoders' / 'encoders.json'
-        path.write_text(json.dumps(results, indent=1))
-        return str(path)
-
-    stages.run('encoders', 'frozen pretrained vs frozen random encoder of the same size',
-               encoders)
+                           f'{demo["seeds"][0]}) on held-out drives: RFS, ADE, risk calibration',
+               evaluate)
+    stages.run('closedloop', 'closed loop on held-out seeds (hook: rsd_drive.closedloop)',
+               lambda: closed_loop_stage(out, demo, trained['arm_checkpoints']))
 
     def export():
         _check(cli_main(['export', str(checkpoint)]), 'export')
@@ -279,7 +347,9 @@ def run(args) -> int:
         png = write_summary_png(out / 'summary.png', index['val'], val_bag.name, outputs,
                                 model_cfg.grid)
         stages.timings['total_so_far'] = round(time.monotonic() - t_start, 1)
-        md = write_report(out / 'report.md', out, stages.state, demo, encoder_desc, outputs)
+        families = frame_families(index['val'], bags['family'])
+        md = write_report(out / 'report.md', out, stages.state, demo, encoder_desc, outputs,
+                          families)
         return {'png': str(png), 'report': str(md)}
 
     result = stages.run('summary', 'summary.png and report.md', summary)

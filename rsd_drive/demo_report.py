@@ -105,50 +105,133 @@ def _latency_table(diagnostics: dict) -> str:
     return 'no latency diagnostics were recorded'
 
 
+FAMILY_METRICS = (('rfs', 'RFS', '{:.2f}'), ('ade_3s', 'ADE@3s (m)', '{:.2f}'),
+                  ('ade_5s', 'ADE@5s (m)', '{:.2f}'), ('risk_pearson', 'risk CC', '{:.2f}'))
+
+
+def family_stats(runs: list, families: list) -> dict:
+    """{group: {arm: {metric: [value per seed]}}} with groups 'overall' and every family; the
+    constant-velocity plan is the arm 'constant velocity' (one value: it is deterministic)."""
+    families = np.asarray(families)
+    groups = {'overall': np.ones(len(families), dtype=bool)}
+    groups.update({f: families == f for f in dict.fromkeys(families.tolist())})
+    out = {}
+    for group, mask in groups.items():
+        table = out.setdefault(group, {})
+        for r in runs:
+            frames = np.asarray(r['per_frame']['frame'])
+            sel = mask[frames]
+            if not sel.any():
+                continue
+            arm = table.setdefault(r['variant'], {})
+            for key, _, _ in FAMILY_METRICS:
+                arm.setdefault(key, []).append(
+                    float(np.mean(np.asarray(r['per_frame'][f'model.{key}'])[sel])))
+            if 'constant velocity' not in table:
+                table['constant velocity'] = {
+                    key: [float(np.mean(np.asarray(r['per_frame'][f'cv.{key}'])[sel]))]
+                    for key, _, _ in FAMILY_METRICS if f'cv.{key}' in r['per_frame']}
+        for arm in table.values():
+            arm['frames'] = int(mask.sum())
+    return out
+
+
+def _cell(values, fmt: str) -> str:
+    if not values:
+        return '-'
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) == 1:
+        return fmt.format(v[0])
+    return f'{fmt.format(v.mean())} ± {fmt.format(v.std(ddof=1))}'
+
+
+def family_table(stats: dict) -> str:
+    """Markdown: one block of rows per group (overall first), one row per arm."""
+    head = ('| group | frames | arm | seeds | ' + ' | '.join(t for _, t, _ in FAMILY_METRICS)
+            + ' |')
+    lines = [head, '|' + '---|' * (len(FAMILY_METRICS) + 4)]
+    for group, arms in stats.items():
+        order = ['constant velocity'] + [a for a in arms if a != 'constant velocity']
+        for arm in order:
+            if arm not in arms:
+                continue
+            m = arms[arm]
+            seeds = len(m.get('rfs', [])) if arm != 'constant velocity' else '-'
+            cells = [_cell(m.get(k, []), fmt) for k, _, fmt in FAMILY_METRICS]
+            lines.append(f'| {group} | {m["frames"]} | {arm} | {seeds} | ' + ' | '.join(cells)
+                         + ' |')
+    return '\n'.join(lines)
+
+
+def _calibration_lines(evaluation: dict) -> list:
+    cal = evaluation.get('calibration')
+    if not cal:
+        return []
+    thr = cal['marker_threshold']
+    if thr['f1'] > 0:
+        marker = (f'The student threshold that best finds the teacher\'s cells >= '
+                  f'{thr["risky"]:g} is {thr["threshold"]:.2f} (precision '
+                  f'{thr["precision"]:.2f}, recall '
+                  f'{thr["recall"]:.2f}, F1 {thr["f1"]:.2f}): the value for the node\'s '
+                  f'`marker_risk_threshold`.')
+    else:
+        marker = (f'No student threshold finds the teacher\'s cells >= {thr["risky"]:g} (F1 0 at '
+                  f'every threshold): this RiskHead has not learned where the hazards are, so '
+                  f'it cannot set `marker_risk_threshold`.')
+    return ['## Risk calibration of the deployed RiskHead', '',
+            f'Expected calibration error {cal["ece"]:.4f} over all cells, '
+            f'{cal["ece_risky_cells"]:.3f} over cells where the student or the teacher says '
+            f'>= {cal["risky_cell"]:g}; mean cell risk student {cal["student_mean"]:.4f} vs '
+            f'teacher {cal["teacher_mean"]:.4f}, mean per-frame maximum '
+            f'{cal["student_max_mean"]:.2f} vs {cal["teacher_max_mean"]:.2f}. {marker} '
+            f'Reliability diagram: `eval/reliability.png`.', '']
+
+
+def _closed_loop_lines(done: dict) -> list:
+    result = done.get('closedloop') or {}
+    lines = ['## Closed loop on held-out seeds', '']
+    if result.get('table'):
+        return lines + [result['table'], '']
+    return lines + [f'Not run: {result.get("skipped", "no closed-loop stage")}.', '']
+
+
 def write_report(path: Path, out: Path, state: dict, demo: dict, encoder_desc: str,
-                 outputs: dict) -> Path:
+                 outputs: dict, families: list | None = None) -> Path:
     from rsd_drive.train.evaluate import format_report
 
     done = state['done']
     evaluation = json.loads(Path(done['evaluate']).read_text())
     ablation = json.loads(Path(done['train']['ablation']).read_text())
     o = evaluation['overall']
+    fam = sorted(set(families)) if families else []
     lines = [
         '# rsd_drive demo report', '',
         f'Frozen encoder: {encoder_desc}. Teacher: scene-oracle (privileged, from the drives\' '
         f'ground-truth objects, through the same BEV projection as the VLM backends).', '',
-        f'Drives: {demo["train_drives"]} for training (seeds from {demo["train_seed"]}), '
-        f'{demo["val_drives"]} held out (seeds from {demo["val_seed"]}), {demo["duration_s"]} s '
-        f'each, 6 cameras at {demo["image_hz"]} Hz, model input {demo["image_size"]}. Frames: '
-        f'{done["labels"]}.', '',
-        '## Planning on held-out drives', '',
-        f'Learned planner RFS {o["model"]["rfs"]:.2f} vs constant-velocity baseline '
-        f'{o["cv"]["rfs"]:.2f}; ADE@3s {o["model"]["ade_3s"]:.2f} m vs {o["cv"]["ade_3s"]:.2f} m; '
-        f'ADE@5s {o["model"]["ade_5s"]:.2f} m vs {o["cv"]["ade_5s"]:.2f} m.', '',
+        f'Drives per family ({", ".join(fam) if fam else "default world"}): '
+        f'{demo["train_drives"]} for training, {demo["val_drives"]} held out (other seeds), '
+        f'{demo["duration_s"]} s each, 6 cameras at {demo["image_hz"]} Hz, model input '
+        f'{demo["image_size"]}. Frames: {done["labels"]}.', '',
+        '## Arms per family and overall (held-out drives)', '',
+        f'Every arm trains with identical settings ({demo["train"]}) once per seed '
+        f'{demo["seeds"]}, on the same data, scored by its final checkpoint; mean ± sample sd '
+        f'over seeds. Constant velocity is deterministic. Not tuned until an arm wins: these are '
+        f'the numbers of the first run of this configuration.', '',
+        family_table(family_stats(ablation['runs'], families)) if families else
+        ablation['table'], '',
+        '### Paired comparisons', '', ablation.get('paired_table', ''), '',
+        f'## The deployed checkpoint (lambda = {demo["risk_weight"]}, seed {demo["seeds"][0]})',
+        '',
+        f'RFS {o["model"]["rfs"]:.2f} vs constant velocity {o["cv"]["rfs"]:.2f}; ADE@3s '
+        f'{o["model"]["ade_3s"]:.2f} m vs {o["cv"]["ade_3s"]:.2f} m; ADE@5s '
+        f'{o["model"]["ade_5s"]:.2f} m vs {o["cv"]["ade_5s"]:.2f} m.', '',
         format_report(evaluation), '',
         'RFS: the official Waymo E2E definition with the logged future as the single rated '
         'trajectory (label 10), so it ranges 4..10. Risk columns compare the RiskHead with the '
         'teacher\'s grid (Pearson CC, KL, recall of the top 5 % cells).', '',
-        f'## Risk distillation: lambda = 0 vs lambda = {demo["risk_weight"]}', '',
-        f'Both arms train with identical settings ({demo["train"]}) once per seed '
-        f'{demo["seeds"]}; the lambda > 0 run of seed {demo["seeds"][0]} is the checkpoint '
-        f'evaluated above and deployed below.', '',
-        ablation['table'], '',
+        *_calibration_lines(evaluation),
+        *_closed_loop_lines(done),
     ]
-    if done.get('encoders'):
-        enc = json.loads(Path(done['encoders']).read_text())
-        lines += ['## Frozen pretrained vs frozen random encoder (same size, ViT-S/14)', '',
-                  f'lambda = {demo["risk_weight"]}, same training settings and seeds; the '
-                  f'pretrained arm is the lambda > 0 arm above.', '',
-                  '| encoder | runs | RFS | ADE@3s (m) | ADE@5s (m) | risk CC |',
-                  '|---|---|---|---|---|---|']
-        for name, summary in enc.items():
-            s = next(iter(summary.values()))
-            lines.append(f'| {name} | {s["rfs"]["n"]} | '
-                         + ' | '.join(f'{s[k]["mean"]:.3f} ± {s[k]["std"]:.3f}'
-                                      for k in ('rfs', 'ade_3s', 'ade_5s', 'risk_pearson'))
-                         + ' |')
-        lines.append('')
     lines += ['## planner_node on the replayed held-out drive', '',
               f'{len(outputs["paths"])} paths and {len(outputs["grids"])} risk grids published '
               f'over real DDS (loopback) with ONNX Runtime; latency from the camera stamp:', '',
@@ -158,13 +241,14 @@ def write_report(path: Path, out: Path, state: dict, demo: dict, encoder_desc: s
     lines += [f'| {k} | {v} |' for k, v in state['timings_s'].items()]
     lines += ['', '## Files', '',
               '- `summary.png`: cameras, teacher vs student risk, logged vs planned path',
-              '- `eval/`: report.json, per-sample BEV panels, worst samples, training curves',
-              '- `ablation/`: ablation.md/json/png and every run (`runs/*/train`: checkpoints, '
-              'CSV/TensorBoard logs); `encoders/`: the random-encoder arm',
+              '- `eval/`: report.json, reliability.png, per-sample BEV panels, worst samples, '
+              'training curves',
+              '- `ablation/`: ablation.md/json/png and every run of every arm (`runs/*/train`: '
+              'checkpoints, CSV/TensorBoard logs)',
               f'- deployed checkpoint with `model.onnx`: `{done["train"]["checkpoint"]}`',
               '- `node_outputs/`: the bag recorded from planner_node; `planner_node.log`',
-              '- `drives/`: the scenario bags; `labels/<split>/`: label bags, previews and the '
-              'training index (`index/`, with its feature caches)', '']
+              '- `drives/<split>/<family>/`: the scenario bags; `labels/<split>/`: label bags, '
+              'previews and the training index (`index/`, with its feature caches)', '']
     tmp = path.with_suffix('.tmp')
     tmp.write_text('\n'.join(lines))
     tmp.replace(path)

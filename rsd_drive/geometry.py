@@ -60,10 +60,30 @@ class GridSpec:
         ys = self.origin_y + (np.arange(self.rows) + 0.5) * self.resolution
         return np.meshgrid(xs, ys, indexing='xy')
 
+    def resampled_centers(self, rows: int, cols: int):
+        """(x, y) arrays [rows, cols] of the centres of a rows x cols lattice over this grid's
+        extent (the BEV query grid of the model). Each axis is divided by its own cell count,
+        so the lattice covers the grid whatever its aspect ratio (its cells need not be square).
+        """
+        if rows <= 0 or cols <= 0:
+            raise ValueError(f'lattice rows/cols must be positive, got {rows}x{cols}')
+        xs = self.origin_x + (np.arange(cols) + 0.5) * (self.x_max - self.origin_x) / cols
+        ys = self.origin_y + (np.arange(rows) + 0.5) * (self.y_max - self.origin_y) / rows
+        return np.meshgrid(xs, ys, indexing='xy')
+
     def resized(self, rows: int, cols: int) -> 'GridSpec':
-        """Same extent with a different cell count (the BEV query grid of the model)."""
-        return GridSpec(rows=rows, cols=cols, resolution=self.resolution * self.cols / cols,
-                        origin_x=self.origin_x, origin_y=self.origin_y)
+        """Same extent with a different cell count. Cells stay square, so the new counts must
+        keep the grid's aspect ratio (rows / cols); otherwise use :meth:`resampled_centers`."""
+        if rows <= 0 or cols <= 0:
+            raise ValueError(f'grid rows/cols must be positive, got {rows}x{cols}')
+        res_x = self.cols * self.resolution / cols
+        res_y = self.rows * self.resolution / rows
+        if not np.isclose(res_x, res_y, rtol=1e-9, atol=0.0):
+            raise ValueError(
+                f'resizing a {self.rows}x{self.cols} grid to {rows}x{cols} would need cells of '
+                f'{res_x:g} m (x) by {res_y:g} m (y); GridSpec cells are square')
+        return GridSpec(rows=rows, cols=cols, resolution=res_x, origin_x=self.origin_x,
+                        origin_y=self.origin_y)
 
 
 def quaternion_to_matrix(qx: float, qy: float, qz: float, qw: float) -> np.ndarray:

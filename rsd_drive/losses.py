@@ -13,7 +13,10 @@ from rsd_drive.metrics import (RFS_HORIZONS_S, RFS_LAT_THRESHOLDS, RFS_LNG_THRES
 # Below 3 s the thresholds shrink in proportion to time, but never under this fraction of the
 # 3 s value: the first waypoint (0.25 s) would otherwise be judged against ~8 cm.
 MIN_THRESHOLD_FRACTION = 0.1
-RISK_LOSS_KINDS = ('l1', 'mse', 'kl')
+RISK_LOSS_KINDS = ('l1', 'mse', 'kl', 'kl_scale', 'bce', 'focal')
+FOCAL_GAMMA = 2.0  # quality focal loss exponent (Li et al., 2020; CenterNet's heatmap loss uses 2)
+POSITIVE_RISK = 0.05  # teacher cells at or above this count as risky for the balanced BCE
+PROB_EPS = 1e-6  # probabilities are clamped into [eps, 1 - eps] before the logarithms
 REDUCTIONS = ('mean', 'none')
 
 
@@ -117,6 +120,44 @@ def _as_distribution(maps: torch.Tensor, eps: float) -> torch.Tensor:
     return flat / flat.sum(dim=1, keepdim=True)
 
 
+def _soft_bce(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-cell binary cross-entropy with a soft target; its minimum is at pred == target."""
+    p = pred.clamp(PROB_EPS, 1.0 - PROB_EPS)
+    return -(target * p.log() + (1.0 - target) * (1.0 - p).log())
+
+
+def _per_sample_risk_loss(pred, target, kind: str, eps: float) -> torch.Tensor:
+    flat_p, flat_t = pred.flatten(1), target.detach().flatten(1)
+    if kind == 'l1':
+        return (flat_p - flat_t).abs().mean(dim=1)
+    if kind == 'mse':
+        return (flat_p - flat_t).square().mean(dim=1)
+    if kind in ('kl', 'kl_scale'):
+        if eps <= 0:
+            raise ValueError(f'eps must be positive, got {eps}')
+        p, t = _as_distribution(pred, eps), _as_distribution(target.detach(), eps)
+        kl = (t * (t.log() - p.log())).sum(dim=1)
+        if kind == 'kl':
+            return kl
+        # Scale term: the log-ratio of the total risk mass (+1 cell keeps empty maps finite).
+        mass_p = flat_p.clamp_min(0).sum(dim=1) + 1.0
+        mass_t = flat_t.clamp_min(0).sum(dim=1) + 1.0
+        return kl + (mass_p.log() - mass_t.log()).square()
+    bce = _soft_bce(flat_p, flat_t)
+    if kind == 'bce':
+        # Class-balanced: risky and risk-free cells each carry half the weight of a sample.
+        pos = (flat_t >= POSITIVE_RISK).to(bce.dtype)
+        n_pos = pos.sum(dim=1, keepdim=True)
+        n_neg = pos.shape[1] - n_pos
+        w = torch.where(pos > 0, 0.5 / n_pos.clamp_min(1.0), 0.5 / n_neg.clamp_min(1.0))
+        w = torch.where(n_pos > 0, w, torch.full_like(w, 1.0 / pos.shape[1]))
+        return (w * bce).sum(dim=1)
+    # focal: quality focal loss, |t - p|^gamma * BCE, normalised by the teacher's risk mass
+    # (CenterNet normalises its heatmap focal loss by the number of objects).
+    weight = (flat_t - flat_p).abs().pow(FOCAL_GAMMA)
+    return (weight * bce).sum(dim=1) / flat_t.sum(dim=1).clamp_min(1.0)
+
+
 def risk_distillation_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = 'l1',
                            eps: float = 1e-6, reduction: str = 'mean') -> torch.Tensor:
     """Distillation loss between the RiskHead's map and the teacher's risk map.
@@ -125,10 +166,19 @@ def risk_distillation_loss(pred: torch.Tensor, target: torch.Tensor, kind: str =
         pred: [B, H, W] predicted risk *probabilities* in [0, 1] (the RiskHead's sigmoid output,
             not logits). Any [B, ...] shape works; everything after the batch axis is the map.
         target: teacher risk map in [0, 1], same shape.
-        kind: 'l1' (RSD's choice) or 'mse', elementwise means; or 'kl', KL(target || pred)
-            between the maps normalised to sum to 1 per sample (eps added to every cell), which
-            only cares where the risk is, not how much.
-        eps: smoothing for 'kl'.
+        kind:
+            ``l1`` (RSD's choice) or ``mse``: elementwise means. On sparse maps both are
+            minimised well by "no risk anywhere".
+            ``kl``: KL(target || pred) between the maps normalised to sum to 1 per sample (eps
+            added to every cell): learns *where* the risk is, but has no absolute scale.
+            ``kl_scale``: ``kl`` plus the squared log-ratio of the total risk mass (sum + 1).
+            ``bce``: per-cell cross-entropy with the soft teacher value, class-balanced (cells
+            with teacher risk >= ``POSITIVE_RISK`` and the others each weigh half a sample).
+            ``focal``: quality focal loss (Li et al., 2020, generalized focal loss; the soft-
+            target form of CenterNet's heatmap loss): ``|t - p|^2 * BCE(p, t)`` summed and
+            divided by the teacher's risk mass (at least 1). Per cell it is minimal at p = t,
+            so the map keeps its absolute scale, and easy empty cells stop dominating.
+        eps: smoothing for ``kl`` / ``kl_scale``.
         reduction: 'mean' -> scalar, 'none' -> [B].
     """
     if kind not in RISK_LOSS_KINDS:
@@ -136,17 +186,7 @@ def risk_distillation_loss(pred: torch.Tensor, target: torch.Tensor, kind: str =
     if pred.ndim < 2 or pred.shape != target.shape:
         raise ValueError(f'pred and target must both have shape [B, H, W], got '
                          f'{tuple(pred.shape)} and {tuple(target.shape)}')
-    if kind == 'l1':
-        per_sample = (pred - target).abs().flatten(1).mean(dim=1)
-    elif kind == 'mse':
-        per_sample = (pred - target).square().flatten(1).mean(dim=1)
-    else:
-        if eps <= 0:
-            raise ValueError(f'eps must be positive, got {eps}')
-        p = _as_distribution(pred, eps)
-        t = _as_distribution(target.detach(), eps)
-        per_sample = (t * (t.log() - p.log())).sum(dim=1)
-    return _reduce(per_sample, reduction)
+    return _reduce(_per_sample_risk_loss(pred, target, kind, eps), reduction)
 
 
 def total_loss(plan_loss: torch.Tensor, risk_loss: Optional[torch.Tensor],

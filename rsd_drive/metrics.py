@@ -278,3 +278,149 @@ def risk_topk_recall(pred, target, k_frac: float = 0.05) -> np.ndarray:
     top_t = np.argsort(-t, axis=1, kind='stable')[:, :k]
     hits = (top_t[:, :, None] == top_p[:, None, :]).any(axis=-1).sum(axis=1)
     return hits / k
+
+
+# -- calibration of the risk map ----------------------------------------------------------------
+def risk_reliability(pred, target, bins: int = 10) -> dict:
+    """Reliability table of predicted risk against the teacher's, over every cell of [B, H, W].
+
+    Cells are binned by predicted value into ``bins`` equal-width bins over [0, 1]; per bin the
+    mean prediction, the mean teacher value and the cell count. A calibrated student has
+    mean teacher == mean prediction in every bin ("when it says 0.7, the teacher says 0.7").
+    Returns arrays ``edges`` [bins+1], ``mean_pred``, ``mean_target`` (NaN for empty bins) and
+    ``count`` [bins].
+    """
+    if bins < 1:
+        raise ValueError(f'bins must be >= 1, got {bins}')
+    p, t = _flat_maps(pred, target)
+    p, t = p.ravel(), t.ravel()
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, p, side='right') - 1, 0, bins - 1)
+    count = np.bincount(which, minlength=bins).astype(np.int64)
+    sum_p = np.bincount(which, weights=p, minlength=bins)
+    sum_t = np.bincount(which, weights=t, minlength=bins)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        mean_p = np.where(count > 0, sum_p / np.maximum(count, 1), np.nan)
+        mean_t = np.where(count > 0, sum_t / np.maximum(count, 1), np.nan)
+    return {'edges': edges, 'mean_pred': mean_p, 'mean_target': mean_t, 'count': count}
+
+
+def expected_calibration_error(pred, target, bins: int = 10, min_value: float = 0.0) -> float:
+    """ECE of a risk map against the teacher: ``sum_b n_b / N * |mean_pred_b - mean_target_b|``.
+
+    The usual ECE (Guo et al., 2017) with the teacher's soft value in place of the 0/1 outcome.
+    On sparse maps the near-zero cells dominate every count, so ``min_value`` > 0 restricts it
+    to cells where the student *or* the teacher says at least that much (the cells a person
+    would look at); 0 uses every cell.
+    """
+    p, t = _flat_maps(pred, target)
+    p, t = p.ravel(), t.ravel()
+    keep = np.maximum(p, t) >= min_value
+    if not keep.any():
+        return 0.0
+    table = risk_reliability(p[keep][None], t[keep][None], bins)
+    n = table['count']
+    gap = np.abs(np.nan_to_num(table['mean_pred']) - np.nan_to_num(table['mean_target']))
+    return float(np.sum(n * gap) / n.sum())
+
+
+def best_marker_threshold(pred, target, risky: float = 0.5, candidates=None) -> dict:
+    """The student threshold that best finds the teacher's risky cells (teacher >= ``risky``).
+
+    For each candidate threshold, cells with student >= threshold are "drawn"; precision,
+    recall and F1 against the teacher's risky cells. Returns the threshold with the highest F1
+    (the smallest one on ties) with its precision, recall and F1, and the whole curve.
+    """
+    p, t = _flat_maps(pred, target)
+    p, t = p.ravel(), t.ravel()
+    positive = t >= risky
+    candidates = np.round(np.arange(0.05, 0.951, 0.05), 2) if candidates is None else candidates
+    curve = []
+    for thr in candidates:
+        drawn = p >= thr
+        tp = float(np.sum(drawn & positive))
+        precision = tp / drawn.sum() if drawn.any() else 0.0
+        recall = tp / positive.sum() if positive.any() else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+        curve.append({'threshold': float(thr), 'precision': precision, 'recall': recall,
+                      'f1': f1})
+    best = max(curve, key=lambda r: (r['f1'], -r['threshold']))
+    return {**best, 'risky': float(risky), 'curve': curve}
+
+
+# -- paired comparison of two arms ----------------------------------------------------------
+def _betacf(a: float, b: float, x: float, iterations: int = 300, tol: float = 3e-16) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz's method)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, iterations + 1):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < tol:
+            return h
+    raise ArithmeticError(f'incomplete beta continued fraction did not converge (a={a}, b={b}, '
+                          f'x={x})')
+
+
+def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
+    """I_x(a, b), by the continued fraction (Numerical Recipes, ``betai``); a, b > 0."""
+    import math
+
+    if a <= 0 or b <= 0:
+        raise ValueError(f'a and b must be positive, got {a} and {b}')
+    if not 0.0 <= x <= 1.0:
+        raise ValueError(f'x must be in [0, 1], got {x}')
+    if x in (0.0, 1.0):
+        return x
+    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                 + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def student_t_two_sided_p(t: float, df: float) -> float:
+    """Two-sided p-value P(|T| >= |t|) of Student's t with ``df`` degrees of freedom:
+    ``I_{df / (df + t^2)}(df / 2, 1 / 2)``."""
+    if df <= 0:
+        raise ValueError(f'degrees of freedom must be positive, got {df}')
+    if not np.isfinite(t):
+        return 0.0
+    return float(regularized_incomplete_beta(df / 2.0, 0.5, df / (df + t * t)))
+
+
+def paired_t_test(a, b) -> dict:
+    """Paired t-test of ``a - b`` (same seeds, same data): mean difference, its sample standard
+    deviation, t, degrees of freedom and the two-sided p-value. n < 2 gives p = NaN; identical
+    pairs (zero spread) give t = 0, p = 1 if the mean difference is 0, else t = inf, p = 0."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f'paired samples need equal 1-D shapes, got {a.shape} and {b.shape}')
+    d = a - b
+    n = int(d.size)
+    out = {'n': n, 'mean_diff': float(d.mean()) if n else float('nan')}
+    if n < 2:
+        return {**out, 'sd_diff': float('nan'), 't': float('nan'), 'df': n - 1,
+                'p': float('nan')}
+    sd = float(d.std(ddof=1))
+    if sd == 0.0:
+        t = 0.0 if out['mean_diff'] == 0.0 else float(np.sign(out['mean_diff']) * np.inf)
+    else:
+        t = out['mean_diff'] / (sd / np.sqrt(n))
+    p = 1.0 if t == 0.0 else student_t_two_sided_p(t, n - 1)
+    return {**out, 'sd_diff': sd, 't': float(t), 'df': n - 1, 'p': p}

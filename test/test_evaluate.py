@@ -82,10 +82,29 @@ def test_report_matches_an_independent_computation(trained, tmp_path):
                                                               for i in worst)
     assert ref['rfs'][worst[0]] == pytest.approx(ref['rfs'].min(), abs=1e-5)
 
+    # Calibration: the same ECE and marker threshold as the metric functions on the raw maps.
+    model = RiskPlanner.from_pretrained(trained['checkpoint']).eval()
+    index = FrameIndex(trained['val'])
+    frames = [index[i] for i in range(len(index))]
+    inputs = model_inputs(*(np.stack([f[k] for f in frames]) for k in
+                            ('images', 'intrinsics', 'cam_to_ego', 'past_states', 'intent')))
+    with torch.no_grad():
+        _, risk = model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+    teacher = np.stack([f['risk'] for f in frames]).astype(np.float32)
+    cal = report['calibration']
+    assert cal['ece'] == pytest.approx(
+        metrics.expected_calibration_error(risk.numpy(), teacher), abs=1e-5)
+    assert cal['marker_threshold']['threshold'] == pytest.approx(
+        metrics.best_marker_threshold(risk.numpy(), teacher)['threshold'])
+    assert sum(cal['reliability']['count']) == teacher.size
+    assert report['per_frame']['frame'] == list(range(24))
+    assert np.mean(report['per_frame']['model.rfs']) == pytest.approx(overall['model']['rfs'])
+
     saved = json.loads((tmp_path / 'eval' / 'report.json').read_text())
     assert saved['overall'] == report['overall']
     pngs = report['files']['samples'] + [report['files']['worst'],
-                                         report['files']['training_curves']]
+                                         report['files']['training_curves'],
+                                         report['files']['reliability']]
     assert len(report['files']['samples']) == 3
     for png in pngs:
         image = mpimg.imread(png)
@@ -123,9 +142,24 @@ def test_ablation_table_is_the_mean_and_spread_of_its_runs(trained, tmp_path):
                       checkpoint_every=0, index=str(trained['train']),
                       val_index=str(trained['val']))
     result = run_ablation(tiny_model_config(), cfg, tmp_path / 'ablation',
-                          risk_weights=(0.0, 1.0), kinds=('kl',), seeds=(0, 1), progress=False)
+                          risk_weights=(0.0, 1.0), kinds=('kl',), seeds=(0, 1), progress=False,
+                          arms=('ego-status',))
     assert [v['name'] for v in variants((0.0, 1.0), ('kl',))] == ['lambda=0', 'lambda=1 kl']
-    assert len(result['runs']) == 4
+    assert len(result['runs']) == 6
+    ego = [r for r in result['runs'] if r['variant'] == 'ego-status-only']
+    assert len(ego) == 2 and ego[0]['risk_weight'] == 1.0
+    ego_cfg = RiskPlanner.from_pretrained(ego[0]['checkpoint']).config
+    assert ego_cfg.use_cameras is False
+    # Paired tests: every arm against lambda = 0 by seed, the same numbers as paired_t_test.
+    ref = {r['seed']: r for r in result['runs'] if r['variant'] == 'lambda=0'}
+    for name in ('lambda=1 kl', 'ego-status-only'):
+        mine = {r['seed']: r for r in result['runs'] if r['variant'] == name}
+        test = result['paired'][name]['vs lambda=0']['rfs']
+        expected = metrics.paired_t_test([mine[s]['metrics']['rfs'] for s in (0, 1)],
+                                         [ref[s]['metrics']['rfs'] for s in (0, 1)])
+        assert test['n'] == 2 and test['mean_diff'] == pytest.approx(expected['mean_diff'])
+        assert test['p'] == pytest.approx(expected['p'], nan_ok=True)
+    assert 'Paired comparisons' in (tmp_path / 'ablation' / 'ablation.md').read_text()
     for name, stats in result['summary'].items():
         mine = [r for r in result['runs'] if r['variant'] == name]
         assert len(mine) == 2
@@ -147,7 +181,8 @@ def test_ablation_table_is_the_mean_and_spread_of_its_runs(trained, tmp_path):
     results = (tmp_path / 'ablation' / 'runs').glob('*/result.json')
     stamps = {p: p.stat().st_mtime_ns for p in results}
     again = run_ablation(tiny_model_config(), cfg, tmp_path / 'ablation',
-                         risk_weights=(0.0, 1.0), kinds=('kl',), seeds=(0, 1), progress=False)
+                         risk_weights=(0.0, 1.0), kinds=('kl',), seeds=(0, 1), progress=False,
+                         arms=('ego-status',))
     assert again['summary'] == result['summary']
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 

@@ -186,3 +186,65 @@ def test_total_loss_and_components():
         {'plan': 1.5, 'risk': 2.0, 'risk_weighted': 0.5, 'total': 2.0})
     with pytest.raises(ValueError, match='risk_weight'):
         total_loss(plan, risk, -1.0)
+
+
+def test_calibrated_losses_hand_values():
+    pred = torch.tensor([[[0.2, 0.8]]], dtype=torch.float64)
+    target = torch.tensor([[[0.0, 1.0]]], dtype=torch.float64)
+    # Balanced BCE: one risky and one empty cell, each weighs 1/2: -(log 0.8 + log 0.8) / 2.
+    assert risk_distillation_loss(pred, target, 'bce').item() == pytest.approx(-math.log(0.8))
+    # Focal: |t - p|^2 * BCE summed, divided by the teacher mass (1): 2 * 0.04 * -log 0.8.
+    assert risk_distillation_loss(pred, target, 'focal').item() == pytest.approx(
+        2 * 0.04 * -math.log(0.8))
+    # KL + scale: the masses agree (1.0 + 1 cell each), so only the KL remains.
+    assert risk_distillation_loss(pred, target, 'kl_scale').item() == pytest.approx(
+        risk_distillation_loss(pred, target, 'kl').item())
+    doubled = risk_distillation_loss(pred, target * 0.5, 'kl_scale').item()
+    kl = risk_distillation_loss(pred, target * 0.5, 'kl').item()
+    assert doubled == pytest.approx(kl + math.log(2.0 / 1.5) ** 2)
+
+
+@pytest.mark.parametrize('kind', ['bce', 'focal'])
+def test_cellwise_losses_are_minimal_at_the_teacher_value(kind):
+    """Per cell the gradient vanishes at pred == target and points towards it elsewhere, so
+    the student keeps the teacher's absolute scale (KL alone does not: it is scale-free)."""
+    target = torch.tensor([[[0.0, 0.3, 0.7, 1.0]]], dtype=torch.float64)
+    at = target.clamp(1e-3, 1 - 1e-3).clone().requires_grad_(True)
+    risk_distillation_loss(at, target.clamp(1e-3, 1 - 1e-3), kind).backward()
+    assert at.grad.abs().max().item() < 1e-9
+    for offset in (-0.2, 0.2):
+        p = (target + offset).clamp(0.01, 0.99).requires_grad_(True)
+        risk_distillation_loss(p, target, kind).backward()
+        moved = (p.detach() - target).squeeze()
+        grad = p.grad.squeeze()
+        sel = moved.abs() > 1e-6
+        assert torch.all(torch.sign(grad[sel]) == torch.sign(moved[sel]))
+    half = target * 0.5
+    for k, invariant in (('kl', True), (kind, False), ('kl_scale', False)):
+        a = risk_distillation_loss(half + 1e-3, target, k).item()
+        b = risk_distillation_loss(target + 1e-3, target, k).item()
+        assert (abs(a - b) < 1e-2) == invariant, (k, a, b)
+
+
+def test_fitting_a_sparse_map_keeps_its_scale_with_the_calibrated_losses():
+    """A free map fitted to a sparse teacher (2 % of the cells at 0.8): focal and bce recover
+    the 0.8 from any start; KL's answer depends on where it starts (no absolute scale)."""
+    target = torch.zeros(1, 20, 20)
+    target[0, 5:7, 8:12] = 0.8
+    peak = {}
+    for kind, start in (('kl', -3.0), ('kl', 0.0), ('bce', -3.0), ('focal', -3.0),
+                        ('focal', 0.0)):
+        logits = torch.full((1, 20, 20), start, requires_grad=True)
+        opt = torch.optim.Adam([logits], lr=0.1)
+        for _ in range(300):
+            opt.zero_grad()
+            risk_distillation_loss(torch.sigmoid(logits), target, kind).backward()
+            opt.step()
+        pred = torch.sigmoid(logits).detach()
+        peak[kind, start] = float(pred[target > 0].mean())
+        background = float(pred[target == 0].mean())
+        if kind != 'kl':  # (the RiskHead starts near -3: "no risk"; focal is slow on easy
+            # background cells from a start of 0.5, so only the peak is checked there)
+            assert abs(peak[kind, start] - 0.8) < 0.05, (kind, start, peak)
+            assert background < (0.02 if start < -2 else 0.1), (kind, start, background)
+    assert abs(peak['kl', -3.0] - peak['kl', 0.0]) > 0.1, peak

@@ -353,3 +353,101 @@ def test_risk_kl_and_recall_hand_examples():
         risk_topk_recall(pred, target, k_frac=0.0)
     with pytest.raises(ValueError, match=r'\[B, H, W\]'):
         risk_kl(pred, target[:, :1])
+
+
+# -- calibration and the paired t-test ---------------------------------------------------------
+def _t_pdf_integral(t: float, df: float) -> float:
+    """Two-sided tail of Student's t by numerical integration of its density (independent of
+    the incomplete-beta route)."""
+    from math import gamma, pi, sqrt
+
+    c = gamma((df + 1) / 2) / (sqrt(df * pi) * gamma(df / 2))
+    x = np.linspace(0.0, abs(t), 200001)
+    inner = np.trapezoid(c * (1 + x * x / df) ** (-(df + 1) / 2), x)
+    return 1.0 - 2.0 * inner
+
+
+def test_incomplete_beta_identities():
+    from rsd_drive.metrics import regularized_incomplete_beta as ib
+
+    for x in (0.1, 0.37, 0.9):
+        assert ib(1.0, 1.0, x) == pytest.approx(x, abs=1e-12)
+        assert ib(2.5, 1.0, x) == pytest.approx(x ** 2.5, abs=1e-12)
+        assert ib(3.0, 4.0, x) == pytest.approx(1 - ib(4.0, 3.0, 1 - x), abs=1e-12)
+    assert ib(7.0, 7.0, 0.5) == pytest.approx(0.5, abs=1e-12)
+    assert ib(2.0, 3.0, 0.0) == 0.0 and ib(2.0, 3.0, 1.0) == 1.0
+    with pytest.raises(ValueError):
+        ib(0.0, 1.0, 0.5)
+
+
+@pytest.mark.parametrize('t,df,p', [(12.706205, 1, 0.05), (4.302653, 2, 0.05),
+                                    (2.776445, 4, 0.05), (2.228139, 10, 0.05),
+                                    (3.169273, 10, 0.01), (1.959964, 1e6, 0.05)])
+def test_t_distribution_matches_table_values(t, df, p):
+    from rsd_drive.metrics import student_t_two_sided_p
+
+    assert student_t_two_sided_p(t, df) == pytest.approx(p, rel=1e-4)
+    assert student_t_two_sided_p(-t, df) == pytest.approx(p, rel=1e-4)
+
+
+def test_t_distribution_matches_numerical_integration():
+    from rsd_drive.metrics import student_t_two_sided_p
+
+    for t, df in ((0.3, 2), (1.7, 3), (2.5, 7), (5.0, 2.5)):
+        assert student_t_two_sided_p(t, df) == pytest.approx(_t_pdf_integral(t, df), abs=1e-6)
+
+
+def test_paired_t_test_hand_example():
+    from rsd_drive.metrics import paired_t_test
+
+    a, b = np.array([6.1, 5.8, 6.4, 6.0]), np.array([5.5, 5.6, 5.7, 5.9])
+    d = a - b
+    t = d.mean() / (d.std(ddof=1) / 2.0)
+    got = paired_t_test(a, b)
+    assert got['n'] == 4 and got['df'] == 3
+    assert got['mean_diff'] == pytest.approx(d.mean())
+    assert got['t'] == pytest.approx(t)
+    assert got['p'] == pytest.approx(_t_pdf_integral(t, 3), abs=1e-6)
+    assert paired_t_test(b, a)['p'] == pytest.approx(got['p'])  # two-sided
+    assert paired_t_test(a, a)['p'] == 1.0
+    assert np.isnan(paired_t_test([1.0], [2.0])['p'])
+    assert paired_t_test([2.0, 3.0], [1.0, 2.0])['p'] == 0.0  # constant non-zero difference
+    with pytest.raises(ValueError, match='paired'):
+        paired_t_test([1.0, 2.0], [1.0])
+
+
+def test_reliability_and_ece():
+    from rsd_drive.metrics import expected_calibration_error, risk_reliability
+
+    rng = np.random.default_rng(0)
+    target = rng.uniform(0, 1, size=(4, 8, 8))
+    assert expected_calibration_error(target, target) == pytest.approx(0.0, abs=1e-12)
+    table = risk_reliability(target * 0.5, target, bins=10)
+    assert table['count'].sum() == target.size
+    assert np.all(table['count'][5:] == 0) and np.isnan(table['mean_pred'][9])
+    # Every cell over-confident by a factor 2 the other way: ECE = mean |p - t| = mean t / 2
+    # (within a bin all cells err in the same direction).
+    assert expected_calibration_error(target * 0.5, target) == pytest.approx(
+        np.mean(target) * 0.5, rel=1e-9)
+    # The risky-cell ECE ignores cells where both maps are below the floor.
+    sparse_t = np.zeros((1, 10, 10))
+    sparse_t[0, 0, :2] = 0.8
+    sparse_p = sparse_t * 0.5
+    assert expected_calibration_error(sparse_p, sparse_t) == pytest.approx(0.4 * 2 / 100)
+    assert expected_calibration_error(sparse_p, sparse_t, min_value=0.05) == pytest.approx(0.4)
+
+
+def test_best_marker_threshold_finds_the_risky_cells():
+    from rsd_drive.metrics import best_marker_threshold
+
+    target = np.zeros((2, 6, 6))
+    target[:, 1, 1:3] = 0.9  # risky
+    target[:, 4, 4] = 0.3  # mild, not risky
+    pred = np.full_like(target, 0.02)
+    pred[:, 1, 1:3] = 0.32
+    pred[:, 4, 4] = 0.22
+    best = best_marker_threshold(pred, target, risky=0.5)
+    # Thresholds in (0.22, 0.32] draw exactly the risky cells: the smallest is 0.25.
+    assert best['threshold'] == pytest.approx(0.25)
+    assert best['precision'] == 1.0 and best['recall'] == 1.0 and best['f1'] == 1.0
+    assert len(best['curve']) == 19

@@ -16,7 +16,7 @@ from rsd_drive.cli import main as cli_main
 from rsd_drive.geometry import make_transform, project_points, quaternion_to_matrix, yaw_matrix
 from rsd_drive.scenario import (Boxes, Camera, ScenarioConfig, World, WorldState, generate_drive,
                                 generate_drives, render_camera, save_contact_sheet)
-from rsd_drive.scenario import record
+from rsd_drive.scenario import read_drive_info, record
 from rsd_drive.scenario.preview import decode_image
 from rsd_drive.scenario.record import TYPESTORE
 from rsd_drive.scenario.render import clip_polygon_near
@@ -90,7 +90,8 @@ def test_bag_topics_counts_frames_and_stamps(drive):
     n_img, n_odom = int(SHORT * cfg.image_hz), int(SHORT * cfg.odom_hz)
     dataset = yaml.safe_load((REPO / 'config' / 'dataset.yaml').read_text())['dataset']
     expected = {'/tf_static': 1, '/tf': n_odom, '/odom': n_odom, '/scenario/objects': n_img,
-                '/scenario/object_markers': n_img, '/scenario/intent': n_img}
+                '/scenario/object_markers': n_img, '/scenario/intent': n_img,
+                '/scenario/info': 1}
     for cam in dataset['cameras']:
         expected[cam['image_topic']] = n_img
         expected[cam['info_topic']] = n_img
@@ -103,7 +104,8 @@ def test_bag_topics_counts_frames_and_stamps(drive):
 
     # Bag time equals header time everywhere.
     for topic, msgs in bag.items():
-        if topic in ('__connections__', '/scenario/objects', '/scenario/intent'):
+        if topic in ('__connections__', '/scenario/objects', '/scenario/intent',
+                     '/scenario/info'):
             continue
         for stamp, _, msg in msgs:
             headers = ([t.header for t in msg.transforms] if hasattr(msg, 'transforms')
@@ -172,6 +174,19 @@ def test_objects_json_schema(drive):
     markers = bag['/scenario/object_markers'][0][2].markers
     assert len(markers) == summary.n_objects and markers[0].header.frame_id == 'odom'
     assert {m.data for _, _, m in bag['/scenario/intent']} <= set(INTENTS)
+    # The route: the ego lane's centre line from the ego's position ahead, 2 m apart.
+    odom = {s: m for s, _, m in bag['/odom']}
+    for stamp, _, msg in bag['/scenario/objects'][::10]:
+        route = np.array(json.loads(msg.data)['route'])
+        pose = odom[stamp].pose.pose
+        assert np.hypot(*(route[0] - [pose.position.x, pose.position.y])) < 0.05
+        steps = np.linalg.norm(np.diff(route, axis=0), axis=1)
+        assert len(route) == 41 and np.all(np.abs(steps - 2.0) < 0.2)  # 2 m of road arc
+    info = json.loads(bag['/scenario/info'][0][2].data)
+    assert read_drive_info(summary.path) == info
+    assert info['family'] == summary.family and info['seed'] == 7
+    assert info['requested_family'] == 'mixed' and info['collisions'] == []
+    assert info['hazard']['family'] == summary.family
 
 
 def pedestrian_at(ego, x, y):
@@ -239,21 +254,22 @@ def test_intents_vary_and_crossers_enter_the_ego_path():
     cfg = ScenarioConfig()
     times = np.arange(cfg.n_frames) / cfg.image_hz
     seen = set()
-    for seed in range(5):
-        world = World(seed, cfg)
+    for seed in range(4):
+        world = World(seed, cfg, 'ped_crossing')
         intents = {world.intent(t) for t in times}
         assert intents & {'left', 'right'}, f'seed {seed} never turns'
         seen |= intents
-        # Some pedestrian stands in the ego's lane 5-40 m ahead at some frame.
+        # The crossing pedestrian stands in the ego's lane 5-40 m ahead at some frame (in road
+        # coordinates: the crossing may lie in a curve).
         ahead = False
+        ped = world.hazard['agent_id']
         for t in times:
-            state, ego = world.state(t), world.ego(t)
-            rel = state.objects.centre[:, :2] - [ego['x'], ego['y']]
-            c, s = np.cos(ego['yaw']), np.sin(ego['yaw'])
-            fx, fy = c * rel[:, 0] + s * rel[:, 1], -s * rel[:, 0] + c * rel[:, 1]
-            peds = np.array(state.objects.classes) == 'pedestrian'
-            ahead |= bool((peds & (fx > 5) & (fx < 40) & (np.abs(fy) < 1.5)).any())
-        assert ahead, f'seed {seed}: no pedestrian crosses ahead of the ego'
+            x, y = world.state(t).objects.centre[ped, :2]
+            s_ego = float(world.ego_s(t))
+            s_ped, d_ped = world.road.locate(x, y, s_ego + 20.0, iterations=6)
+            ahead |= bool(5 < s_ped - s_ego < 40 and abs(d_ped - world.ego_offset) < 1.5)
+        assert ahead, f'seed {seed}: the pedestrian never crosses ahead of the ego'
+        assert world.collisions == []
     assert {'left', 'right', 'straight'} <= seen
 
 
@@ -309,3 +325,23 @@ def test_cli_writes_sqlite3_bags(tmp_path, capsys):
         assert list((tmp_path / name).glob('*.db3'))
         bag = read_bag(tmp_path / name)
         assert len(bag['/cameras/front/image_raw']) == 4 and len(bag['/odom']) == 20
+
+
+def test_cli_records_every_family(tmp_path, capsys):
+    from rsd_drive.scenario.config import FAMILY_CHOICES
+    for i, family in enumerate(FAMILY_CHOICES):
+        out = tmp_path / family
+        sheet = ['--family-sheet'] if family == 'lead_brake' else []
+        rc = cli_main(['scenario', '--out', str(out), '--seed', str(i), '--family', family,
+                       '--duration', '0.3', '--no-progress'] + sheet)
+        assert rc == 0
+        if sheet:
+            png = cv2.imread(str(out / f'drive_{i:04d}_lead_brake.png'))
+            assert png is not None and png.shape[0] > 300 and png.std() > 10
+        printed = capsys.readouterr().out
+        bag = read_bag(out / f'drive_{i:04d}')
+        info = json.loads(bag['/scenario/info'][0][2].data)
+        assert info['requested_family'] == family
+        assert info['family'] == family if family != 'mixed' else info['family'] in FAMILY_CHOICES
+        assert f'family {info["family"]}' in printed and '0 collisions' in printed
+        assert len(bag['/cameras/front/image_raw']) == 3

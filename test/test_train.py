@@ -15,6 +15,7 @@ from helpers_index import make_index, tiny_model_config
 from safetensors.torch import load_file
 
 from rsd_drive.cli import main as cli_main
+from rsd_drive.losses import RISK_LOSS_KINDS
 from rsd_drive.train.cache import training_encoder
 from rsd_drive.train.config import TrainConfig, load_config, save_config
 from rsd_drive.train.trainer import (Trainer, _flatten_state, _unflatten_state, latest_checkpoint,
@@ -45,11 +46,21 @@ def small_config(data, out, **overrides):
     return TrainConfig(**kwargs)
 
 
+# Observed on this machine (2-core x86, torch 2.13 CPU) for the configuration below, training
+# seeds 0-2 x torch threads 1 and 2 (six runs, OMP_WAIT_POLICY=PASSIVE; table in README, Training
+# notes): val loss ratio 0.45-0.52, plan loss ratio 0.48-0.57, RFS - RFS(CV) +1.42..+1.85,
+# ADE@5s 3.26-3.86 m vs CV 4.46 m, risk Pearson 0.41-0.55 (untrained: -0.13..0.06), top-5 %
+# recall 0.31-0.48 (untrained 0.00-0.06). Every threshold below keeps a clear margin from the
+# worst of them (another CPU rounds differently: with the old MSE loss an AMD EPYC got Pearson
+# 0.158). RSD_DRIVE_TEST_SEED reruns the test with another training seed.
+LEARNING_SEED = int(os.environ.get('RSD_DRIVE_TEST_SEED', '0'))
+
+
 def test_training_lowers_validation_loss_and_beats_constant_velocity(data, tmp_path):
     cfg = TrainConfig(lr=2e-3, warmup_steps=50, max_steps=500, batch_size=16, eval_every=250,
-                      checkpoint_every=100, keep_checkpoints=2, risk_loss='mse', risk_weight=1.0,
-                      index=str(data['train']), val_index=str(data['val']),
-                      out=str(tmp_path / 'run'))
+                      checkpoint_every=100, keep_checkpoints=2, risk_loss='focal',
+                      risk_weight=1.0, seed=LEARNING_SEED, index=str(data['train']),
+                      val_index=str(data['val']), out=str(tmp_path / 'run'))
     summary = train(tiny_model_config(), cfg, progress=False)
     before, after = summary['first_validation'], summary['last_validation']
     print('validation before:', before, '\nvalidation after:', after)
@@ -57,10 +68,14 @@ def test_training_lowers_validation_loss_and_beats_constant_velocity(data, tmp_p
     # Untrained, the GRU decodes the constant-velocity plan exactly (zero-initialised head).
     assert before['rfs'] == pytest.approx(before['rfs_cv'])
     assert after['val_loss'] < 0.7 * before['val_loss']
-    assert after['val_plan_loss'] < before['val_plan_loss']
-    assert after['rfs'] > after['rfs_cv'] + 1.0
+    assert after['val_plan_loss'] < 0.8 * before['val_plan_loss']
+    # Relative to the constant-velocity plan scored on the same frames in the same run.
+    assert after['rfs'] > after['rfs_cv'] + 0.75
     assert after['ade_5s'] < after['ade_5s_cv']
-    assert after['risk_pearson'] > 0.2  # the RiskHead learned where the teacher's risk is
+    # The RiskHead learned where the teacher's risk is, and (focal loss) on its scale.
+    assert after['risk_pearson'] > 0.25
+    assert after['risk_pearson'] > before['risk_pearson'] + 0.15
+    assert after['risk_topk_recall'] > before['risk_topk_recall']
 
     run = tmp_path / 'run'
     log = rows(run / 'train_log.csv')
@@ -191,7 +206,7 @@ def test_config_yaml_round_trip_and_repository_config(tmp_path):
     save_config(tmp_path / 'train.yaml', model_cfg, train_cfg)
     assert load_config(tmp_path / 'train.yaml') == (model_cfg, train_cfg)
     m, t = load_config(REPO / 'config' / 'train.yaml')
-    assert m.num_cameras == 6 and t.risk_loss in ('l1', 'mse', 'kl')
+    assert m.num_cameras == 6 and t.risk_loss in RISK_LOSS_KINDS and m.use_cameras
     (tmp_path / 'bad.yaml').write_text('model: {}\ntrain: {risk_loss: huber}\n')
     with pytest.raises(ValueError, match='bad.yaml.*risk_loss'):
         load_config(tmp_path / 'bad.yaml')

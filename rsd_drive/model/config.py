@@ -1,6 +1,7 @@
 """Configuration of the planner: one dataclass tree, validated on construction, YAML round trip."""
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import yaml
 from rsd_drive.geometry import GridSpec
 
 ENCODER_SOURCES = ('config', 'pretrained', 'onnx')
+NORMALISATIONS = ('auto', 'config')
+PREPROCESSOR_CONFIG = 'preprocessor_config.json'  # transformers' image processor file
 
 
 @dataclass
@@ -25,6 +28,10 @@ class EncoderConfig:
     trust_remote_code: only for towers that ship their own modelling code (InternViT).
     model_type, hidden_size, num_layers, num_heads, patch_size: used when source is ``config``.
     image_mean, image_std: input normalisation (per RGB channel) the tower was trained with.
+    normalisation: ``auto``: a ``preprocessor_config.json`` in the encoder directory (what
+        ``save_pretrained`` of a transformers image processor writes: SigLIP 0.5/0.5, CLIP its
+        own statistics, DINOv2 ImageNet) gives image_mean/image_std, and the checkpoint records
+        them; without that file the two fields apply. ``config``: always the two fields.
     """
 
     source: str = 'config'
@@ -38,8 +45,12 @@ class EncoderConfig:
     onnx_output: str | None = None
     image_mean: tuple = (0.485, 0.456, 0.406)
     image_std: tuple = (0.229, 0.224, 0.225)
+    normalisation: str = 'auto'
 
     def __post_init__(self):
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(f'encoder.normalisation must be one of {NORMALISATIONS}, '
+                             f'got {self.normalisation!r}')
         if self.source not in ENCODER_SOURCES:
             raise ValueError(f'encoder.source must be one of {ENCODER_SOURCES}, '
                              f'got {self.source!r}')
@@ -49,6 +60,27 @@ class EncoderConfig:
         self.image_std = tuple(float(v) for v in self.image_std)
         if len(self.image_mean) != 3 or len(self.image_std) != 3:
             raise ValueError('encoder.image_mean and image_std need 3 values (RGB)')
+
+
+def read_preprocessor_normalisation(directory) -> tuple[tuple, tuple] | None:
+    """(image_mean, image_std) from ``directory/preprocessor_config.json``, or None without one.
+
+    A file that exists but does not hold three means and three positive stds is an error naming
+    the file (a silently wrong normalisation would only show as a worse planner).
+    """
+    path = Path(directory) / PREPROCESSOR_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        mean = tuple(float(v) for v in data['image_mean'])
+        std = tuple(float(v) for v in data['image_std'])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f'{path}: cannot read image_mean/image_std ({e})') from e
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(f'{path}: image_mean/image_std must be 3 values each (std > 0), got '
+                         f'{mean} and {std}')
+    return mean, std
 
 
 @dataclass
@@ -66,6 +98,10 @@ class ModelConfig:
     num_intents: unknown/straight/left/right.
     ray_depths: depths (m) sampled along each token's camera ray for the 3D position embedding.
     grid: the risk grid the RiskHead predicts (and the teacher labels).
+    use_cameras: false gives the ego-status-only planner (Li et al., CVPR 2024): the camera
+        tokens are dropped, the BEV queries never attend to them, so the plan depends only on
+        the past states and the intent. Inputs and outputs stay the same (exportable, the node
+        runs it unchanged); the RiskHead then learns an input-independent prior map.
     """
 
     num_cameras: int = 6
@@ -84,6 +120,7 @@ class ModelConfig:
     num_intents: int = 4
     ray_depths: tuple = (2.0, 5.0, 10.0, 20.0, 40.0)
     grid: GridSpec = field(default_factory=GridSpec)
+    use_cameras: bool = True
 
     def __post_init__(self):
         if isinstance(self.encoder, dict):

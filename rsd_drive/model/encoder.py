@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rsd_drive.model.config import EncoderConfig
+from rsd_drive.model.config import EncoderConfig, read_preprocessor_normalisation
 
 
 class FrozenEncoder(nn.Module):
@@ -22,6 +22,8 @@ class FrozenEncoder(nn.Module):
         super().__init__()
         self.vision_model = vision_model
         self.patch_size = int(patch_size)
+        self.image_mean = tuple(float(v) for v in image_mean)
+        self.image_std = tuple(float(v) for v in image_std)
         self.register_buffer('mean', torch.tensor(image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(image_std).view(1, 3, 1, 1), persistent=False)
         params = inspect.signature(vision_model.forward).parameters
@@ -65,7 +67,11 @@ class FrozenEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, cfg: EncoderConfig) -> 'FrozenEncoder':
-        """Load a vision tower from a local directory (transformers layout)."""
+        """Load a vision tower from a local directory (transformers layout).
+
+        With ``cfg.normalisation == 'auto'`` the directory's ``preprocessor_config.json`` (when
+        present) sets the input mean/std: SigLIP and CLIP towers are not ImageNet-normalised.
+        """
         from transformers import AutoConfig, AutoModel
 
         path = Path(path)
@@ -85,7 +91,10 @@ class FrozenEncoder(nn.Module):
         if patch is None:
             raise ValueError(f'{path}: the model config has no patch_size; '
                              f'not a ViT vision tower?')
-        return cls(model, patch, cfg.image_mean, cfg.image_std)
+        mean, std = cfg.image_mean, cfg.image_std
+        if cfg.normalisation == 'auto':
+            mean, std = read_preprocessor_normalisation(path) or (mean, std)
+        return cls(model, patch, mean, std)
 
 
 def build_encoder(cfg: EncoderConfig, image_hw, base_dir=None) -> FrozenEncoder:

@@ -17,6 +17,7 @@ without plugins.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,12 @@ class RiskPlanner(nn.Module):
         self.config = c = config
         hw = (c.image_height, c.image_width)
         self.encoder = encoder if encoder is not None else build_encoder(c.encoder, hw, base_dir)
+        mean = getattr(self.encoder, 'image_mean', None)
+        std = getattr(self.encoder, 'image_std', None)
+        if mean is not None and (mean, std) != (c.encoder.image_mean, c.encoder.image_std):
+            # The tower's own normalisation (preprocessor_config.json) is what runs: record it.
+            self.config = c = replace(c, encoder=replace(c.encoder, image_mean=mean,
+                                                         image_std=std))
         d = c.d_model
 
         # Patch-centre pixel coordinates of the token grid, in model-input pixels.
@@ -158,18 +165,20 @@ class RiskPlanner(nn.Module):
                              persistent=False)
         self.register_buffer('ray_depths', torch.tensor(c.ray_depths), persistent=False)
 
-        # BEV query cell centres over the risk grid's extent.
-        bev_grid = c.grid.resized(c.bev_size, c.bev_size)
-        xs, ys = bev_grid.cell_centers()
+        # BEV query cell centres over the risk grid's whole extent (each axis divided by
+        # bev_size, so a non-square grid is covered too).
+        xs, ys = c.grid.resampled_centers(c.bev_size, c.bev_size)
         bev_xy = torch.from_numpy(np.stack([xs.ravel(), ys.ravel()], -1)).float() / POSITION_SCALE
         self.register_buffer('bev_xy', bev_xy, persistent=False)
 
-        self.token_proj = nn.Sequential(nn.LayerNorm(self.encoder.hidden_size),
-                                        nn.Linear(self.encoder.hidden_size, d))
-        self.ray_embed = MLP(3 * len(c.ray_depths), d, d)
+        if c.use_cameras:  # the ego-status-only planner has no camera path at all
+            self.token_proj = nn.Sequential(nn.LayerNorm(self.encoder.hidden_size),
+                                            nn.Linear(self.encoder.hidden_size, d))
+            self.ray_embed = MLP(3 * len(c.ray_depths), d, d)
+            self.adapter = nn.ModuleList(DecoderBlock(d, c.num_heads)
+                                         for _ in range(c.adapter_layers))
         self.bev_queries = nn.Parameter(torch.randn(c.bev_size * c.bev_size, d) * 0.02)
         self.bev_pos = MLP(2, d, d)
-        self.adapter = nn.ModuleList(DecoderBlock(d, c.num_heads) for _ in range(c.adapter_layers))
 
         self.ego_queries = nn.Parameter(torch.randn(c.num_ego_queries, d) * 0.02)
         self.intent_embed = nn.Embedding(c.num_intents, d)
@@ -203,13 +212,15 @@ class RiskPlanner(nn.Module):
     def plan(self, features, intrinsics, cam_to_ego, past_states, intent):
         """Everything after the frozen encoder (training on cached features starts here)."""
         B = features.shape[0]
-        memory = self.token_proj(features).flatten(1, 2)                       # [B, N*P, d]
-        memory_pos = self.ray_embedding(intrinsics, cam_to_ego).flatten(1, 2)
-
         bev = self.bev_queries.expand(B, -1, -1)
         bev_pos = self.bev_pos(self.bev_xy).expand(B, -1, -1)
-        for block in self.adapter:
-            bev = block(bev, bev_pos, memory, memory_pos)
+        if self.config.use_cameras:
+            memory = self.token_proj(features).flatten(1, 2)                   # [B, N*P, d]
+            memory_pos = self.ray_embedding(intrinsics, cam_to_ego).flatten(1, 2)
+            for block in self.adapter:
+                bev = block(bev, bev_pos, memory, memory_pos)
+        else:
+            bev = bev + self._interface_anchor(features, intrinsics, cam_to_ego)[:, None, None]
 
         S = self.config.bev_size
         bev_map = bev.transpose(1, 2).reshape(B, -1, S, S)                     # rows=y, cols=x
@@ -225,11 +236,21 @@ class RiskPlanner(nn.Module):
         waypoints = self.decoder(ctx, past_states[:, -1, 3])
         return waypoints, risk
 
+    @staticmethod
+    def _interface_anchor(features, intrinsics, cam_to_ego):
+        """Exactly 0 per sample (for finite inputs) computed *from* the camera inputs, so the
+        ego-status-only graph keeps the same five inputs as every other model (ONNX export
+        drops unused inputs, and the node feeds all five)."""
+        first = [t.flatten(1)[:, 0] for t in (features, intrinsics, cam_to_ego)]
+        return (first[0] + first[1] + first[2]) * 0.0
+
     def forward(self, images, intrinsics, cam_to_ego, past_states, intent):
         """images [B,N,3,H,W] in [0,1], intrinsics [B,N,3,3] at model input size, cam_to_ego
         [B,N,4,4], past_states [B,16,4] (x, y, yaw, speed; last row = now), intent [B] int64.
-        Returns waypoints [B,20,2] (base_link, metres) and risk [B,rows,cols] in [0, 1]."""
-        return self.plan(self.encode(images), intrinsics, cam_to_ego, past_states, intent)
+        Returns waypoints [B,20,2] (base_link, metres) and risk [B,rows,cols] in [0, 1].
+        The ego-status-only planner (``use_cameras: false``) never runs the encoder."""
+        features = self.encode(images) if self.config.use_cameras else images[:, :, :1, :1, :1]
+        return self.plan(features, intrinsics, cam_to_ego, past_states, intent)
 
     # -- parameters and checkpoints -------------------------------------------------------------
     def trainable_state_dict(self) -> dict:

@@ -5,6 +5,7 @@ equal) so that ``ScenarioConfig()`` is the same drive a user gets from the comma
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -15,6 +16,93 @@ from rsd_drive import config_file
 from rsd_drive.geometry import camera_to_ego, intrinsics
 
 STORAGES = ('mcap', 'sqlite3')
+
+# Scenario families (``rsd-drive scenario --family``); ``mixed`` draws one of the others per seed.
+FAMILIES = ('cruise', 'lead_brake', 'stopped_vehicle', 'ped_crossing', 'ped_occluded', 'cut_in',
+            'ped_kerb')
+FAMILY_CHOICES = FAMILIES + ('mixed',)
+
+# Per-family parameters (mirrored by config/scenario.yaml, which documents them). Two-element
+# lists are ranges [lo, hi] drawn uniformly per seed. ``arrival``: when the ego is due at the
+# hazard, as a fraction of ``duration_s`` (on the ego's nominal, hazard-free speed profile).
+# ``ttc_at_onset_s``: the ego's time to arrival (at its current speed) when the hazard enters its
+# corridor; the hazard's trigger fires that long (plus the time it needs to reach the corridor)
+# before the ego arrives, CARLA-style.
+FAMILY_DEFAULTS = {
+    'cruise': {'lead_prob': 0.5, 'lead_gap_m': [25.0, 45.0], 'lead_speed_factor': [0.8, 1.2]},
+    'lead_brake': {'lead_gap_m': [14.0, 22.0], 'lead_speed_factor': [0.75, 0.9],
+                   'trigger_time': [0.35, 0.55], 'trigger_gap_m': 40.0,
+                   'brake_decel': [4.0, 6.0], 'hold_s': [1.5, 3.0]},
+    'stopped_vehicle': {'arrival': [0.4, 0.6], 'release_wait_s': [2.0, 4.0],
+                        'release_speed': [5.0, 8.0]},
+    'ped_crossing': {'arrival': [0.4, 0.65], 'ttc_at_onset_s': [2.0, 4.0],
+                     'walk_speed': [1.2, 1.6], 'from_left_prob': 0.5, 'pause_s': [2.0, 3.5]},
+    'ped_occluded': {'arrival': [0.4, 0.65], 'ttc_at_onset_s': [1.6, 2.6],
+                     'walk_speed': [1.6, 2.2], 'pause_s': [2.0, 3.5]},
+    'cut_in': {'arrival': [0.4, 0.65], 'ttc_at_onset_s': [2.0, 3.5],
+               'lateral_duration_s': [1.8, 2.6], 'speed': [3.0, 6.0]},
+    'ped_kerb': {'arrival': [0.4, 0.65], 'walk_speed': [0.8, 1.4], 'kerb_offset_m': 0.4,
+                 'toward_prob': 0.5},
+}
+
+
+def _merge_families(data) -> dict:
+    """FAMILY_DEFAULTS with a (partial) user mapping applied; unknown families or keys and bad
+    ranges raise ValueError; ranges become tuples."""
+    out = copy.deepcopy(FAMILY_DEFAULTS)
+    for name, params in dict(data or {}).items():
+        if name not in out:
+            raise ValueError(f'unknown scenario family {name!r}; known: {list(FAMILIES)}')
+        unknown = sorted(set(params or {}) - set(out[name]))
+        if unknown:
+            raise ValueError(f'families.{name}: unknown keys {unknown}; '
+                             f'expected {sorted(out[name])}')
+        out[name].update(params or {})
+    for name, params in out.items():
+        for key, value in params.items():
+            if isinstance(value, (list, tuple)):
+                lo, hi = (float(v) for v in value)
+                if not lo <= hi:
+                    raise ValueError(f'families.{name}.{key} must be a range lo <= hi, '
+                                     f'got {value}')
+                params[key] = (lo, hi)
+            else:
+                params[key] = float(value)
+    return out
+
+
+@dataclass
+class ExpertConfig:
+    """The privileged expert and the other vehicles' driver model (IDM, Treiber et al. 2000).
+
+    dt: simulation step (s); /odom is sampled from it, so 1 / odom_hz must be a multiple of it.
+    headway_s, min_gap_m: IDM time headway T and standstill gap s0; the IDM acceleration is
+        ``ScenarioConfig.accel_max`` and its comfortable deceleration ``decel_max``.
+    decel_emergency: hardest braking (IDM's interaction term may exceed ``decel_max`` up to here).
+    curvature_max: physical path-curvature limit of the ego (1/m).
+    lateral_gain, heading_gain: lane keeping, curvature = k_lane - lateral_gain * e_lat -
+        heading_gain * e_heading (errors in metres / radians; speed-independent in distance).
+    pedestrian_horizon_s, vehicle_horizon_s: pedestrians (vehicles) predicted at constant
+        velocity into the ego's corridor within this horizon count as speed-0 (their own speed)
+        leaders.
+    corridor_margin_m: added to the half widths of ego and obstacle for the corridor test.
+    """
+
+    dt: float = 0.02
+    headway_s: float = 1.3
+    min_gap_m: float = 3.0
+    decel_emergency: float = 7.0
+    curvature_max: float = 0.2
+    lateral_gain: float = 0.1
+    heading_gain: float = 0.6
+    pedestrian_horizon_s: float = 4.0
+    vehicle_horizon_s: float = 1.5
+    corridor_margin_m: float = 0.3
+
+    def __post_init__(self):
+        for f in fields(self):
+            if float(getattr(self, f.name)) <= 0:
+                raise ValueError(f'expert.{f.name} must be positive')
 
 
 @dataclass
@@ -90,14 +178,18 @@ class ScenarioConfig:
     turn_angle_deg, turn_radius: ranges of the road's turns (left or right, random per seed).
     straight_length: range of the straight pieces between turns; the first one is at most
         ``first_turn_within`` metres so every drive has a turn early.
-    vehicles: moving vehicles (ahead of / behind the ego in its lane, or oncoming).
+    vehicles: background vehicles driving by IDM: oncoming, or behind the ego in its lane (they
+        follow the ego and react to its braking).
     parked_vehicles: vehicles standing at the road edge.
     pedestrians: pedestrians walking along the sidewalks.
-    crossing_pedestrians: pedestrians that cross the road ahead of the ego, a few seconds before it
-        passes (risky, never hit).
+    family: scenario family (``FAMILY_CHOICES``): the hazard of the drive; ``mixed`` draws one of
+        ``FAMILIES`` per seed.
+    families: per-family parameters (``FAMILY_DEFAULTS``; config/scenario.yaml documents them).
+    expert: the privileged expert that drives the ego (``ExpertConfig``).
     scenery_per_100m: trees and buildings beside the road (rendered only, not published).
-    intent_horizon_s, intent_threshold_deg: a frame's intent is left/right when the ego's yaw
-        changes by more than the threshold over the horizon, else straight.
+    intent_horizon_s, intent_threshold_deg: a frame's intent is left/right when the route (the
+        ego's lane) turns by more than the threshold over the next ``intent_horizon_s`` at the
+        current speed (at least ``intent_min_lookahead_m`` metres), else straight.
     draw_distance: ground and objects farther than this (metres) are not drawn.
     """
 
@@ -126,13 +218,24 @@ class ScenarioConfig:
     vehicles: int = 8
     parked_vehicles: int = 4
     pedestrians: int = 8
-    crossing_pedestrians: int = 3
     scenery_per_100m: float = 6.0
     intent_horizon_s: float = 5.0
     intent_threshold_deg: float = 20.0
+    intent_min_lookahead_m: float = 15.0
     draw_distance: float = 150.0
+    family: str = 'mixed'
+    families: dict = field(default_factory=lambda: _merge_families({}))
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
 
     def __post_init__(self):
+        self.families = _merge_families(self.families)
+        if not isinstance(self.expert, ExpertConfig):
+            self.expert = ExpertConfig(**dict(self.expert or {}))
+        if self.family not in FAMILY_CHOICES:
+            raise ValueError(f'family must be one of {FAMILY_CHOICES}, got {self.family!r}')
+        steps = 1.0 / (self.odom_hz * self.expert.dt)
+        if abs(steps - round(steps)) > 1e-6:
+            raise ValueError(f'1 / odom_hz must be a multiple of expert.dt ({self.expert.dt})')
         self.cameras = [c if isinstance(c, CameraSpec) else CameraSpec(**c) for c in self.cameras]
         names = [c.name for c in self.cameras]
         if not names or len(set(names)) != len(names):
@@ -160,7 +263,7 @@ class ScenarioConfig:
             raise ValueError(f'jpeg_quality must be in [1, 100], got {self.jpeg_quality}')
         if not 0 <= self.camera_jitter_s < 0.5 / self.image_hz:
             raise ValueError('camera_jitter_s must be in [0, half the image period)')
-        for key in ('vehicles', 'parked_vehicles', 'pedestrians', 'crossing_pedestrians'):
+        for key in ('vehicles', 'parked_vehicles', 'pedestrians'):
             if getattr(self, key) < 0:
                 raise ValueError(f'{key} must be >= 0')
         if self.first_turn_within <= 0 or self.draw_distance <= 0 or self.intent_horizon_s <= 0:
@@ -178,6 +281,9 @@ class ScenarioConfig:
         d = asdict(self)
         for key in ('turn_angle_deg', 'turn_radius', 'straight_length'):
             d[key] = list(d[key])
+        d['families'] = {name: {k: list(v) if isinstance(v, tuple) else v
+                                for k, v in params.items()}
+                         for name, params in d['families'].items()}
         return d
 
     @classmethod

@@ -11,6 +11,12 @@ Topics (names match ``config/dataset.yaml``; the camera topics exist per rig cam
     /scenario/objects                     std_msgs/String JSON ground truth (odom frame)
     /scenario/object_markers              visualization_msgs/MarkerArray CUBEs (odom frame)
     /scenario/intent                      std_msgs/String unknown|straight|left|right (route)
+    /scenario/info                        std_msgs/String JSON, once at the start: seed, family
+                                          (the concrete one), requested_family, hazard (what the
+                                          family placed, when it fired), expert collisions
+
+``/scenario/objects`` also carries ``route``: the ego lane's centre line ahead of the ego (odom,
+80 m every 2 m), the map knowledge a leak-free teacher scores risk against.
 
 Bag time equals header time for every message. A bag is written into a temporary directory next
 to its target and renamed into place only when complete, so a failed or interrupted run leaves
@@ -18,6 +24,7 @@ nothing behind.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -47,6 +54,7 @@ TF_STATIC_TOPIC = '/tf_static'
 OBJECTS_TOPIC = '/scenario/objects'
 MARKERS_TOPIC = '/scenario/object_markers'
 INTENT_TOPIC = '/scenario/intent'
+INFO_TOPIC_JSON = '/scenario/info'
 ODOM_FRAME, BASE_FRAME = 'odom', 'base_link'
 
 # Drives start at 2023-11-14 plus 1000 s per seed, so bags of different seeds never overlap.
@@ -73,7 +81,8 @@ def drive_start_ns(seed: int) -> int:
 @dataclass
 class DriveSummary:
     """What ``generate_drive`` wrote: bag path, frames per camera, seconds, frames per intent,
-    number of published objects, bag size in bytes."""
+    number of published objects, bag size in bytes, the concrete family, its hazard record, the
+    expert's collisions (none expected) and its minimum speed."""
 
     path: Path
     seed: int
@@ -82,6 +91,10 @@ class DriveSummary:
     intents: dict
     n_objects: int
     size_bytes: int
+    family: str = ''
+    hazard: dict | None = None
+    collisions: list | None = None
+    min_speed: float = 0.0
 
 
 # -- message builders -----------------------------------------------------------------------------
@@ -223,8 +236,57 @@ def _schedule(cfg: ScenarioConfig, start_ns: int, offsets: np.ndarray) -> list:
     return events
 
 
-def _record(path: Path, seed: int, cfg: ScenarioConfig, progress: bool) -> DriveSummary:
-    world = World(seed, cfg)
+def json_safe(value):
+    """``value`` with non-finite floats as None (strict JSON)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def read_drive_info(bag_path) -> dict | None:
+    """The ``/scenario/info`` record of a scenario bag (seed, family, requested_family, hazard,
+    collisions), or None for a bag without one (older drives, other sources)."""
+    from rosbags.rosbag2 import Reader
+
+    with Reader(bag_path) as reader:
+        conns = [c for c in reader.connections if c.topic == INFO_TOPIC_JSON]
+        for conn, _, raw in reader.messages(connections=conns):
+            return json.loads(TYPESTORE.deserialize_cdr(raw, conn.msgtype).data)
+    return None
+
+
+def info_json(world: World) -> str:
+    return json.dumps(json_safe({'seed': world.seed, 'family': world.family,
+                                 'requested_family': world.requested_family,
+                                 'hazard': world.hazard, 'collisions': world.collisions}),
+                      separators=(',', ':'))
+
+
+def _add_topics(bag: _Bag, cameras, cfg: ScenarioConfig) -> list:
+    """Register every topic of a drive; returns the image topic per camera."""
+    bag.add(TF_STATIC_TOPIC, 'tf2_msgs/msg/TFMessage', qos=[TF_STATIC_QOS])
+    bag.add(TF_TOPIC, 'tf2_msgs/msg/TFMessage')
+    bag.add(ODOM_TOPIC, 'nav_msgs/msg/Odometry')
+    image_type = 'sensor_msgs/msg/CompressedImage' if cfg.compressed else 'sensor_msgs/msg/Image'
+    image_topics = [IMAGE_TOPIC.format(c.name) + (COMPRESSED_SUFFIX if cfg.compressed else '')
+                    for c in cameras]
+    for cam, topic in zip(cameras, image_topics):
+        bag.add(topic, image_type)
+        bag.add(INFO_TOPIC.format(cam.name), 'sensor_msgs/msg/CameraInfo')
+    bag.add(OBJECTS_TOPIC, 'std_msgs/msg/String')
+    bag.add(MARKERS_TOPIC, 'visualization_msgs/msg/MarkerArray')
+    bag.add(INTENT_TOPIC, 'std_msgs/msg/String')
+    bag.add(INFO_TOPIC_JSON, 'std_msgs/msg/String')
+    return image_topics
+
+
+def _record(path: Path, seed: int, cfg: ScenarioConfig, progress: bool,
+            family: str | None = None) -> DriveSummary:
+    world = World(seed, cfg, family)
     cameras = [Camera(spec, cfg.image_width, cfg.image_height) for spec in cfg.cameras]
     start_ns = drive_start_ns(seed)
     offsets = world.camera_offsets_ns(cfg.n_frames, len(cameras))
@@ -236,24 +298,12 @@ def _record(path: Path, seed: int, cfg: ScenarioConfig, progress: bool) -> Drive
     with writer, tqdm(total=cfg.n_frames, desc=path.name, unit='frame',
                       disable=not progress) as bar:
         bag = _Bag(writer)
-        bag.add(TF_STATIC_TOPIC, 'tf2_msgs/msg/TFMessage', qos=[TF_STATIC_QOS])
-        bag.add(TF_TOPIC, 'tf2_msgs/msg/TFMessage')
-        bag.add(ODOM_TOPIC, 'nav_msgs/msg/Odometry')
-        image_type = ('sensor_msgs/msg/CompressedImage' if cfg.compressed
-                      else 'sensor_msgs/msg/Image')
-        image_topics = [IMAGE_TOPIC.format(c.name) + (COMPRESSED_SUFFIX if cfg.compressed else '')
-                        for c in cameras]
-        for cam, topic in zip(cameras, image_topics):
-            bag.add(topic, image_type)
-            bag.add(INFO_TOPIC.format(cam.name), 'sensor_msgs/msg/CameraInfo')
-        bag.add(OBJECTS_TOPIC, 'std_msgs/msg/String')
-        bag.add(MARKERS_TOPIC, 'visualization_msgs/msg/MarkerArray')
-        bag.add(INTENT_TOPIC, 'std_msgs/msg/String')
-
+        image_topics = _add_topics(bag, cameras, cfg)
         for stamp, _, kind, k, c in _schedule(cfg, start_ns, offsets):
             t = (stamp - start_ns) * 1e-9
             if kind == 'tf_static':
                 bag.write(TF_STATIC_TOPIC, stamp, tf_static_msg(stamp, cameras))
+                bag.write(INFO_TOPIC_JSON, stamp, string_msg(info_json(world)))
             elif kind == 'odom':
                 odom, tf = odometry_msgs(stamp, world.ego(t))
                 bag.write(ODOM_TOPIC, stamp, odom)
@@ -275,16 +325,19 @@ def _record(path: Path, seed: int, cfg: ScenarioConfig, progress: bool) -> Drive
                 bar.update(1)
     size = sum(f.stat().st_size for f in path.iterdir())
     return DriveSummary(path=path, seed=int(seed), frames=cfg.n_frames, duration_s=cfg.duration_s,
-                        intents=intents, n_objects=world.n_objects, size_bytes=size)
+                        intents=intents, n_objects=world.n_objects, size_bytes=size,
+                        family=world.family, hazard=json_safe(world.hazard),
+                        collisions=list(world.collisions), min_speed=world.min_speed)
 
 
-def generate_drive(out_path, seed: int, config: ScenarioConfig,
-                   progress: bool = True) -> DriveSummary:
+def generate_drive(out_path, seed: int, config: ScenarioConfig, progress: bool = True,
+                   family: str | None = None) -> DriveSummary:
     """Simulate, render and record one drive into the bag directory ``out_path``.
 
     The bag is written to a temporary directory beside ``out_path`` and renamed into place when
     complete; on any error (or Ctrl-C) the temporary directory is removed and nothing remains.
-    Refuses to overwrite an existing ``out_path``.
+    Refuses to overwrite an existing ``out_path``. ``family``: the scenario family (None: the
+    config's ``family``).
     """
     out_path = Path(out_path)
     if out_path.exists():
@@ -294,7 +347,7 @@ def generate_drive(out_path, seed: int, config: ScenarioConfig,
                                 dir=out_path.parent))
     try:
         # The bag is built under its final name: the storage file inside is named after it.
-        summary = _record(tmp / out_path.name, seed, config, progress)
+        summary = _record(tmp / out_path.name, seed, config, progress, family)
         os.rename(tmp / out_path.name, out_path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -303,8 +356,8 @@ def generate_drive(out_path, seed: int, config: ScenarioConfig,
 
 
 def generate_drives(out_dir, seed: int, count: int, config: ScenarioConfig,
-                    progress: bool = True) -> list:
+                    progress: bool = True, family: str | None = None) -> list:
     """``count`` drives ``out_dir/drive_<seed+i>`` with seeds seed, seed+1, ...; returns paths."""
     out_dir = Path(out_dir)
-    return [generate_drive(out_dir / drive_name(seed + i), seed + i, config, progress).path
-            for i in range(count)]
+    return [generate_drive(out_dir / drive_name(seed + i), seed + i, config, progress,
+                           family).path for i in range(count)]

@@ -72,16 +72,37 @@ class ClipSegConfig:
 
 @dataclass
 class OracleConfig:
+    """The scene oracle (``rsd_drive.teacher.oracle``): risk against the ego's route corridor at
+    its current speed, never against the logged future.
+
+    ego_front_m, ego_rear_m, ego_half_width_m: the ego footprint around base_link.
+    corridor_min_m: the corridor the clearance is measured to is at least this long (a standing
+        ego still has the road just ahead of it).
+    predict_s: clearance over the object's constant-velocity prediction up to this horizon.
+    standing_vehicle_weight: scales the clearance risk of a vehicle standing outside the corridor
+        (parked cars at the kerb).
+    """
+
     horizon_s: float = 5.0
     ego_half_width_m: float = 1.0
+    ego_front_m: float = 3.5
+    ego_rear_m: float = 1.0
     path_sigma_m: float = 1.5
     path_weight: float = 0.6
+    corridor_min_m: float = 15.0
+    predict_s: float = 2.0
+    standing_vehicle_weight: float = 0.5
     min_risk: float = 0.05
     max_age_s: float = 0.25
 
     def __post_init__(self):
         if self.horizon_s <= 0 or self.path_sigma_m <= 0 or self.max_age_s <= 0:
             raise ValueError('oracle.horizon_s, path_sigma_m and max_age_s must be positive')
+        if min(self.ego_front_m, self.ego_rear_m, self.ego_half_width_m) < 0 \
+                or self.corridor_min_m <= 0 or self.predict_s < 0 \
+                or not 0 <= self.standing_vehicle_weight <= 1:
+            raise ValueError('oracle: ego extents and predict_s must be >= 0, corridor_min_m '
+                             '> 0, standing_vehicle_weight in [0, 1]')
 
 
 @dataclass

@@ -4,6 +4,10 @@ Planning: Rater Feedback Score (official definition, rsd_drive.metrics; the logg
 single rated trajectory with label 10), ADE@3s, ADE@5s, FDE; the constant-velocity plan is scored
 the same way as the floor to beat. Risk: agreement of the RiskHead with the teacher map (Pearson,
 KL, top-k recall), beside the trivial "mean teacher map" prior. Everything overall and per intent.
+Calibration of the RiskHead against the teacher: a reliability table and diagram, the expected
+calibration error (all cells, and cells where either map says >= 0.05) and the student threshold
+that best finds the teacher's risky cells (>= 0.5), which is what the node's
+``marker_risk_threshold`` should be.
 
 Writes ``report.json`` and PNGs: one BEV panel per sample (teacher risk, student risk, logged
 future, predicted path), a gallery of the worst samples, and the training curves of the run the
@@ -26,6 +30,10 @@ from rsd_drive.losses import rfs_surrogate_loss, risk_distillation_loss
 
 RATED_LABEL = 10.0  # log-only data: the logged future is the one rated trajectory
 TOPK_FRACTION = 0.05
+CALIBRATION_BINS = 10
+RISKY_CELL = 0.05  # ECE restricted to cells where the student or the teacher says at least this
+MARKER_RISKY = 0.5  # teacher value that makes a cell worth a marker
+PER_FRAME_KEYS = ('rfs', 'ade_3s', 'ade_5s', 'risk_pearson', 'risk_topk_recall')
 
 
 # -- inference ----------------------------------------------------------------------------------
@@ -133,7 +141,80 @@ def summarise(pred: dict, frequency: float) -> dict:
     return report
 
 
+def calibration(pred: dict) -> dict:
+    """Student vs teacher calibration: ECE, reliability table, best marker threshold."""
+    risk, target = pred['risk'], pred['risk_target']
+    table = metrics.risk_reliability(risk, target, CALIBRATION_BINS)
+    marker = metrics.best_marker_threshold(risk, target, MARKER_RISKY)
+    return {'ece': metrics.expected_calibration_error(risk, target, CALIBRATION_BINS),
+            'ece_risky_cells': metrics.expected_calibration_error(risk, target, CALIBRATION_BINS,
+                                                                  RISKY_CELL),
+            'risky_cell': RISKY_CELL,
+            'student_mean': float(np.mean(risk)), 'teacher_mean': float(np.mean(target)),
+            'student_max_mean': float(np.mean(risk.reshape(len(risk), -1).max(axis=1)))
+            if len(risk) else 0.0,
+            'teacher_max_mean': float(np.mean(target.reshape(len(target), -1).max(axis=1)))
+            if len(target) else 0.0,
+            'reliability': {k: [None if not np.isfinite(v) else float(v) for v in table[k]]
+                            for k in ('edges', 'mean_pred', 'mean_target', 'count')},
+            'marker_threshold': {k: v for k, v in marker.items() if k != 'curve'},
+            'marker_curve': marker['curve']}
+
+
+def per_frame(pred: dict, per_sample: dict) -> dict:
+    """Per-frame numbers (model and constant velocity) for paired comparisons of arms."""
+    out = {'frame': [int(f) for f in pred['frame']]}
+    for who in ('model', 'cv'):
+        for key in PER_FRAME_KEYS:
+            name = f'{who}.{key}'
+            if name in per_sample:
+                out[name] = [float(v) for v in per_sample[name]]
+    return out
+
+
 # -- plots --------------------------------------------------------------------------------------
+def plot_reliability(cal: dict, path: Path, title: str = '') -> str:
+    """Reliability diagram: mean teacher risk per predicted-risk bin, with the cell counts."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    rel = cal['reliability']
+    edges = np.asarray(rel['edges'])
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    mean_p = np.array([np.nan if v is None else v for v in rel['mean_pred']])
+    mean_t = np.array([np.nan if v is None else v for v in rel['mean_target']])
+    count = np.asarray(rel['count'], dtype=float)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    ax = axes[0]
+    ax.plot([0, 1], [0, 1], 'k--', lw=1, label='calibrated')
+    ok = count > 0
+    ax.bar(centres[ok], mean_t[ok], width=np.diff(edges)[ok] * 0.9, color='tab:orange',
+           alpha=0.6, label='mean teacher risk')
+    ax.plot(mean_p[ok], mean_t[ok], 'bo-', ms=4, label='(mean student, mean teacher)')
+    thr = cal['marker_threshold']
+    ax.axvline(thr['threshold'], color='tab:red', lw=1,
+               label=f'marker threshold {thr["threshold"]:.2f} (F1 {thr["f1"]:.2f})')
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel('student (RiskHead) risk')
+    ax.set_ylabel('teacher risk')
+    ax.set_title(f'reliability: ECE {cal["ece"]:.4f}, on cells >= {cal["risky_cell"]:g}: '
+                 f'{cal["ece_risky_cells"]:.3f}', fontsize=9)
+    ax.legend(fontsize=7, loc='upper left')
+    axes[1].bar(centres, np.maximum(count, 0.5), width=np.diff(edges) * 0.9, color='grey')
+    axes[1].set_yscale('log')
+    axes[1].set_xlabel('student risk')
+    axes[1].set_ylabel('cells')
+    axes[1].set_title('cells per bin', fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+    return str(path)
+
+
 def _bev_axes(ax, grid, risk, title, future=None, predicted=None, cv=None, teacher=None):
     """Risk map in BEV, x forward up, y left to the left (REP-103 seen from above)."""
     xe = grid.origin_x + np.arange(grid.cols + 1) * grid.resolution
@@ -308,12 +389,14 @@ def evaluate_checkpoint(checkpoint, index, out=None, batch_size: int = 16, devic
     losses = per_sample_losses(pred, 'l1', cfg.frequency_hz)
     report['overall']['model']['plan_loss'] = float(losses['plan'].mean())
     report['overall']['model']['risk_l1'] = float(losses['risk'].mean())
+    report['calibration'] = calibration(pred)
+    per_sample = sample_metrics(pred, cfg.frequency_hz)
+    report['per_frame'] = per_frame(pred, per_sample)
     if out is None:
         return report
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    per_sample = sample_metrics(pred, cfg.frequency_hz)
     n = len(pred['frame'])
     samples = np.linspace(0, n - 1, min(num_samples, n)).round().astype(int) if n else []
     order = np.lexsort((-per_sample['model.ade_5s'], per_sample['model.rfs']))
@@ -328,6 +411,8 @@ def evaluate_checkpoint(checkpoint, index, out=None, batch_size: int = 16, devic
         curves = plot_training_curves(run_dir, out / 'training_curves.png')
         if curves:
             files['training_curves'] = curves
+    files['reliability'] = plot_reliability(report['calibration'], out / 'reliability.png',
+                                            f'RiskHead vs teacher on {n} frames')
     report['files'] = files
     fd, tmp = tempfile.mkstemp(dir=out, prefix='report', suffix='.json.tmp')
     with os.fdopen(fd, 'w') as fh:
@@ -348,6 +433,15 @@ def format_report(report: dict) -> str:
                      f'{m["ade_3s"]:.2f} | {m["ade_5s"]:.2f} | {m["fde"]:.2f} | '
                      f'{m["risk_pearson"]:.3f} | {m["risk_kl"]:.3f} | '
                      f'{m["risk_topk_recall"]:.3f} |')
+    cal = report.get('calibration')
+    if cal:
+        thr = cal['marker_threshold']
+        lines += ['', f'risk calibration: ECE {cal["ece"]:.4f} (cells >= {cal["risky_cell"]:g}: '
+                      f'{cal["ece_risky_cells"]:.3f}); mean student {cal["student_mean"]:.4f} vs '
+                      f'teacher {cal["teacher_mean"]:.4f}; marker threshold '
+                      f'{thr["threshold"]:.2f} finds teacher >= {thr["risky"]:g} cells with '
+                      f'precision {thr["precision"]:.2f}, recall {thr["recall"]:.2f}, '
+                      f'F1 {thr["f1"]:.2f}']
     return '\n'.join(lines)
 
 
