@@ -332,7 +332,7 @@ def run(args) -> int:
 
     def export():
         _check(cli_main(['export', str(checkpoint)]), 'export')
-        return str(checkpoint / 'model.onnx')
+        return str(checkpoint / 'deploy' / 'model.onnx')
 
     stages.run('export', 'one ONNX graph, checked against torch', export)
 

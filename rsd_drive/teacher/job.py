@@ -208,6 +208,14 @@ def _preview(path: Path, frame, risk, objects, future, grid: GridSpec, title: st
     plt.close(fig)
 
 
+def _remove_stale_temp_files(work: Path) -> None:
+    """Temp files of ``write_atomic`` left by a labeler killed mid-write (``.<name>.*.tmp``). One
+    labeler works on a bag at a time (the pool and Ray both run one task per bag), so any such
+    file in the bag's work directory at start is garbage, never another writer's file."""
+    for stale in work.glob('.*.tmp'):
+        stale.unlink(missing_ok=True)
+
+
 def label_bag(bag, spec: JobSpec, bag_id: str | None = None, progress=None) -> dict:
     """Label one bag (resuming finished chunks). Returns the bag's result dict; raises BagError
     for unreadable bags and MissingTopicsError for bags without the needed topics."""
@@ -239,6 +247,7 @@ def label_bag(bag, spec: JobSpec, bag_id: str | None = None, progress=None) -> d
                           'frames_total': info.get('frames_seen', 0)})
             return info
     work.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temp_files(work)
     grid, pcfg = spec.grid_spec, tcfg.projection
     target_cfg = TargetConfig(**spec.targets)
     dataset = DatasetConfig.from_dict(spec.dataset)
