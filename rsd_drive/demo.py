@@ -156,29 +156,39 @@ def frame_families(index_dir, bag_family: dict) -> list[str]:
 # -- the closed-loop stage ----------------------------------------------------------------------
 def closed_loop_stage(out: Path, demo: dict, checkpoints: dict) -> dict:
     """CLOSED-LOOP STAGE: ``rsd_drive.closedloop.run_closed_loop`` drives expert, constant
-    velocity and the trained arms (their first-seed checkpoints, torch backend: the export stage
-    comes later) on held-out seeds in process; its table goes into report.md. Skipped, with the
-    reason in the report, when disabled or when the closed-loop package is absent."""
+    velocity and the trained arms (each training seed's checkpoint, torch backend: the export
+    stage comes later) on held-out seeds in process; report.md gets the arms as mean ± sd over
+    the training seeds, and per policy and family. Skipped, with the reason in the report, when
+    disabled or when the closed-loop package is absent."""
     cl = demo.get('closed_loop') or {}
     if not cl.get('enabled', False):
         return {'skipped': 'closed_loop.enabled is false in config/demo.yaml'}
     try:
         from rsd_drive.closedloop import format_family_table, format_summary_table
         from rsd_drive.closedloop import run_closed_loop
+        from rsd_drive.closedloop.report import format_arms_table
     except ImportError as e:
         return {'skipped': f'rsd_drive.closedloop is not available ({e})'}
-    policies = {'expert': 'expert', 'constant velocity': 'constant-velocity',
-                **{name: str(path) for name, path in checkpoints.items()
-                   if name != 'random encoder'}}
+    policies = {'expert': 'expert', 'constant_velocity': 'constant-velocity'}
+    arms = {'expert': ['expert'], 'constant velocity': ['constant_velocity']}
+    for arm, by_seed in checkpoints.items():
+        if arm == 'random encoder':
+            continue
+        names = []
+        for seed, path in sorted(by_seed.items()):
+            name = f"{arm.replace(' ', '_').replace('=', '')}-s{seed}"
+            policies[name] = str(path)
+            names.append(name)
+        arms[arm] = names
     families, seeds = list(cl['families']), ','.join(str(s) for s in cl['seeds'])
     summary = {}
     for name, spec in policies.items():
         summary = run_closed_loop(spec, families, seeds, out / 'closedloop', backend='torch',
-                                  name=name.replace(' ', '_').replace('=', ''),
-                                  progress=True)
-    table = format_summary_table(summary)
+                                  name=name, progress=True)
+    table = format_arms_table(summary, arms)
     print(table)
-    return {'table': table + '\n\n' + format_family_table(summary),
+    return {'table': table + '\n\n' + format_family_table(summary) + '\n\n' +
+            format_summary_table(summary),
             'report': str(out / 'closedloop' / 'report.md'), 'families': families,
             'seeds': list(cl['seeds'])}
 
@@ -261,10 +271,11 @@ def _train_arms(out: Path, demo: dict, model_cfg, train_cfg, encoder_cfg) -> dic
     print(result['paired_table'])
     deployed = next(r for r in result['runs'] if r['variant'].startswith('lambda=')
                     and r['risk_weight'] > 0 and r['seed'] == demo['seeds'][0])
-    first = {r['variant']: r['checkpoint'] for r in result['runs']
-             if r['seed'] == demo['seeds'][0]}
+    by_seed = {}  # arm -> {seed: checkpoint}, every training seed (closed loop: mean ± sd)
+    for r in result['runs']:
+        by_seed.setdefault(r['variant'], {})[str(r['seed'])] = r['checkpoint']
     return {'ablation': str(out / 'ablation' / 'ablation.json'),
-            'checkpoint': deployed['checkpoint'], 'arm_checkpoints': first}
+            'checkpoint': deployed['checkpoint'], 'arm_checkpoints': by_seed}
 
 
 def run(args) -> int:
