@@ -19,10 +19,10 @@ SUBCOMMANDS = {
     'train': ('rsd_drive.train.cli', 'train adapter, planner, GRU decoder and RiskHead'),
     'eval': ('rsd_drive.train.evaluate', 'evaluate a checkpoint: RFS, ADE/FDE, risk agreement'),
     'ablate': ('rsd_drive.train.ablate', 'lambda=0 vs lambda>0 (and loss choices) over seeds'),
-    'export': ('rsd_drive.deploy.export', 'export a checkpoint to one ONNX graph'),
+    'export': ('rsd_drive.deploy.export', 'export a checkpoint: model.onnx + deploy.json'),
     'replay': ('rsd_drive.ros.replay', 'play a bag into ROS 2 topics with /clock; record outputs'),
     'bench': ('rsd_drive.bench.cli', 'benchmarks: model | node | label | train'),
-    'closedloop': ('rsd_drive.closedloop.cli', 'closed-loop driving: policy vs the scenario world'),
+    'closedloop': ('rsd_drive.closedloop.cli', 'closed-loop driving in the scenario world'),
     'demo': ('rsd_drive.demo', 'the end-to-end default: drives -> labels -> train -> node'),
 }
 

@@ -154,6 +154,17 @@ def frame_families(index_dir, bag_family: dict) -> list[str]:
 
 
 # -- the closed-loop stage ----------------------------------------------------------------------
+def _closed_loop_scenario(cl: dict):
+    """config/scenario.yaml with the demo's shorter closed-loop routes (``closed_loop.duration_s``;
+    the hazards are triggered on the ego's time to arrival, so a short route still meets them)."""
+    from dataclasses import replace
+
+    from rsd_drive.scenario.config import ScenarioConfig, default_config_path
+
+    cfg = ScenarioConfig.from_yaml(default_config_path())
+    return replace(cfg, duration_s=float(cl['duration_s'])) if cl.get('duration_s') else cfg
+
+
 def closed_loop_stage(out: Path, demo: dict, checkpoints: dict) -> dict:
     """CLOSED-LOOP STAGE: ``rsd_drive.closedloop.run_closed_loop`` drives expert, constant
     velocity and the trained arms (each training seed's checkpoint, torch backend: the export
@@ -169,8 +180,8 @@ def closed_loop_stage(out: Path, demo: dict, checkpoints: dict) -> dict:
         from rsd_drive.closedloop.report import format_arms_table
     except ImportError as e:
         return {'skipped': f'rsd_drive.closedloop is not available ({e})'}
-    policies = {'expert': 'expert', 'constant_velocity': 'constant-velocity'}
-    arms = {'expert': ['expert'], 'constant velocity': ['constant_velocity']}
+    policies = {'expert': 'expert', 'constant-velocity': 'constant-velocity'}
+    arms = {'expert': ['expert'], 'constant velocity': ['constant-velocity']}
     for arm, by_seed in checkpoints.items():
         if arm == 'random encoder':
             continue
@@ -181,10 +192,11 @@ def closed_loop_stage(out: Path, demo: dict, checkpoints: dict) -> dict:
             names.append(name)
         arms[arm] = names
     families, seeds = list(cl['families']), ','.join(str(s) for s in cl['seeds'])
+    scenario_cfg = _closed_loop_scenario(cl)
     summary = {}
     for name, spec in policies.items():
         summary = run_closed_loop(spec, families, seeds, out / 'closedloop', backend='torch',
-                                  name=name, progress=True)
+                                  name=name, progress=True, scenario_cfg=scenario_cfg)
     table = format_arms_table(summary, arms)
     print(table)
     return {'table': table + '\n\n' + format_family_table(summary) + '\n\n' +

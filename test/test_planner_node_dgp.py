@@ -42,8 +42,11 @@ def test_node_plans_every_synchronised_real_frame(tmp_path, dgp_bag, dgp_frames)
     node = NodeProcess(params, '-p', 'use_sim_time:=true')
     try:
         node.wait_for(r'active:', timeout=90)
+        # Lockstep: bag time waits for the node's answer to each set, whatever the machine.
+        ref_topic = next(c.image_topic for c in cfg.cameras if c.name == cfg.reference_camera)
         summary = replay(dgp_bag, record=tmp_path / 'outputs', wait_s=15.0, tail_s=2.0,
-                         rate=0.25, progress=False)
+                         rate=0.25, progress=False, lockstep=True, lockstep_timeout_s=60.0,
+                         reference_topic=ref_topic, slop_s=cfg.sync_slop_s)
         assert node.proc.poll() is None, node.log
     finally:
         node.stop()
