@@ -234,7 +234,9 @@ def write_report(path: Path, out: Path, state: dict, demo: dict, encoder_desc: s
     ]
     lines += ['## planner_node on the replayed held-out drive', '',
               f'{len(outputs["paths"])} paths and {len(outputs["grids"])} risk grids published '
-              f'over real DDS (loopback) with ONNX Runtime; latency from the camera stamp:', '',
+              f'over real DDS (loopback) with ONNX Runtime, replayed in lockstep. Latency on '
+              f'the wall clock (the node\'s `latency_ms.*`); under sim time `total` runs from '
+              f'the set\'s last message to the publish:', '',
               _latency_table(outputs['diagnostics']), '',
               '## Stage timings (s)', '',
               '| stage | seconds |', '|---|---|']
