@@ -40,6 +40,16 @@ def write_atomic(path, write) -> Path:
     return path
 
 
+def remove_stale_temp_files(directory) -> int:
+    """Delete what ``write_atomic`` leaves when its process is killed mid-write (``.<name>.*.tmp``
+    in ``directory``). Call it only where no other writer can be active (the caller owns the
+    directory, e.g. one labeler per bag). Returns how many were removed."""
+    stale = list(Path(directory).glob('.*.tmp'))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 def write_bytes_atomic(path, data: bytes) -> Path:
     return write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
 

@@ -20,7 +20,7 @@ from rsd_drive.geometry import matrix_to_quaternion
 from rsd_drive.model.config import ModelConfig
 
 from test_pandaset import CAMERAS, pandaset_bag, seq_dir  # noqa: F401
-from test_planner_node import read_bag, stamp_ns
+from test_planner_node import replay_into_node, stamp_ns
 
 FRAMES = 80
 
@@ -65,7 +65,6 @@ def open_loop_scores(paths: dict, odometry, frequency_hz: float, steps: int) -> 
 def test_node_plans_every_frame_of_the_real_drive(tmp_path, pandaset_bag,  # noqa: F811
                                                   pandaset_frames):
     from rsd_drive.ros.planner_node import write_parameters
-    from rsd_drive.ros.replay import replay
 
     cfg, reader, frames = pandaset_frames
     assert len(frames) == FRAMES
@@ -92,19 +91,8 @@ def test_node_plans_every_frame_of_the_real_drive(tmp_path, pandaset_bag,  # noq
                               sync_slop_s=cfg.sync_slop_s, pad_short_history=True,
                               diagnostics_period_s=0.5)
     node = NodeProcess(params, '-p', 'use_sim_time:=true')
-    ref_topic = next(c.image_topic for c in cfg.cameras if c.name == cfg.reference_camera)
-    try:
-        node.wait_for(r'active:', timeout=180)
-        summary = replay(pandaset_bag, rate=1.0, record=tmp_path / 'outputs', wait_s=30.0,
-                         tail_s=1.0, progress=False, lockstep=True, lockstep_timeout_s=60.0,
-                         reference_topic=ref_topic, slop_s=cfg.sync_slop_s)
-        assert node.proc.poll() is None, node.log
-    finally:
-        node.stop()
-    print(summary.table())
-    out = read_bag(tmp_path / 'outputs')
-    paths = out.get('/planner_node/path', [])
-    grids = out.get('/planner_node/risk_grid', [])
+    _, paths, grids = replay_into_node(node, pandaset_bag, cfg, tmp_path / 'outputs',
+                                       180, wait_s=30.0, tail_s=1.0, rate=1.0)
     expected = [f.stamp_ns for f in frames]
     assert [stamp_ns(m) for _, m in paths] == expected, node.log
     assert [stamp_ns(m) for _, m in grids] == expected

@@ -299,6 +299,27 @@ def test_replayed_bag_gives_paths_and_risk_grids(tmp_path, artifact):
 
 
 # -- stale inputs (wall time) ---------------------------------------------------------------------
+def replay_into_node(node, bag, dataset_cfg, out_dir, active_timeout: float, **replay_kwargs):
+    """Wait for ``node`` to be active, replay ``bag`` into it in lockstep (bag time waits for the
+    node's answer to each camera set, whatever the machine), stop it; -> (summary, paths, grids)
+    as recorded from its outputs."""
+    from rsd_drive.ros.replay import replay
+
+    ref_topic = next(c.image_topic for c in dataset_cfg.cameras
+                     if c.name == dataset_cfg.reference_camera)
+    try:
+        node.wait_for(r'active:', timeout=active_timeout)
+        summary = replay(bag, record=out_dir, progress=False, lockstep=True,
+                         lockstep_timeout_s=60.0, reference_topic=ref_topic,
+                         slop_s=dataset_cfg.sync_slop_s, **replay_kwargs)
+        assert node.proc.poll() is None, node.log
+    finally:
+        node.stop()
+    print(summary.table())
+    out = read_bag(out_dir)
+    return summary, out.get('/planner_node/path', []), out.get('/planner_node/risk_grid', [])
+
+
 def stamp_ns(msg) -> int:
     return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
 

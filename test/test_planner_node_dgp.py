@@ -8,7 +8,7 @@ from node_helpers import GRID, NodeProcess, make_checkpoint, tiny_config
 from rsd_drive.data.bag import BagReader, DatasetConfig
 from rsd_drive.geometry import matrix_to_quaternion
 
-from test_planner_node import read_bag, stamp_ns
+from test_planner_node import replay_into_node, stamp_ns
 
 
 @pytest.fixture(scope='module')
@@ -21,7 +21,6 @@ def dgp_frames(dgp_bag, repo_root):
 
 def test_node_plans_every_synchronised_real_frame(tmp_path, dgp_bag, dgp_frames):
     from rsd_drive.ros.planner_node import write_parameters
-    from rsd_drive.ros.replay import replay
 
     cfg, reader, frames = dgp_frames
     assert len(frames) == 3
@@ -40,20 +39,8 @@ def test_node_plans_every_synchronised_real_frame(tmp_path, dgp_bag, dgp_frames)
                               backend='onnxruntime', threads=1, intent_topic='',
                               pad_short_history=True, diagnostics_period_s=0.25)
     node = NodeProcess(params, '-p', 'use_sim_time:=true')
-    try:
-        node.wait_for(r'active:', timeout=90)
-        # Lockstep: bag time waits for the node's answer to each set, whatever the machine.
-        ref_topic = next(c.image_topic for c in cfg.cameras if c.name == cfg.reference_camera)
-        summary = replay(dgp_bag, record=tmp_path / 'outputs', wait_s=15.0, tail_s=2.0,
-                         rate=0.25, progress=False, lockstep=True, lockstep_timeout_s=60.0,
-                         reference_topic=ref_topic, slop_s=cfg.sync_slop_s)
-        assert node.proc.poll() is None, node.log
-    finally:
-        node.stop()
-    print(summary.table())
-    out = read_bag(tmp_path / 'outputs')
-    paths = out.get('/planner_node/path', [])
-    grids = out.get('/planner_node/risk_grid', [])
+    _, paths, grids = replay_into_node(node, dgp_bag, cfg, tmp_path / 'outputs', 90,
+                                       wait_s=15.0, tail_s=2.0, rate=0.25)
     expected = [f.stamp_ns for f in frames]
     assert [stamp_ns(m) for _, m in paths] == expected, node.log
     assert [stamp_ns(m) for _, m in grids] == expected

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rsd_drive.atomic import write_atomic, write_json_atomic
+from rsd_drive.atomic import remove_stale_temp_files, write_atomic, write_json_atomic
 from rsd_drive.data.bag import (BagError, BagReader, DatasetConfig, MissingTopicsError,
                                 SkippedFrame)
 from rsd_drive.data.index import ShardWriter, read_manifest
@@ -208,14 +208,6 @@ def _preview(path: Path, frame, risk, objects, future, grid: GridSpec, title: st
     plt.close(fig)
 
 
-def _remove_stale_temp_files(work: Path) -> None:
-    """Temp files of ``write_atomic`` left by a labeler killed mid-write (``.<name>.*.tmp``). One
-    labeler works on a bag at a time (the pool and Ray both run one task per bag), so any such
-    file in the bag's work directory at start is garbage, never another writer's file."""
-    for stale in work.glob('.*.tmp'):
-        stale.unlink(missing_ok=True)
-
-
 def label_bag(bag, spec: JobSpec, bag_id: str | None = None, progress=None) -> dict:
     """Label one bag (resuming finished chunks). Returns the bag's result dict; raises BagError
     for unreadable bags and MissingTopicsError for bags without the needed topics."""
@@ -247,7 +239,7 @@ def label_bag(bag, spec: JobSpec, bag_id: str | None = None, progress=None) -> d
                           'frames_total': info.get('frames_seen', 0)})
             return info
     work.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temp_files(work)
+    remove_stale_temp_files(work)  # one labeler per bag: leftovers of a killed one
     grid, pcfg = spec.grid_spec, tcfg.projection
     target_cfg = TargetConfig(**spec.targets)
     dataset = DatasetConfig.from_dict(spec.dataset)
