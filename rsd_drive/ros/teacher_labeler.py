@@ -176,10 +176,16 @@ def main(args=None) -> int:
         while rclpy.ok():
             rclpy.spin_once(node, timeout_sec=0.1)
             if node.finished.is_set() and node.exit_when_done:
-                # Let the last progress and diagnostics messages go out before leaving.
-                end = time.monotonic() + 0.5
-                while time.monotonic() < end:
+                # Let the last progress and diagnostics messages go out before leaving (the
+                # timer republishes them): 0.5 s after a listener is matched, or up to 3 s for
+                # discovery when a short job ended before any listener had found the node.
+                start = time.monotonic()
+                matched = None
+                while time.monotonic() - start < 3.0 and (
+                        matched is None or time.monotonic() - matched < 0.5):
                     rclpy.spin_once(node, timeout_sec=0.05)
+                    if matched is None and node.progress_pub.get_subscription_count() > 0:
+                        matched = time.monotonic()
                 break
         code = node.exit_code
     except (ValueError, FileNotFoundError) as exc:
