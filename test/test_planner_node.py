@@ -112,6 +112,39 @@ def _overrides(params_file, **changes):
     return overrides
 
 
+def test_extrinsics_parameter_takes_a_mount_with_roll_or_a_pose(tmp_path, artifact):
+    """``cameras.<name>.extrinsics`` as [x, y, z, yaw, pitch], [.., roll] or [x, y, z, qx, qy,
+    qz, qw] gives the same cam_to_ego as the bag reader's parser; 4 values are refused by name."""
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from rsd_drive.geometry import camera_to_ego, matrix_to_quaternion
+    from rsd_drive.ros.planner_node import ConfigError, PlannerNode
+
+    rolled = camera_to_ego(1.5, 0.2, 1.4, 0.3, 0.1, 0.05)
+    pose = [1.5, 0.2, 1.4, *matrix_to_quaternion(rolled[:3, :3])]
+    forms = {'front': [1.5, 0.2, 1.4, 0.3, 0.1, 0.05], 'front_left': pose}
+    base = _overrides(planner_params(tmp_path, artifact))
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        node = PlannerNode(context=context, parameter_overrides=base + [
+            Parameter(f'cameras.{cam}.extrinsics', value=v) for cam, v in forms.items()])
+        try:
+            from rclpy.lifecycle import TransitionCallbackReturn
+            assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+            for cam in forms:
+                np.testing.assert_allclose(node.extrinsics_by_camera[cam], rolled, atol=1e-9)
+            assert not np.allclose(rolled, camera_to_ego(1.5, 0.2, 1.4, 0.3, 0.1), atol=1e-3)
+        finally:
+            node.destroy_node()
+        with pytest.raises(ConfigError, match=r'cameras\.front\.extrinsics needs .*roll'):
+            PlannerNode(context=context, parameter_overrides=base + [
+                Parameter('cameras.front.extrinsics', value=[1.0, 0.0, 1.0, 0.0])])
+    finally:
+        rclpy.try_shutdown(context=context)
+
+
 def test_extrinsics_from_tf_static_chain(tmp_path, artifact):
     """base_link -> front_mount -> front_optical composed from tf_static; without tf2_msgs the
     configure transition fails (FAILURE, back to unconfigured) with a message naming it."""

@@ -77,6 +77,9 @@ def run_pandaset(args) -> int:
               f'({math.degrees(math.acos(min(s.forward_cosine, 1.0))):.2f} deg)')
     print(f'base_link origin: {s.ground_height_m:.3f} m below the LiDAR pose origin (on the road '
           f'under the annotated road users)')
+    print(f'sweep model: each frame\'s camera poses imply ego positions within '
+          f'{s.sweep_residual_mm:.2f} mm of one velocity per sweep; odometry at the LiDAR stamps '
+          f'and each sweep\'s first camera')
     print('camera mounts: deviation of the per-frame mounts from the static one')
     print(s.table())
     if s.skipped_cameras:

@@ -23,15 +23,27 @@ Frames, worked out from the data (DESIGN.md "PandaSet frames") and checked here 
   projection of the teachers expect.
 - Camera poses are optical frames (z along the view, x right, y down: a pinhole K applies). The
   cameras fire up to 0.1 s before the LiDAR, so a camera's mount is
-  ``inv(world_from_base(t_camera)) @ world_from_camera(t_camera)`` with the ego pose interpolated
-  (linear position, slerp rotation) at the camera's stamp; the per-frame mounts are averaged into
-  the static transform and their spread is reported (:class:`MountEstimate`).
+  ``inv(world_from_base(t_camera)) @ world_from_camera(t_camera)`` with the ego pose at the
+  camera's stamp; the per-frame mounts are averaged into the static transform and their spread is
+  reported (:class:`MountEstimate`).
+- Where the ego is between LiDAR poses (the *sweep model*, measured on sequence 002): the six
+  camera poses of frame ``k`` are frame ``k``'s LiDAR pose moved back in time at one constant
+  velocity of that sweep (through the averaged mounts, the six ego positions they imply lie on
+  one line through the LiDAR pose within 0.5 mm). That velocity is smooth, while the LiDAR poses
+  themselves are not: between frames 12 and 13 they step 1.3 cm further than the motion around
+  them, so interpolating between LiDAR poses puts frame 13's cameras 1.5 cm off. The importer
+  therefore fits each sweep's linear and angular velocity to its cameras (pinned at the LiDAR
+  pose, :func:`fit_sweeps`; a constant body-frame offset of all sweeps' velocities is not
+  observable, as it moves each mount by a constant, and is fixed so that the sweeps' mean matches
+  the LiDAR poses' velocity), re-estimates the mounts on that track and repeats
+  (``SWEEP_ITERATIONS``). The spread of the mounts over the plain LiDAR interpolation is kept
+  for comparison (``MountEstimate`` of ``lidar_spread``).
 - ``odom`` is the world frame shifted so that the first ego position is its origin. Odometry is
-  written at the LiDAR stamps (the measured ego poses, 10 Hz) plus, when the first frame's
-  cameras fire before the first LiDAR pose, once at the earliest camera stamp with the pose
-  extrapolated back at the first sample's velocity (at most ``MAX_EXTRAPOLATION_S``; the car of
-  sequence 002 is waiting then, so this moves it by millimetres). The twist is in base_link,
-  signed (negative x when reversing), from central differences of the poses.
+  written at the LiDAR stamps (the measured ego poses, 10 Hz) and at the first camera stamp of
+  each sweep (its start, 0.1 ms after the previous LiDAR pose in sequence 002), posed by the
+  sweep model, so that a reader interpolating odometry at an image's stamp (as tf does) gets the
+  ego pose that the dataset's camera pose implies. The twist is in base_link, signed (negative x
+  when reversing), from central differences of the LiDAR poses.
 - Cuboids: ``position`` is the box centre, ``dimensions`` [width, length, height], ``yaw`` 0
   points the length side along world +y (counter-clockwise positive), so the schema's yaw (of the
   length axis from odom +x) is ``yaw + pi/2``. Objects in the overlap of the two LiDARs have a
@@ -68,6 +80,7 @@ SCENERY_LABELS = {'cones', 'signs', 'construction signs', 'temporary constructio
                   'rolling containers', 'pylons', 'road barriers', 'towed object'}
 KEEP_SENSOR_IDS = (-1, 0)
 MAX_EXTRAPOLATION_S = 0.15
+SWEEP_ITERATIONS = 4        # mounts <-> sweep velocities, alternately (converged after 2-3)
 GROUND_RANGE_M = 12.0      # road users this close tell where the road is
 MOVING_SPEED = 1.0          # m/s: frames used to check base_link against the travel direction
 MIN_FORWARD_COSINE = 0.98   # the mean travel direction must be within ~11 degrees of +x
@@ -187,6 +200,7 @@ class PandasetCamera:
     cam_to_ego: np.ndarray = field(default_factory=lambda: np.eye(4))
     mounts: np.ndarray | None = None     # [frames, 4, 4] per-frame mounts
     spread: MountEstimate | None = None
+    lidar_spread: MountEstimate | None = None   # the spread over the LiDAR poses alone
     distortion: np.ndarray = field(default_factory=lambda: np.zeros(5))
 
     @property
@@ -205,6 +219,8 @@ class PandasetSequence:
     cameras: dict            # our name -> PandasetCamera
     lidar_stamps_ns: np.ndarray
     ego: PoseTrack           # world_from_base_link at the LiDAR stamps
+    track: PoseTrack         # ... and at each sweep's first camera stamp (the sweep model)
+    sweeps: list             # [SweepMotion] per frame
     origin: np.ndarray       # world position of the first ego pose (odom origin)
     gps: list
     cuboid_files: list
@@ -276,9 +292,9 @@ def _camera(root: Path, pandaset_name: str, n: int) -> PandasetCamera:
                           _stamps_ns(d / 'timestamps.json', n), _poses(d / 'poses.json', n))
 
 
-def estimate_mount(cam: PandasetCamera, ego: PoseTrack) -> None:
+def estimate_mount(cam: PandasetCamera, ego: PoseTrack) -> MountEstimate:
     """Per-frame mounts ``inv(ego(t_cam)) @ camera(t_cam)``, their average (``cam_to_ego``) and
-    spread, filled in place."""
+    spread, filled in place; returns the spread."""
     mounts = np.stack([np.linalg.inv(ego.at(int(t))) @ T
                        for t, T in zip(cam.stamps_ns, cam.world_from_cam)])
     R = mean_rotation(mounts[:, :3, :3])
@@ -289,6 +305,90 @@ def estimate_mount(cam: PandasetCamera, ego: PoseTrack) -> None:
     cam.spread = MountEstimate(float(dt.max()), float(np.sqrt(np.mean(dt ** 2))),
                                float(da.max()), float(np.sqrt(np.mean(da ** 2))),
                                int(np.argmax(dt)))
+    return cam.spread
+
+
+# -- the sweep model ------------------------------------------------------------------------------
+
+@dataclass
+class SweepMotion:
+    """The ego's motion within one LiDAR sweep: frame ``k``'s pose ``E(t)`` is the LiDAR sweep's
+    ego pose ``L`` moved at a constant ``velocity`` (world, m/s) and ``angular`` velocity (body,
+    rad/s) for ``t - t_L``. ``residual_m``: how far the cameras' implied ego positions lie from
+    that line (the worst camera)."""
+
+    velocity: np.ndarray
+    angular: np.ndarray
+    residual_m: float = 0.0
+
+    def pose(self, lidar_pose: np.ndarray, dt_s: float) -> np.ndarray:
+        return make_transform(lidar_pose[:3, :3] @ rotation_exp(self.angular * dt_s),
+                              lidar_pose[:3, 3] + self.velocity * dt_s)
+
+
+def fit_sweeps(cameras: list, ego: PoseTrack) -> list:
+    """[SweepMotion] per frame: least-squares velocities (pinned at the LiDAR pose) of the ego
+    poses that the cameras' poses imply through their current mounts. A frame whose cameras all
+    fire at the LiDAR stamp takes the LiDAR poses' velocity. The sweeps' mean body-frame offset
+    from the LiDAR poses' velocity is removed (it is not observable: see the module docstring)."""
+    sweeps, offsets_v, offsets_w = [], [], []
+    for k, L in enumerate(ego.poses):
+        taus, dps, dws = [], [], []
+        for cam in cameras:
+            B = cam.world_from_cam[k] @ np.linalg.inv(cam.cam_to_ego)
+            taus.append((int(cam.stamps_ns[k]) - int(ego.stamps_ns[k])) * 1e-9)
+            dps.append(B[:3, 3] - L[:3, 3])
+            dws.append(rotation_log(L[:3, :3].T @ B[:3, :3]))
+        tau, dps, dws = np.array(taus), np.array(dps), np.array(dws)
+        v_ref, w_ref = ego.twist(k)
+        norm = float(tau @ tau)
+        if norm < 1e-8:  # cameras within 0.1 ms of the LiDAR: nothing to fit
+            sweeps.append(SweepMotion(v_ref, w_ref))
+            continue
+        v, w = tau @ dps / norm, tau @ dws / norm
+        residual = float(np.linalg.norm(dps - np.outer(tau, v), axis=1).max())
+        sweeps.append(SweepMotion(v, w, residual))
+        offsets_v.append(L[:3, :3].T @ (v - v_ref))
+        offsets_w.append(w - w_ref)
+    if offsets_v:
+        dv, dw = np.mean(offsets_v, axis=0), np.mean(offsets_w, axis=0)
+        for L, sweep in zip(ego.poses, sweeps):
+            sweep.velocity = sweep.velocity - L[:3, :3] @ dv
+            sweep.angular = sweep.angular - dw
+    return sweeps
+
+
+def sweep_track(cameras: list, ego: PoseTrack, sweeps: list) -> PoseTrack:
+    """The LiDAR poses plus, per frame, the sweep model's pose at its first camera stamp (and at
+    its last, should a camera fire after the LiDAR). A sweep start at or before the previous
+    sample is left out (the interpolation from that sample is used there)."""
+    stamps, poses = [], []
+    for k, (t_lidar, L) in enumerate(zip(ego.stamps_ns, ego.poses)):
+        t_lidar = int(t_lidar)
+        cam_stamps = [int(c.stamps_ns[k]) for c in cameras]
+        ends = {t for t in (min(cam_stamps), max(cam_stamps))
+                if (t < t_lidar) == (t == min(cam_stamps)) and t != t_lidar}
+        for t in sorted(ends | {t_lidar}):
+            if stamps and t <= stamps[-1]:
+                continue
+            stamps.append(t)
+            poses.append(L if t == t_lidar else sweeps[k].pose(L, (t - t_lidar) * 1e-9))
+    return PoseTrack(stamps, poses, ego.where)
+
+
+def fit_sweep_model(cameras: list, ego: PoseTrack) -> tuple[PoseTrack, list]:
+    """Mounts and sweep velocities, estimated alternately from the LiDAR-interpolated start
+    (each camera's ``lidar_spread`` keeps that start's spread); returns (the odometry track, the
+    sweeps), the cameras' mounts and spreads filled in on that track."""
+    for cam in cameras:
+        cam.lidar_spread = estimate_mount(cam, ego)
+    track, sweeps = ego, []
+    for _ in range(SWEEP_ITERATIONS):
+        sweeps = fit_sweeps(cameras, ego)
+        track = sweep_track(cameras, ego, sweeps)
+        for cam in cameras:
+            estimate_mount(cam, track)
+    return track, sweeps
 
 
 def check_forward(ego: PoseTrack, where: str) -> float | None:
@@ -380,33 +480,27 @@ def load_sequence(seq_dir, wanted_cameras=None) -> PandasetSequence:
     if not cameras:
         raise PandasetError(f'{root / "camera"}: none of the cameras {order} (it has '
                             f'{sorted(all_cams)})')
-    for cam in cameras.values():
-        estimate_mount(cam, ego)
+    track, sweeps = fit_sweep_model(list(cameras.values()), ego)
     skipped = sorted(c.pandaset_name for n_, c in all_cams.items() if n_ not in cameras)
-    return PandasetSequence(root, cameras, lidar_stamps, ego, ego.poses[0][:3, 3].copy(), gps,
-                            cuboid_files, forward, height, used, skipped)
+    return PandasetSequence(root, cameras, lidar_stamps, ego, track, sweeps,
+                            ego.poses[0][:3, 3].copy(), gps, cuboid_files, forward, height, used,
+                            skipped)
 
 
 # -- ego motion and objects -----------------------------------------------------------------------
 
 def odometry(seq: PandasetSequence) -> list:
-    """EgoPose (odom) at the LiDAR stamps, plus the earliest camera stamp when a camera fires
-    before the first LiDAR pose (and the latest when one fires after the last)."""
-    ego = seq.ego
-    first_cam = min(int(c.stamps_ns[0]) for c in seq.cameras.values())
-    last_cam = max(int(c.stamps_ns[-1]) for c in seq.cameras.values())
-    samples = [(int(t), i) for i, t in enumerate(ego.stamps_ns)]
-    if first_cam < ego.stamps_ns[0]:
-        samples.insert(0, (first_cam, 0))
-    if last_cam > ego.stamps_ns[-1]:
-        samples.append((last_cam, len(ego.stamps_ns) - 1))
+    """EgoPose (odom) at every sample of the sweep model's track (the LiDAR stamps and each
+    sweep's first camera stamp), with the twist of the LiDAR frame the sample belongs to (the
+    first LiDAR stamp at or after it)."""
+    lidar = seq.ego.stamps_ns
     out = []
-    for t, i in samples:
-        T = ego.at(t)
-        v_world, omega = ego.twist(i)
+    for t, T in zip(seq.track.stamps_ns, seq.track.poses):
+        i = int(min(np.searchsorted(lidar, t), len(lidar) - 1))
+        v_world, omega = seq.ego.twist(i)
         T_odom = T.copy()
         T_odom[:3, 3] -= seq.origin
-        out.append(EgoPose(t, T_odom, T[:3, :3].T @ v_world, float(omega[2]), omega))
+        out.append(EgoPose(int(t), T_odom, T[:3, :3].T @ v_world, float(omega[2]), omega))
     return out
 
 
@@ -477,15 +571,20 @@ class PandasetSummary:
     duration_s: float
     forward_cosine: float | None
     ground_height_m: float
-    mount_spread: dict       # our name -> MountEstimate.to_dict()
+    mount_spread: dict       # our name -> MountEstimate.to_dict() (on the sweep model)
     skipped_cameras: list
+    lidar_mount_spread: dict = field(default_factory=dict)  # ... between the LiDAR poses alone
+    sweep_residual_mm: float = 0.0   # the worst camera's distance from its sweep's line
 
     def table(self) -> str:
         lines = [f'{"camera":<12} {"max cm":>7} {"rms cm":>7} {"max deg":>8} {"rms deg":>8}'
-                 f' {"worst frame":>11}']
+                 f' {"worst frame":>11}   {"LiDAR poses only: max cm (frame)":>32}']
         for name, s in self.mount_spread.items():
+            lid = self.lidar_mount_spread.get(name)
+            other = f'{lid["max_cm"]:>7.2f} ({lid["worst_frame"]})' if lid else ''
             lines.append(f'{name:<12} {s["max_cm"]:>7.2f} {s["rms_cm"]:>7.2f} '
-                         f'{s["max_deg"]:>8.3f} {s["rms_deg"]:>8.3f} {s["worst_frame"]:>11}')
+                         f'{s["max_deg"]:>8.3f} {s["rms_deg"]:>8.3f} {s["worst_frame"]:>11}   '
+                         f'{other:>32}')
         return '\n'.join(lines)
 
 
@@ -534,7 +633,9 @@ def import_pandaset(seq_dir, out_path, dataset_config=None,
         objects=sum(len(o) for _, o in objects), duration_s=d.duration_s,
         forward_cosine=seq.forward_cosine, ground_height_m=seq.ground_height_m,
         mount_spread={n: c.spread.to_dict() for n, c in seq.cameras.items()},
-        skipped_cameras=seq.skipped_cameras)
+        skipped_cameras=seq.skipped_cameras,
+        lidar_mount_spread={n: c.lidar_spread.to_dict() for n, c in seq.cameras.items()},
+        sweep_residual_mm=1000.0 * max(sw.residual_m for sw in seq.sweeps))
 
 
 def ensure_pandaset_bag(seq_dir, out_dir, progress: bool = False) -> Path:

@@ -127,9 +127,11 @@ INTRINSICS_PARAMETERS = {  # declared only for cameras without info_topic
     'image_size': (T.INTEGER_ARRAY, '[width, height] the intrinsics refer to'),
 }
 EXTRINSICS_PARAMETERS = {  # declared only with extrinsics_source 'file'
-    'extrinsics': (T.DOUBLE_ARRAY, 'camera mount in base_frame: [x, y, z (m), yaw, pitch (rad)], '
-                                   'yaw left-positive, pitch down-positive; or the optical frame '
-                                   'pose [x, y, z, qx, qy, qz, qw] (calibrated rigs)'),
+    'extrinsics': (T.DOUBLE_ARRAY, 'camera mount in base_frame: [x, y, z (m), yaw, pitch(, roll) '
+                                   '(rad)], yaw left-positive, pitch down-positive, roll about '
+                                   'the viewing axis (positive lifts the image\'s left side); or '
+                                   'the optical frame pose [x, y, z, qx, qy, qz, qw] (calibrated '
+                                   'rigs)'),
 }
 
 
@@ -296,8 +298,9 @@ class PlannerNode(LifecycleNode):
             if values['extrinsics_source'] == 'file':
                 cfg['extrinsics'] = list(self._declare(prefix + 'extrinsics',
                                                        EXTRINSICS_PARAMETERS['extrinsics']))
-                if len(cfg['extrinsics']) not in (5, 7):
-                    raise ConfigError(f'{prefix}extrinsics needs [x, y, z, yaw, pitch] or '
+                if len(cfg['extrinsics']) not in (5, 6, 7):
+                    raise ConfigError(f'{prefix}extrinsics needs [x, y, z, yaw, pitch], '
+                                      f'[x, y, z, yaw, pitch, roll] or '
                                       f'[x, y, z, qx, qy, qz, qw]')
             cameras[cam] = cfg
         return Settings(cameras=cameras, **values)
