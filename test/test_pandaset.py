@@ -328,7 +328,8 @@ def test_camera_poses_follow_one_velocity_per_sweep(bag_messages):
     sweep = np.linalg.norm(velocities[13]) * (lidar_t[13] - lidar_t[12])
     print(f'\ncamera-implied ego positions off the line of their sweep: max '
           f'{residuals.max() * 1000:.2f} mm (frame {int(np.argmax(residuals))}); LiDAR step '
-          f'12 -> 13 {step * 100:.2f} cm, the sweep velocity of frame 13 gives {sweep * 100:.2f} cm')
+          f'12 -> 13 {step * 100:.2f} cm, the sweep velocity of frame 13 gives '
+          f'{sweep * 100:.2f} cm')
     assert residuals.max() < 0.002
     assert step - sweep > 0.008
 
