@@ -111,6 +111,30 @@ def test_uint8_graphs_get_uint8_feeds_in_reused_buffers():
     np.testing.assert_allclose(feeds['images'] * 255, first['images'], atol=1e-3)
 
 
+@pytest.mark.parametrize('hw,scale', [((1080, 1920), 8), ((540, 960), 4), ((270, 480), 2)])
+def test_jpegs_decode_into_the_cameras_reused_buffer_as_opencv_would(hw, scale):
+    """The reduced decode writes into one buffer per camera, frame after frame (no per-frame
+    image), and gives exactly OpenCV's reduced-mode pixels (both are libjpeg's scaled IDCT)."""
+    from rsd_drive.deploy import pipeline
+
+    if pipeline.simplejpeg is None:
+        pytest.skip('simplejpeg is not installed (pinned in requirements*.txt): OpenCV decodes '
+                    'into a new array')
+    p = planner()
+    calibs = [calib(hw), calib(hw)]
+    frames = [[jpeg_msg(scene(hw, 2 * k + i)) for i in range(2)] for k in range(2)]
+    first = p.decode(frames[0], calibs)
+    buffers = [d.image for d in first]
+    flags = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+             8: cv2.IMREAD_REDUCED_COLOR_8}
+    for msgs in frames:
+        decoded = p.decode(msgs, calibs)
+        for d, buf, msg in zip(decoded, buffers, msgs):
+            assert d.scale == scale and d.image is buf
+            reference = cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), flags[scale])
+            np.testing.assert_array_equal(d.image, reference)
+
+
 @pytest.mark.parametrize('encoding', ['rgb8', 'bgr8'])
 def test_raw_images_are_read_through_zero_copy_views(encoding):
     hw = (128, 224)  # already the model size: no reduction, the view itself is remapped

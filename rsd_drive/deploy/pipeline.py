@@ -15,6 +15,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+try:  # libjpeg-turbo decoding into the caller's buffer (cv2.imdecode always allocates)
+    import simplejpeg
+except ImportError:  # pragma: no cover - pinned in both profiles; OpenCV decodes the same bytes
+    simplejpeg = None
+
 from rsd_drive.data.camera_model import Distortion, RemapCache, reduced_scale
 from rsd_drive.data.convert import (_CHANNELS, MessageError, _uint8_view, check_image,
                                     image_to_rgb, is_compressed)
@@ -131,12 +136,13 @@ class FramePlanner:
 
     The fast input path (``legacy=False``, what the node runs): JPEGs are decoded at reduced
     scale (libjpeg DCT scaling 1/2, 1/4, 1/8) whenever the model input is at most half the image,
-    cameras are decoded in parallel (a thread pool; OpenCV releases the GIL), and one cached remap
-    per camera undistorts (CameraInfo ``D``) and resizes into preallocated buffers; raw Images are
-    read through zero-copy views. The images are fed in the dtype the backend's graph takes
-    (``input_specs(config)['images']``): uint8 as decoded, or float32 in [0, 1] converted in
-    place. ``legacy=True`` is the previous path (full decode one camera after another, resize,
-    float normalisation), kept for ``rsd-drive bench node`` to compare against.
+    into a buffer reused per camera (simplejpeg), cameras are decoded in parallel (a thread
+    pool; the decoders release the GIL), and one cached remap per camera undistorts (CameraInfo
+    ``D``) and resizes into preallocated buffers; raw Images are read through zero-copy views.
+    The images are fed in the dtype the backend's graph takes (``input_specs(config)['images']``):
+    uint8 as decoded, or float32 in [0, 1] converted in place. ``legacy=True`` is the previous
+    path (full decode one camera after another, resize, float normalisation), kept for
+    ``rsd-drive bench node`` to compare against.
     """
 
     def __init__(self, backend, camera_names, legacy: bool = False, workers: int | None = None):
@@ -221,11 +227,8 @@ class FramePlanner:
         expected = slot.jpeg_hw or (tuple(calib.image_hw) if calib is not None else None)
         if ('jpeg' in fmt or 'jpg' in fmt) and expected is not None:
             s = reduced_scale(expected, self.out_hw)
-            img = cv2.imdecode(data, _REDUCED[s])
-            if img is None:
-                raise MessageError('decode_failed', f'cannot decode {msg.format!r} image '
-                                                    f'({data.size} bytes)')
-            if img.shape[:2] == (-(-expected[0] // s), -(-expected[1] // s)):
+            img = self._jpeg_reduced(slot, data, expected, s)
+            if img is not None:
                 return _Decoded(img, tuple(expected), s, 'bgr')
         # Not a JPEG, or not the size CameraInfo says (a scaled stream): decode it whole once;
         # its size is remembered, so later frames of this camera take the reduced decode again.
@@ -236,6 +239,28 @@ class FramePlanner:
         if 'jpeg' in fmt or 'jpg' in fmt:
             slot.jpeg_hw = img.shape[:2]
         return self._reduce(slot, img, img.shape[:2], 'bgr')
+
+    @staticmethod
+    def _jpeg_reduced(slot: _Slot, data: np.ndarray, expected, s: int) -> np.ndarray | None:
+        """A JPEG of ``expected`` size decoded at 1/s by libjpeg's DCT scaling, or None when it
+        has another size (CameraInfo's is not the stream's: the caller decodes it whole).
+        simplejpeg decodes into the camera's reused buffer (bit-identical to OpenCV's reduced
+        modes, measured on PandaSet's JPEGs at 1/2 and 1/8); without it OpenCV allocates."""
+        size = (-(-expected[0] // s), -(-expected[1] // s))
+        if simplejpeg is not None:
+            buf = slot.reduced_buffer(size + (3,))
+            try:
+                if tuple(simplejpeg.decode_jpeg_header(data)[:2]) != tuple(expected):
+                    return None
+                simplejpeg.decode_jpeg(data, 'BGR', min_height=size[0], min_width=size[1],
+                                       buffer=buf, strict=False)
+            except ValueError:  # not a JPEG simplejpeg can read: the whole-image path decides
+                return None
+            return buf
+        img = cv2.imdecode(data, _REDUCED[s])
+        if img is None:
+            raise MessageError('decode_failed', f'cannot decode a JPEG ({data.size} bytes)')
+        return img if img.shape[:2] == size else None
 
     # -- preprocess -----------------------------------------------------------------------------
     def preprocess(self, images, calibrations, past_states, intent: int, copy: bool = True):
