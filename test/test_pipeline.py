@@ -80,21 +80,37 @@ def test_fast_jpeg_path_matches_todays_path_with_the_same_intrinsics():
     assert a['intent'].tolist() == [1] and a['past_states'].shape == (1, 16, 4)
 
 
-def test_the_labeler_and_the_node_see_the_same_model_input():
-    """index_frame (offline: full decode + resize_camera) and the node (reduced decode + remap)
-    give the same pixels up to JPEG's scaled IDCT, and identical intrinsics."""
-    from rsd_drive.data.preprocess import resize_camera
+@pytest.mark.parametrize('distorted', [False, True])
+def test_the_labeler_and_the_node_see_the_same_model_input(distorted):
+    """index_frame (the labeler's training index, from a frame the bag reader decoded) and the
+    node's fast path give identical pixels and intrinsics for a JPEG camera: both decode at
+    libjpeg's reduced scale and remap with the same table. A frame without its messages (full
+    decode + box reduction) is the same up to JPEG's scaled IDCT."""
+    from rsd_drive.data.bag import SyncedFrame
+    from rsd_drive.data.targets import Targets, index_frame
 
     hw = (1080, 1920)
-    rgb = scene(hw, 4)
-    msg, cal = jpeg_msg(rgb), calib(hw)
-    fast = planner(cams=['front'])
-    feeds = fast.preprocess(fast.decode([msg], [cal]), [cal], PAST, 0)
-    full = cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
-    offline, K2 = resize_camera(np.ascontiguousarray(full), cal.K, (112, 224))
-    node = (feeds['images'][0, 0].transpose(1, 2, 0) * 255).round()
-    assert np.abs(node - offline).mean() < 2.0
-    np.testing.assert_allclose(feeds['intrinsics'][0, 0], K2, rtol=1e-6)
+    lens = Distortion('plumb_bob', (-0.2, 0.05, 0.001, -0.001, 0.0)) if distorted else None
+    msgs = [jpeg_msg(scene(hw, 4)), jpeg_msg(scene(hw, 5))]
+    cals = [calib(hw, lens), calib(hw, lens, yaw=1.0)]
+    node = planner(np.uint8)
+    feeds = node.preprocess(node.decode(msgs, cals), cals, PAST, 0)
+    full = [cv2.imdecode(np.frombuffer(bytes(m.data), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+            for m in msgs]
+    targets = Targets(PAST, np.zeros((20, 2), np.float32), 0.0, 0, 'topic')
+
+    def index(messages):
+        frame = SyncedFrame(0, 1, [1, 1], CAMS, full, np.stack([c.K for c in cals]),
+                            np.stack([c.cam_to_ego for c in cals]), [hw, hw], [lens, lens],
+                            messages)
+        return index_frame(frame, targets, np.zeros((4, 4), np.float32), (112, 224))
+
+    exact, approx = index(msgs), index(None)
+    np.testing.assert_array_equal(exact['images'], feeds['images'][0].transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(exact['intrinsics'], feeds['intrinsics'][0])
+    diff = np.abs(approx['images'].astype(int) - exact['images'])
+    assert 0 < diff.mean() < 2.0
+    np.testing.assert_allclose(approx['intrinsics'], exact['intrinsics'], rtol=1e-6)
 
 
 def test_uint8_graphs_get_uint8_feeds_in_reused_buffers():
@@ -115,9 +131,9 @@ def test_uint8_graphs_get_uint8_feeds_in_reused_buffers():
 def test_jpegs_decode_into_the_cameras_reused_buffer_as_opencv_would(hw, scale):
     """The reduced decode writes into one buffer per camera, frame after frame (no per-frame
     image), and gives exactly OpenCV's reduced-mode pixels (both are libjpeg's scaled IDCT)."""
-    from rsd_drive.deploy import pipeline
+    from rsd_drive.data import convert
 
-    if pipeline.simplejpeg is None:
+    if convert.simplejpeg is None:
         pytest.skip('simplejpeg is not installed (pinned in requirements*.txt): OpenCV decodes '
                     'into a new array')
     p = planner()

@@ -160,6 +160,7 @@ class SyncedFrame:
     cam_to_ego: np.ndarray
     image_hw: list
     distortion: list | None = None  # camera_model.Distortion per camera (lens of the images)
+    messages: list | None = None    # the image messages themselves (their JPEG bytes)
 
 
 @dataclass
@@ -451,11 +452,13 @@ class BagReader:
             hws.append(tuple(hw))
         # One rule with the planner node (deploy.pipeline.CameraCalibration.K_for): an image
         # whose size differs from its CameraInfo (a driver's scaled stream) gets K rescaled.
-        K = np.stack([resize_intrinsics(self.K[n], self.info_hw[n], hw)
+        K = np.stack([self.K[n] if tuple(hw) == tuple(self.info_hw[n]) else
+                      resize_intrinsics(self.K[n], self.info_hw[n], hw)
                       for n, hw in zip(cfg.camera_names, hws)])
         T = np.stack([self.cam_to_ego[n] for n in cfg.camera_names])
         return SyncedFrame(seq, t0, list(synced.stamps_ns), cfg.camera_names, images, K, T, hws,
-                           [self.distortion.get(n) for n in cfg.camera_names])
+                           [self.distortion.get(n) for n in cfg.camera_names],
+                           list(synced.payloads) if decode else None)
 
     # -- per-frame context ---------------------------------------------------------------------
     def intent_at(self, t_ns: int) -> str | None:

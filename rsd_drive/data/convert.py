@@ -13,7 +13,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+try:  # libjpeg-turbo decoding into the caller's buffer (cv2.imdecode always allocates)
+    import simplejpeg
+except ImportError:  # pragma: no cover - pinned in both profiles; OpenCV decodes the same pixels
+    simplejpeg = None
+
 _CHANNELS = {'rgb8': 3, 'bgr8': 3, 'rgba8': 4, 'bgra8': 4, 'mono8': 1}
+_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8}
 
 
 class MessageError(ValueError):
@@ -97,6 +104,37 @@ def image_to_rgb(msg) -> np.ndarray:
     if enc == 'bgra8':
         return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
     return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+
+
+def is_jpeg(msg) -> bool:
+    """A CompressedImage whose ``format`` says JPEG."""
+    fmt = str(getattr(msg, 'format', '')).lower()
+    return is_compressed(msg) and ('jpeg' in fmt or 'jpg' in fmt)
+
+
+def decode_jpeg_reduced(data: np.ndarray, image_hw, scale: int,
+                        out: np.ndarray | None = None) -> np.ndarray | None:
+    """JPEG bytes of an ``image_hw`` image -> BGR at 1/``scale`` by libjpeg's DCT scaling (sizes
+    round up), written into ``out`` when given (shape ceil(image_hw / scale) x 3; simplejpeg
+    decodes in place, OpenCV allocates). None when the JPEG has another size or simplejpeg cannot
+    read it: the caller decodes it whole (:func:`image_to_rgb`), which names what is wrong. The
+    planner node's decode stage and the labeler's index both come through here, so they start
+    from the same pixels (simplejpeg's are bit-identical to OpenCV's reduced modes)."""
+    size = (-(-int(image_hw[0]) // scale), -(-int(image_hw[1]) // scale))
+    if simplejpeg is not None:
+        buf = out if out is not None else np.empty(size + (3,), np.uint8)
+        try:
+            if tuple(simplejpeg.decode_jpeg_header(data)[:2]) != tuple(image_hw):
+                return None
+            simplejpeg.decode_jpeg(data, 'BGR', min_height=size[0], min_width=size[1],
+                                   buffer=buf, strict=False)
+        except ValueError:
+            return None
+        return buf
+    img = cv2.imdecode(data, _REDUCED[scale])
+    if img is None:
+        raise MessageError('decode_failed', f'cannot decode a JPEG ({data.size} bytes)')
+    return img if img.shape[:2] == size else None
 
 
 def camera_info_to_intrinsics(msg) -> tuple[np.ndarray, tuple[int, int]]:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from rsd_drive.data.camera_model import undistort_resize
+from rsd_drive.data.camera_model import REMAP_CACHE, reduced_scale, undistort_resize
+from rsd_drive.data.convert import _uint8_view, decode_jpeg_reduced, is_jpeg
 
 
 def resize_camera(image: np.ndarray, K: np.ndarray, out_hw,
@@ -22,6 +23,24 @@ def resize_camera(image: np.ndarray, K: np.ndarray, out_hw,
     if (h, w) == tuple(out_hw) and (distortion is None or distortion.is_pinhole):
         return image, np.asarray(K, dtype=np.float64)
     return undistort_resize(image, K, distortion, out_hw)
+
+
+def jpeg_model_input(msg, K: np.ndarray, image_hw, out_hw,
+                     distortion=None) -> tuple[np.ndarray, np.ndarray] | None:
+    """A JPEG ``CompressedImage`` of ``image_hw`` -> (the model input at out_hw, RGB, its K'),
+    computed as the planner node's fast path computes it (``deploy.pipeline.FramePlanner``):
+    decoded at libjpeg's reduced scale, then the same cached remap, so the pixels are identical.
+    None when the message is not a JPEG of that size (then :func:`resize_camera` of the whole
+    decoded image applies, the same up to JPEG's scaled IDCT)."""
+    if not is_jpeg(msg):
+        return None
+    out_hw = (int(out_hw[0]), int(out_hw[1]))
+    s = reduced_scale(image_hw, out_hw)
+    bgr = decode_jpeg_reduced(_uint8_view(msg.data), image_hw, s)
+    if bgr is None:
+        return None
+    table = REMAP_CACHE.get(K, distortion, tuple(image_hw), out_hw, s)
+    return np.ascontiguousarray(table.apply(bgr)[..., ::-1]), table.K_out
 
 
 def model_inputs(images, intrinsics, cam_to_ego, past_states, intent) -> dict:

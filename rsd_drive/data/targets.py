@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rsd_drive import INTENTS
-from rsd_drive.data.preprocess import resize_camera
+from rsd_drive.data.preprocess import jpeg_model_input, resize_camera
 from rsd_drive.data.sync import OdometryHistory, SyncError
 
 
@@ -108,9 +108,15 @@ def index_frame(frame, targets: Targets, risk: np.ndarray, image_hw) -> dict:
     if frame.images is None:
         raise ValueError(f'frame {frame.seq} was read without decoding its images')
     images, Ks = [], []
-    lenses = getattr(frame, 'distortion', None) or [None] * len(frame.images)
-    for rgb, K, lens in zip(frame.images, frame.K, lenses):
-        img, K2 = resize_camera(rgb, K, tuple(image_hw), lens)  # undistorted into pinhole K2
+    n = len(frame.images)
+    lenses = getattr(frame, 'distortion', None) or [None] * n
+    messages = getattr(frame, 'messages', None) or [None] * n
+    for rgb, K, lens, msg, hw in zip(frame.images, frame.K, lenses, messages, frame.image_hw):
+        # the node's own decode + remap where the message is a JPEG, so the index holds the
+        # pixels the vehicle will see; else the full image, box-reduced + remapped
+        prepared = jpeg_model_input(msg, K, hw, tuple(image_hw), lens) \
+            if msg is not None else None
+        img, K2 = prepared or resize_camera(rgb, K, tuple(image_hw), lens)  # pinhole K2
         images.append(img)
         Ks.append(K2)
     return {

@@ -15,14 +15,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-try:  # libjpeg-turbo decoding into the caller's buffer (cv2.imdecode always allocates)
-    import simplejpeg
-except ImportError:  # pragma: no cover - pinned in both profiles; OpenCV decodes the same bytes
-    simplejpeg = None
-
 from rsd_drive.data.camera_model import Distortion, RemapCache, reduced_scale
 from rsd_drive.data.convert import (_CHANNELS, MessageError, _uint8_view, check_image,
-                                    image_to_rgb, is_compressed)
+                                    decode_jpeg_reduced, image_to_rgb, is_compressed, is_jpeg)
 from rsd_drive.data.preprocess import model_inputs
 from rsd_drive.geometry import resize_intrinsics
 
@@ -92,8 +87,6 @@ class FrameError(ValueError):
         self.reason = reason
 
 
-_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-            8: cv2.IMREAD_REDUCED_COLOR_8}
 # Channel order of a decoded / raw image -> RGB planes of the model input.
 _ORDER = {'bgr': (2, 1, 0), 'rgb': (0, 1, 2), 'rgba': (0, 1, 2), 'bgra': (2, 1, 0),
           'mono': (0, 0, 0)}
@@ -223,11 +216,11 @@ class FramePlanner:
 
     def _decode_compressed(self, slot: _Slot, msg, calib) -> _Decoded:
         data = _uint8_view(msg.data)
-        fmt = str(msg.format).lower()
         expected = slot.jpeg_hw or (tuple(calib.image_hw) if calib is not None else None)
-        if ('jpeg' in fmt or 'jpg' in fmt) and expected is not None:
+        if is_jpeg(msg) and expected is not None:
             s = reduced_scale(expected, self.out_hw)
-            img = self._jpeg_reduced(slot, data, expected, s)
+            size = (-(-expected[0] // s), -(-expected[1] // s))
+            img = decode_jpeg_reduced(data, expected, s, slot.reduced_buffer(size + (3,)))
             if img is not None:
                 return _Decoded(img, tuple(expected), s, 'bgr')
         # Not a JPEG, or not the size CameraInfo says (a scaled stream): decode it whole once;
@@ -236,31 +229,9 @@ class FramePlanner:
         if img is None:
             raise MessageError('decode_failed', f'cannot decode {msg.format!r} image '
                                                 f'({data.size} bytes)')
-        if 'jpeg' in fmt or 'jpg' in fmt:
+        if is_jpeg(msg):
             slot.jpeg_hw = img.shape[:2]
         return self._reduce(slot, img, img.shape[:2], 'bgr')
-
-    @staticmethod
-    def _jpeg_reduced(slot: _Slot, data: np.ndarray, expected, s: int) -> np.ndarray | None:
-        """A JPEG of ``expected`` size decoded at 1/s by libjpeg's DCT scaling, or None when it
-        has another size (CameraInfo's is not the stream's: the caller decodes it whole).
-        simplejpeg decodes into the camera's reused buffer (bit-identical to OpenCV's reduced
-        modes, measured on PandaSet's JPEGs at 1/2 and 1/8); without it OpenCV allocates."""
-        size = (-(-expected[0] // s), -(-expected[1] // s))
-        if simplejpeg is not None:
-            buf = slot.reduced_buffer(size + (3,))
-            try:
-                if tuple(simplejpeg.decode_jpeg_header(data)[:2]) != tuple(expected):
-                    return None
-                simplejpeg.decode_jpeg(data, 'BGR', min_height=size[0], min_width=size[1],
-                                       buffer=buf, strict=False)
-            except ValueError:  # not a JPEG simplejpeg can read: the whole-image path decides
-                return None
-            return buf
-        img = cv2.imdecode(data, _REDUCED[s])
-        if img is None:
-            raise MessageError('decode_failed', f'cannot decode a JPEG ({data.size} bytes)')
-        return img if img.shape[:2] == size else None
 
     # -- preprocess -----------------------------------------------------------------------------
     def preprocess(self, images, calibrations, past_states, intent: int, copy: bool = True):
