@@ -119,3 +119,28 @@ def test_model_never_imports_deploy():
             names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
                      [node.module or ''] if isinstance(node, ast.ImportFrom) else [])
             assert not [n for n in names if n.startswith('rsd_drive.deploy')], path.name
+
+
+def test_training_cameras_follow_a_relative_index_from_another_directory(tmp_path,
+                                                                         monkeypatch):
+    """train.yaml names the index as the trainer was given it (relative to its working
+    directory). Exported from elsewhere (the node exports a checkpoint on first use), the camera
+    order is still found, so the artifact records it and a miswired rig is refused."""
+    import yaml
+
+    from rsd_drive.data.index import MANIFEST
+    from rsd_drive.deploy.export import training_cameras
+
+    run = tmp_path / 'work'
+    index = run / 'out' / 'labels' / 'index'
+    index.mkdir(parents=True)
+    (index / MANIFEST).write_text(json.dumps({'cameras': ['front', 'back', 'left']}))
+    ckpt = run / 'out' / 'runs' / 'seed0' / 'checkpoints' / 'step-1'
+    ckpt.mkdir(parents=True)
+    (ckpt / 'train.yaml').write_text(yaml.safe_dump({'train': {'index': 'out/labels/index'}}))
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert training_cameras(ckpt) == ['front', 'back', 'left']
+    (ckpt / 'train.yaml').write_text(yaml.safe_dump({'train': {'index': 'missing/index'}}))
+    assert training_cameras(ckpt) is None

@@ -78,8 +78,15 @@ def test_node_plans_every_frame_of_the_real_drive(tmp_path, pandaset_bag,  # noq
                                              *matrix_to_quaternion(T[:3, :3])])
     trained = os.environ.get('RSD_PANDASET_CHECKPOINT')
     if trained:
-        ckpt = Path(trained)
-        model = ModelConfig.from_yaml(ckpt / 'config.yaml')
+        from rsd_drive.deploy.export import export_artifact, training_cameras
+
+        # The node refuses a rig other than the training one (deploy.json's camera order). The
+        # model tells its cameras apart only by K and cam_to_ego (no per-camera parameters), so
+        # a checkpoint of another rig is exported for PandaSet's cameras here, deliberately.
+        print(f'\ntraining rig {training_cameras(trained)}, PandaSet rig {list(cameras)}')
+        ckpt = export_artifact(Path(trained), tmp_path / 'deploy', cameras=list(cameras),
+                               logger=lambda *_: None).path
+        model = ModelConfig.from_yaml(Path(trained) / 'config.yaml')
     else:
         model = tiny_config(num_cameras=len(cameras))
         ckpt = make_checkpoint(tmp_path / 'ckpt', config=model)

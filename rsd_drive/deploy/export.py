@@ -154,20 +154,35 @@ def _versions() -> dict:
 
 
 def training_cameras(checkpoint) -> list | None:
-    """The camera order of the training index named by the checkpoint's train.yaml, if any."""
+    """The camera order of the training index named by the checkpoint's train.yaml, if any. A
+    relative index path is what the trainer was given in its working directory: it is tried
+    from here, then from each directory above the checkpoint (a run tree moved or exported from
+    elsewhere still finds its index)."""
     import yaml
 
-    from rsd_drive.data.index import read_manifest
+    from rsd_drive.data.index import MANIFEST, read_manifest
 
-    train_yaml = Path(checkpoint) / 'train.yaml'
+    checkpoint = Path(checkpoint).resolve()
+    train_yaml = checkpoint / 'train.yaml'
     if not train_yaml.is_file():
         return None
     try:
         index = (yaml.safe_load(train_yaml.read_text()) or {}).get('train', {}).get('index')
-        names = read_manifest(Path(index)).get('cameras') if index else None
     except (OSError, ValueError, AttributeError):
         return None
-    return list(names) if names else None
+    if not index:
+        return None
+    index = Path(index)
+    candidates = [index] if index.is_absolute() else \
+        [index] + [parent / index for parent in checkpoint.parents]
+    for path in candidates:
+        if (path / MANIFEST).is_file():
+            try:
+                names = read_manifest(path).get('cameras')
+            except (OSError, ValueError, AttributeError):
+                continue
+            return list(names) if names else None
+    return None
 
 
 # -- the artifact ---------------------------------------------------------------------------------

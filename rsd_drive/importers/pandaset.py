@@ -365,10 +365,10 @@ def sweep_track(cameras: list, ego: PoseTrack, sweeps: list) -> PoseTrack:
     stamps, poses = [], []
     for k, (t_lidar, L) in enumerate(zip(ego.stamps_ns, ego.poses)):
         t_lidar = int(t_lidar)
-        cam_stamps = [int(c.stamps_ns[k]) for c in cameras]
-        ends = {t for t in (min(cam_stamps), max(cam_stamps))
-                if (t < t_lidar) == (t == min(cam_stamps)) and t != t_lidar}
-        for t in sorted(ends | {t_lidar}):
+        first = min(int(c.stamps_ns[k]) for c in cameras)
+        last = max(int(c.stamps_ns[k]) for c in cameras)
+        samples = [t_lidar] + [first] * (first < t_lidar) + [last] * (last > t_lidar)
+        for t in sorted(samples):
             if stamps and t <= stamps[-1]:
                 continue
             stamps.append(t)
