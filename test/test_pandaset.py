@@ -452,3 +452,25 @@ def test_base_link_is_checked_against_the_travel_direction(seq_dir, tmp_path):
                                             r'car moves at -90 deg'):
         import_pandaset(seq, tmp_path / 'bag', progress=False)
     assert not (tmp_path / 'bag').exists()
+
+
+def test_a_camera_pose_off_its_sweep_is_reported(seq_dir, tmp_path, caplog):
+    """The real drive fits the sweep model silently; a camera pose moved 3 cm off its sweep is
+    logged with its frame (odometry between LiDAR poses would be off there)."""
+    import logging
+
+    from rsd_drive.importers.pandaset import load_sequence
+
+    logger = 'rsd_drive.importers.pandaset'
+    with caplog.at_level(logging.WARNING, logger=logger):
+        load_sequence(seq_dir)
+    assert 'sweep model' not in caplog.text
+    seq = _linked_copy(seq_dir, tmp_path / 'seq')
+    path = seq / 'camera' / 'left_camera' / 'poses.json'
+    poses = json.loads(path.read_text())
+    path.unlink()
+    poses[40]['position']['z'] += 0.03
+    path.write_text(json.dumps(poses))
+    with caplog.at_level(logging.WARNING, logger=logger):
+        load_sequence(seq)
+    assert "frame 40's camera poses lie" in caplog.text and 'sweep model' in caplog.text
