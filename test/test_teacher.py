@@ -2,6 +2,7 @@
 loaded back through from_pretrained from a local directory."""
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -283,3 +284,19 @@ def test_config_file_loads_and_rejects_typos(tmp_path):
         TeacherFile.load(bad)
     assert isinstance(GridSpec(**ModelConfig().grid.to_dict()), GridSpec)
     assert math.isclose(GRID.resolution * GRID.cols, GRID.x_max - GRID.origin_x)
+
+
+def test_shipped_teacher_yaml_lists_every_oracle_and_projection_field():
+    """config/teacher.yaml is where a user looks: every field of the oracle and the projection
+    is written out there, with the value the code would default to."""
+    import dataclasses
+
+    import yaml
+
+    from rsd_drive.teacher.config import OracleConfig, ProjectionConfig
+
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / 'config' /
+                              'teacher.yaml').read_text())['teacher']
+    for key, cls in (('oracle', OracleConfig), ('projection', ProjectionConfig)):
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        assert shipped[key] == defaults, key
