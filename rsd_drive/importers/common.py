@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +60,6 @@ class DriveSummary:
     odometry: int
     object_frames: int
     duration_s: float
-    extra: dict = field(default_factory=dict)
 
 
 def yaw_of(R: np.ndarray) -> float:
@@ -83,6 +82,16 @@ def read_dataset_config(path, error_cls=ImporterError, what: str = 'the dataset'
             raise error_cls(f'{path}: camera {cam.name}: {what} images are JPEG and are written '
                             f'unchanged as CompressedImage, so set compressed: true')
     return ds
+
+
+def read_json(path: Path, error_cls=ImporterError):
+    """A JSON file's content; a clear error naming it when missing or not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as e:
+        raise error_cls(f'{path}: file missing') from e
+    except (OSError, ValueError) as e:
+        raise error_cls(f'{path}: not readable JSON ({e})') from e
 
 
 def read_image_file(path: Path, where: str, error_cls=ImporterError) -> tuple[bytes, str]:

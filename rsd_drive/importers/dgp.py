@@ -37,7 +37,6 @@ complete, so an error (a missing or corrupt file is named in the message) leaves
 from __future__ import annotations
 
 import calendar
-import json
 import logging
 import math
 import re
@@ -49,12 +48,11 @@ import numpy as np
 from rsd_drive import config_file
 from rsd_drive.geometry import make_transform, quaternion_to_matrix
 from rsd_drive.importers.common import (EgoPose, ImageItem, ImporterError, add_velocities,
-                                        read_dataset_config as _read_config, write_drive,
-                                        yaw_of as _yaw)
+                                        read_dataset_config as _read_config, read_json,
+                                        write_drive, yaw_of as _yaw)
 
 log = logging.getLogger(__name__)
 
-BASE_FRAME = 'base_link'
 # DGP annotation type ids (dgp.proto.annotations AnnotationType).
 BOUNDING_BOX_2D, BOUNDING_BOX_3D = '0', '1'
 # DGP ontology names -> the classes of /scenario/objects (the original name stays in 'label').
@@ -191,12 +189,7 @@ class DgpScene:
 
 
 def _read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError as e:
-        raise DgpError(f'{path}: file missing') from e
-    except (OSError, ValueError) as e:
-        raise DgpError(f'{path}: not readable JSON ({e})') from e
+    return read_json(path, DgpError)
 
 
 def _annotations(path: Path) -> list:

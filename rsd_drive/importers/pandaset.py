@@ -58,7 +58,6 @@ complete; a missing or broken file is named with its frame and leaves nothing be
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -68,8 +67,8 @@ import numpy as np
 
 from rsd_drive import config_file
 from rsd_drive.geometry import make_transform, quaternion_to_matrix, yaw_matrix
-from rsd_drive.importers.common import (EgoPose, ImageItem, ImporterError, jpeg_size,
-                                        add_velocities, read_dataset_config, write_drive)
+from rsd_drive.importers.common import (EgoPose, ImageItem, ImporterError, add_velocities,
+                                        jpeg_size, read_dataset_config, read_json, write_drive)
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +200,6 @@ class PandasetCamera:
     stamps_ns: np.ndarray
     world_from_cam: np.ndarray           # [frames, 4, 4]
     cam_to_ego: np.ndarray = field(default_factory=lambda: np.eye(4))
-    mounts: np.ndarray | None = None     # [frames, 4, 4] per-frame mounts
     spread: MountEstimate | None = None
     lidar_spread: MountEstimate | None = None   # the spread over the LiDAR poses alone
     distortion: np.ndarray = field(default_factory=lambda: np.zeros(5))
@@ -225,25 +223,15 @@ class PandasetSequence:
     track: PoseTrack         # ... and at each sweep's first camera stamp (the sweep model)
     sweeps: list             # [SweepMotion] per frame
     origin: np.ndarray       # world position of the first ego pose (odom origin)
-    gps: list
     cuboid_files: list
+    cuboids: list            # each frame's parsed cuboid file (read once)
     forward_cosine: float | None
     ground_height_m: float = 0.0   # LiDAR pose origin above the road (base_link is below it)
-    ground_boxes: int = 0
     skipped_cameras: list = field(default_factory=list)
-
-    @property
-    def num_frames(self) -> int:
-        return len(self.lidar_stamps_ns)
 
 
 def _read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError as e:
-        raise PandasetError(f'{path}: file missing') from e
-    except (OSError, ValueError) as e:
-        raise PandasetError(f'{path}: not readable JSON ({e})') from e
+    return read_json(path, PandasetError)
 
 
 def _pose(p, where: str) -> np.ndarray:
@@ -304,7 +292,7 @@ def estimate_mount(cam: PandasetCamera, ego: PoseTrack) -> MountEstimate:
     t = mounts[:, :3, 3].mean(axis=0)
     dt = np.linalg.norm(mounts[:, :3, 3] - t, axis=1)
     da = np.array([angle_deg(R.T @ M[:3, :3]) for M in mounts])
-    cam.cam_to_ego, cam.mounts = make_transform(R, t), mounts
+    cam.cam_to_ego = make_transform(R, t)
     cam.spread = MountEstimate(float(dt.max()), float(np.sqrt(np.mean(dt ** 2))),
                                float(da.max()), float(np.sqrt(np.mean(da ** 2))),
                                int(np.argmax(dt)))
@@ -423,13 +411,12 @@ def check_forward(ego: PoseTrack, where: str) -> float | None:
     return float(mean[0])
 
 
-def ground_height(ego: PoseTrack, cuboid_files: list, lidar_stamps_ns) -> tuple[float, int]:
-    """(height of the LiDAR pose frame's origin above the road, boxes used): the median bottom of
-    the annotated road users within ``GROUND_RANGE_M`` in that frame, over the drive. Their wheels
-    stand on the road, so this is where the road is below the car."""
+def ground_height(ego: PoseTrack, cuboid_files: list, cuboids: list) -> float:
+    """Height of the LiDAR pose frame's origin above the road: the median bottom of the annotated
+    road users within ``GROUND_RANGE_M`` in that frame, over the drive (``cuboids``: each frame's
+    parsed file). Their wheels stand on the road, so this is where the road is below the car."""
     bottoms = []
-    for k, path in enumerate(cuboid_files):
-        data = _read_json(path)
+    for k, (path, data) in enumerate(zip(cuboid_files, cuboids)):
         T = np.linalg.inv(ego.poses[k])
         for j, c in enumerate(data if isinstance(data, list) else []):
             try:
@@ -447,8 +434,8 @@ def ground_height(ego: PoseTrack, cuboid_files: list, lidar_stamps_ns) -> tuple[
         log.warning('only %d annotated road users within %.0f m: base_link is left at the LiDAR '
                     'pose origin (its height above the road is unknown)', len(bottoms),
                     GROUND_RANGE_M)
-        return 0.0, len(bottoms)
-    return -float(np.median(bottoms)), len(bottoms)
+        return 0.0
+    return -float(np.median(bottoms))
 
 
 def load_sequence(seq_dir, wanted_cameras=None) -> PandasetSequence:
@@ -471,11 +458,10 @@ def load_sequence(seq_dir, wanted_cameras=None) -> PandasetSequence:
     if missing:
         raise PandasetError(f'{missing[0]}: annotation of frame {cuboid_files.index(missing[0])}'
                             f' missing ({len(missing)} of {n} frames have none)')
-    height, used = ground_height(turned, cuboid_files, lidar_stamps)
+    cuboids = [_read_json(p) for p in cuboid_files]
+    height = ground_height(turned, cuboid_files, cuboids)
     down = make_transform(np.eye(3), (0.0, 0.0, -height))
     ego = PoseTrack(lidar_stamps, world_from_lidar @ BASE_FROM_LIDAR @ down, where)
-    gps_path = root / 'meta' / 'gps.json'
-    gps = _read_json(gps_path) if gps_path.is_file() else []
 
     available = [c for c in PANDASET_CAMERAS if (root / 'camera' / c).is_dir()]
     extra = sorted(p.name for p in (root / 'camera').glob('*') if p.is_dir()
@@ -492,7 +478,7 @@ def load_sequence(seq_dir, wanted_cameras=None) -> PandasetSequence:
     track, sweeps = fit_sweep_model(list(cameras.values()), ego)
     skipped = sorted(c.pandaset_name for n_, c in all_cams.items() if n_ not in cameras)
     return PandasetSequence(root, cameras, lidar_stamps, ego, track, sweeps,
-                            ego.poses[0][:3, 3].copy(), gps, cuboid_files, forward, height, used,
+                            ego.poses[0][:3, 3].copy(), cuboid_files, cuboids, forward, height,
                             skipped)
 
 
@@ -544,8 +530,7 @@ def sequence_objects(seq: PandasetSequence) -> list:
     """[(LiDAR stamp, [objects in odom])] per frame: sensor_id -1/0 boxes, velocities by
     finite differences along each uuid's track."""
     frames, ids = [], {}
-    for k, path in enumerate(seq.cuboid_files):
-        data = _read_json(path)
+    for k, (path, data) in enumerate(zip(seq.cuboid_files, seq.cuboids)):
         if not isinstance(data, list):
             raise PandasetError(f'{path}: expected a list of cuboids (frame {k})')
         objs, seen = [], set()
