@@ -172,6 +172,11 @@ def reduced_scale(raw_hw, out_hw, allowed=(8, 4, 2)) -> int:
     return 1
 
 
+def reduced_size(hw, scale: int) -> tuple[int, int]:
+    """(height, width) at 1/``scale``, rounding up (libjpeg's DCT scaling, cv2.resize)."""
+    return -(-int(hw[0]) // scale), -(-int(hw[1]) // scale)
+
+
 @dataclass(frozen=True)
 class RemapTable:
     """``cv2.remap`` maps from model-input pixels into a source image of ``src_hw`` (the raw image
@@ -205,7 +210,7 @@ def build_remap(K: np.ndarray, distortion: Distortion | None, raw_hw, out_hw,
     [j*s, (j+1)*s); sizes round up, as libjpeg's and cv2.resize's)."""
     raw_hw, out_hw, scale = tuple(int(v) for v in raw_hw), tuple(int(v) for v in out_hw), \
         int(scale)
-    src_hw = (-(-raw_hw[0] // scale), -(-raw_hw[1] // scale))
+    src_hw = reduced_size(raw_hw, scale)
     K = np.asarray(K, dtype=np.float64)
     K_out = resize_intrinsics(K, raw_hw, out_hw)
     dist = distortion if distortion is not None else PINHOLE
@@ -264,6 +269,6 @@ def undistort_resize(image: np.ndarray, K: np.ndarray, distortion: Distortion | 
     out_hw = (int(out_hw[0]), int(out_hw[1]))
     s = reduced_scale((h, w), out_hw)
     if s > 1:
-        image = cv2.resize(image, (-(-w // s), -(-h // s)), interpolation=cv2.INTER_AREA)
+        image = cv2.resize(image, reduced_size((h, w), s)[::-1], interpolation=cv2.INTER_AREA)
     table = REMAP_CACHE.get(K, distortion, (h, w), out_hw, s)
     return table.apply(np.ascontiguousarray(image)), table.K_out

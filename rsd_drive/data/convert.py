@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from rsd_drive.data.camera_model import reduced_size
+
 try:  # libjpeg-turbo decoding into the caller's buffer (cv2.imdecode always allocates)
     import simplejpeg
 except ImportError:  # pragma: no cover - pinned in both profiles; OpenCV decodes the same pixels
@@ -52,6 +54,11 @@ def _uint8_view(data) -> np.ndarray:
         return np.asarray(data, dtype=np.uint8).ravel()
 
 
+def image_bytes(msg) -> np.ndarray:
+    """A message's ``data`` as a flat uint8 array, zero-copy where the buffer allows."""
+    return _uint8_view(msg.data)
+
+
 def check_image(msg) -> None:
     """Cheap structural check of an Image / CompressedImage without decoding it (what a node can
     afford in a subscription callback): encoding, sizes, step*height, JPEG start/end markers."""
@@ -82,19 +89,32 @@ def check_image(msg) -> None:
                                        f'{step * h}')
 
 
+def image_view(msg) -> tuple[np.ndarray, str]:
+    """A checked (:func:`check_image`) sensor_msgs/Image -> (a zero-copy view of its pixels,
+    HxWxC uint8, HxW for mono8; its lowercase encoding)."""
+    enc = str(msg.encoding).lower()
+    h, w, step, ch = int(msg.height), int(msg.width), int(msg.step), _CHANNELS[enc]
+    view = _uint8_view(msg.data).reshape(h, step)[:, :w * ch]
+    return (view.reshape(h, w, ch) if ch > 1 else view.reshape(h, w)), enc
+
+
+def decode_compressed_bgr(msg, data: np.ndarray | None = None) -> np.ndarray:
+    """A CompressedImage -> its whole image as HxWx3 uint8 BGR (``data``: its bytes as a uint8
+    array when the caller has them already); MessageError 'decode_failed' when unreadable."""
+    buf = image_bytes(msg) if data is None else data
+    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise MessageError('decode_failed', f'cannot decode {msg.format!r} image '
+                                            f'({buf.size} bytes)')
+    return bgr
+
+
 def image_to_rgb(msg) -> np.ndarray:
     """sensor_msgs/Image or CompressedImage -> HxWx3 uint8 RGB (a copy it owns)."""
     check_image(msg)
     if is_compressed(msg):
-        buf = _uint8_view(msg.data)
-        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise MessageError('decode_failed', f'cannot decode {msg.format!r} image '
-                                                f'({buf.size} bytes)')
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    enc = str(msg.encoding).lower()
-    h, w, step, ch = int(msg.height), int(msg.width), int(msg.step), _CHANNELS[enc]
-    img = _uint8_view(msg.data).reshape(h, step)[:, :w * ch].reshape(h, w, ch)
+        return cv2.cvtColor(decode_compressed_bgr(msg), cv2.COLOR_BGR2RGB)
+    img, enc = image_view(msg)
     if enc == 'rgb8':
         return img.copy()
     if enc == 'bgr8':
@@ -120,7 +140,7 @@ def decode_jpeg_reduced(data: np.ndarray, image_hw, scale: int,
     read it: the caller decodes it whole (:func:`image_to_rgb`), which names what is wrong. The
     planner node's decode stage and the labeler's index both come through here, so they start
     from the same pixels (simplejpeg's are bit-identical to OpenCV's reduced modes)."""
-    size = (-(-int(image_hw[0]) // scale), -(-int(image_hw[1]) // scale))
+    size = reduced_size(image_hw, scale)
     if simplejpeg is not None:
         buf = out if out is not None else np.empty(size + (3,), np.uint8)
         try:

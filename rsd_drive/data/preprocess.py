@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from rsd_drive.data.camera_model import REMAP_CACHE, reduced_scale, undistort_resize
-from rsd_drive.data.convert import _uint8_view, decode_jpeg_reduced, is_jpeg
+from rsd_drive.data.convert import decode_jpeg_reduced, image_bytes, is_jpeg
 
 
 def resize_camera(image: np.ndarray, K: np.ndarray, out_hw,
@@ -36,7 +36,7 @@ def jpeg_model_input(msg, K: np.ndarray, image_hw, out_hw,
         return None
     out_hw = (int(out_hw[0]), int(out_hw[1]))
     s = reduced_scale(image_hw, out_hw)
-    bgr = decode_jpeg_reduced(_uint8_view(msg.data), image_hw, s)
+    bgr = decode_jpeg_reduced(image_bytes(msg), image_hw, s)
     if bgr is None:
         return None
     table = REMAP_CACHE.get(K, distortion, tuple(image_hw), out_hw, s)

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from rsd_drive.data.camera_model import Distortion, RemapCache, reduced_scale
-from rsd_drive.data.convert import (_CHANNELS, MessageError, _uint8_view, check_image,
-                                    decode_jpeg_reduced, image_to_rgb, is_compressed, is_jpeg)
+from rsd_drive.data.camera_model import Distortion, RemapCache, reduced_scale, reduced_size
+from rsd_drive.data.convert import (MessageError, check_image, decode_compressed_bgr,
+                                    decode_jpeg_reduced, image_bytes, image_to_rgb, image_view,
+                                    is_compressed, is_jpeg)
 from rsd_drive.data.preprocess import model_inputs
 from rsd_drive.geometry import resize_intrinsics
 
@@ -132,7 +133,7 @@ class FramePlanner:
     into a buffer reused per camera (simplejpeg), cameras are decoded in parallel (a thread
     pool; the decoders release the GIL), and one cached remap per camera undistorts (CameraInfo
     ``D``) and resizes into preallocated buffers; raw Images are read through zero-copy views.
-    The images are fed in the dtype the backend's graph takes (``input_specs(config)['images']``):
+    The images are fed in the dtype the backend's graph takes (``backend.specs['images']``):
     uint8 as decoded, or float32 in [0, 1] converted in place. ``legacy=True`` is the previous
     path (full decode one camera after another, resize, float normalisation), kept for
     ``rsd-drive bench node`` to compare against.
@@ -147,12 +148,7 @@ class FramePlanner:
                              f'{len(self.camera_names)} configured: {self.camera_names}')
         self.out_hw = (self.config.image_height, self.config.image_width)
         self.legacy = bool(legacy)
-        specs = getattr(backend, 'specs', None)
-        if specs is None:
-            from rsd_drive.deploy.backends import input_specs
-
-            specs = input_specs(self.config)
-        self.image_dtype = np.dtype(specs['images'][1])
+        self.image_dtype = np.dtype(backend.specs['images'][1])
         n, (h, w) = len(self.camera_names), self.out_hw
         self._u8 = np.zeros((1, n, 3, h, w), np.uint8)
         self._images = self._u8 if self.image_dtype == np.uint8 else \
@@ -198,37 +194,31 @@ class FramePlanner:
         check_image(msg)
         if is_compressed(msg):
             return self._decode_compressed(slot, msg, calib)
-        enc = str(msg.encoding).lower()
-        h, w, step, ch = int(msg.height), int(msg.width), int(msg.step), _CHANNELS[enc]
-        view = _uint8_view(msg.data).reshape(h, step)[:, :w * ch]
-        view = view.reshape(h, w, ch) if ch > 1 else view.reshape(h, w)
-        return self._reduce(slot, view, (h, w), enc[:-1])
+        view, enc = image_view(msg)
+        return self._reduce(slot, view, view.shape[:2], enc[:-1])
 
     def _reduce(self, slot: _Slot, full: np.ndarray, raw_hw, order: str) -> _Decoded:
         """A full-size image -> box-reduced by the scale libjpeg would use (INTER_AREA)."""
         s = reduced_scale(raw_hw, self.out_hw)
         if s == 1:
             return _Decoded(full, tuple(raw_hw), 1, order)
-        size = (-(-raw_hw[0] // s), -(-raw_hw[1] // s))
+        size = reduced_size(raw_hw, s)
         dst = slot.reduced_buffer(size + full.shape[2:])
         cv2.resize(full, (size[1], size[0]), dst=dst, interpolation=cv2.INTER_AREA)
         return _Decoded(dst, tuple(raw_hw), s, order)
 
     def _decode_compressed(self, slot: _Slot, msg, calib) -> _Decoded:
-        data = _uint8_view(msg.data)
+        data = image_bytes(msg)
         expected = slot.jpeg_hw or (tuple(calib.image_hw) if calib is not None else None)
         if is_jpeg(msg) and expected is not None:
             s = reduced_scale(expected, self.out_hw)
-            size = (-(-expected[0] // s), -(-expected[1] // s))
+            size = reduced_size(expected, s)
             img = decode_jpeg_reduced(data, expected, s, slot.reduced_buffer(size + (3,)))
             if img is not None:
                 return _Decoded(img, tuple(expected), s, 'bgr')
         # Not a JPEG, or not the size CameraInfo says (a scaled stream): decode it whole once;
         # its size is remembered, so later frames of this camera take the reduced decode again.
-        img = cv2.imdecode(data, cv2.IMREAD_COLOR)
-        if img is None:
-            raise MessageError('decode_failed', f'cannot decode {msg.format!r} image '
-                                                f'({data.size} bytes)')
+        img = decode_compressed_bgr(msg, data)
         if is_jpeg(msg):
             slot.jpeg_hw = img.shape[:2]
         return self._reduce(slot, img, img.shape[:2], 'bgr')

@@ -13,7 +13,7 @@ import math
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Point, Quaternion
+from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion
 from nav_msgs.msg import OccupancyGrid, Path
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
@@ -39,10 +39,21 @@ def yaw_quaternion(yaw: float) -> Quaternion:
     return Quaternion(x=0.0, y=0.0, z=math.sin(yaw / 2.0), w=math.cos(yaw / 2.0))
 
 
+# The classes convert.path_message asks for (several per published Path); others are imported
+# on first use and remembered.
+_MESSAGE_TYPES = {'builtin_interfaces/msg/Time': Time, 'std_msgs/msg/Header': Header,
+                  'geometry_msgs/msg/Point': Point, 'geometry_msgs/msg/Quaternion': Quaternion,
+                  'geometry_msgs/msg/Pose': Pose, 'geometry_msgs/msg/PoseStamped': PoseStamped,
+                  'nav_msgs/msg/Path': Path}
+
+
 def message_type(name: str):
     """'pkg/msg/Name' -> the rclpy message class."""
-    pkg, kind, cls = name.split('/')
-    return getattr(importlib.import_module(f'{pkg}.{kind}'), cls)
+    cls = _MESSAGE_TYPES.get(name)
+    if cls is None:
+        pkg, kind, short = name.split('/')
+        cls = _MESSAGE_TYPES[name] = getattr(importlib.import_module(f'{pkg}.{kind}'), short)
+    return cls
 
 
 def path_message(waypoints: np.ndarray, stamp_ns: int, frame_id: str, pose=None,

@@ -194,8 +194,10 @@ class Lockstep:
         node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, reliable)
 
     def _on_answer(self, msg) -> None:
+        from rsd_drive.data.convert import stamp_to_ns
+
         with self.cond:
-            self.answers.append(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
+            self.answers.append(stamp_to_ns(msg.header.stamp))
             self.cond.notify_all()
 
     def _on_diagnostics(self, msg) -> None:
@@ -224,11 +226,12 @@ class Lockstep:
         """Feed one published image message; -> stamps of the sets it completed."""
         from rclpy.serialization import deserialize_message
 
+        from rsd_drive.data.convert import stamp_to_ns
+
         if topic not in self.sync.cameras:
             return []
         msg = deserialize_message(raw, message_class(msgtype))
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        return [s.stamp_ns for s in self.sync.add(topic, stamp, None)]
+        return [s.stamp_ns for s in self.sync.add(topic, stamp_to_ns(msg.header.stamp), None)]
 
     def _answered(self, stamp_ns: int) -> bool:
         return any(a >= stamp_ns - self.slop_ns for a in self.answers)
