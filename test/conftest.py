@@ -81,3 +81,13 @@ def dgp_bag(dgp_scene_dir, tmp_path_factory) -> Path:
     from rsd_drive.importers.dgp import ensure_dgp_bag
 
     return ensure_dgp_bag(dgp_scene_dir, tmp_path_factory.mktemp('dgp_bag'))
+
+
+@pytest.fixture(scope='session')
+def artifact(tmp_path_factory) -> Path:
+    """The deploy artifact (model.onnx + deploy.json) of a tiny perturbed checkpoint that the node
+    tests run on, shared by the session (no test writes into it): ``$RSD_DRIVE_TEST_ARTIFACT``
+    when set (the vehicle profile), else exported once here (see node_helpers.test_artifact)."""
+    from node_helpers import test_artifact
+
+    return test_artifact(tmp_path_factory)

@@ -180,11 +180,20 @@ def write_drive(path, storage='mcap', cameras=None, compressed=False, n_frames=1
     return Path(path)
 
 
-def read_topic(path, topic):
-    """[(bag time ns, message)] of one topic of a bag, in order."""
+def read_all(path, topics=None) -> dict:
+    """{topic: [(bag time ns, message)]} of a bag (only ``topics`` when given), in order, with
+    rosbags only (no project code)."""
     from rosbags.highlevel import AnyReader
     from rosbags.typesys import Stores, get_typestore
 
+    out = {}
     with AnyReader([Path(path)], default_typestore=get_typestore(Stores.ROS2_JAZZY)) as reader:
-        conns = [c for c in reader.connections if c.topic == topic]
-        return [(t, reader.deserialize(raw, c.msgtype)) for c, t, raw in reader.messages(conns)]
+        conns = [c for c in reader.connections if topics is None or c.topic in topics]
+        for conn, t, raw in reader.messages(conns):
+            out.setdefault(conn.topic, []).append((t, reader.deserialize(raw, conn.msgtype)))
+    return out
+
+
+def read_topic(path, topic):
+    """[(bag time ns, message)] of one topic of a bag, in order."""
+    return read_all(path, (topic,)).get(topic, [])

@@ -10,7 +10,7 @@ from rsd_drive.data.bag import build_message, header_msg
 from rsd_drive.data.convert import (MessageError, camera_info_distortion,
                                     camera_info_to_intrinsics, image_to_rgb, occupancy_to_risk,
                                     odometry_to_state, path_message, path_poses,
-                                    risk_to_occupancy, transform_to_matrix)
+                                    risk_to_occupancy, stamp_to_ns, transform_to_matrix)
 
 TS = get_typestore(Stores.ROS2_JAZZY)
 RGB = np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)
@@ -208,7 +208,7 @@ def test_one_path_builder_for_rosbags_and_rclpy_messages():
     assert bytes(TS.serialize_cdr(bag_msg, 'nav_msgs/msg/Path')) == \
         bytes(TS.serialize_cdr(TS.deserialize_cdr(_cdr(ros_msg), 'nav_msgs/msg/Path'),
                                'nav_msgs/msg/Path'))
-    stamps = [p.header.stamp.sec * 10**9 + p.header.stamp.nanosec for p in ros_msg.poses]
+    stamps = [stamp_to_ns(p.header.stamp) for p in ros_msg.poses]
     assert stamps == [5_250_000_000, 5_500_000_000]
 
 

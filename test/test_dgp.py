@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers_bags import read_all
 from rosbags.highlevel import AnyReader
-from rosbags.typesys import Stores, get_typestore
 
 from rsd_drive.cli import main as cli_main
 from rsd_drive.data.bag import BagReader, DatasetConfig
@@ -43,15 +43,6 @@ def frames(dgp_bag, dataset_config):
         odom = [reader.odometry.at(f.stamp_ns) for f in frames]
         skipped = dict(reader.skipped)
     return frames, objects, odom, skipped
-
-
-def read_all(bag):
-    """{topic: [(bag time, message)]} of a bag, with rosbags only (no project code)."""
-    out = {}
-    with AnyReader([bag], default_typestore=get_typestore(Stores.ROS2_JAZZY)) as reader:
-        for conn, t, raw in reader.messages():
-            out.setdefault(conn.topic, []).append((t, reader.deserialize(raw, conn.msgtype)))
-    return out
 
 
 # -- the importer ---------------------------------------------------------------------------------

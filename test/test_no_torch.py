@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from node_helpers import planner_params, test_artifact, write_drive_bag
+from node_helpers import planner_params, write_drive_bag
 
 CHILD = r'''
 import json, sys
@@ -39,11 +39,6 @@ heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transform
 print('RESULT ' + json.dumps({'started': started, 'replay': code, 'tensorrt': trt,
                               'state': node.lifecycle_state, 'heavy': heavy}))
 '''
-
-
-@pytest.fixture(scope='module')
-def artifact(tmp_path_factory):
-    return test_artifact(tmp_path_factory)
 
 
 def test_node_and_replay_import_no_torch(tmp_path, artifact):

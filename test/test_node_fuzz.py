@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from node_helpers import (CAMERAS, NodeProcess, Peer, Streamer, diagnostic_status, frame_image,
-                          odometry_msg, planner_params, test_artifact)
+                          odometry_msg, planner_params)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -98,14 +98,9 @@ def bad_stamp(draw):
 CASES = st.one_of(bad_encoding(), bad_size(), bad_jpeg(), nan_odometry(), bad_stamp())
 
 
-@pytest.fixture(scope='module')
-def fuzz_artifact(tmp_path_factory):
-    return test_artifact(tmp_path_factory)
-
-
 def test_malformed_messages_are_dropped_counted_and_the_node_keeps_planning(
-        tmp_path, fuzz_artifact):
-    params = planner_params(tmp_path, fuzz_artifact, use_info_topics=False,
+        tmp_path, artifact):
+    params = planner_params(tmp_path, artifact, use_info_topics=False,
                             compressed=(JPEG_CAMERA,), max_input_age_s=0.5)
     node = NodeProcess(params)
     peer = Peer(compressed=(JPEG_CAMERA,))

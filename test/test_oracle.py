@@ -8,15 +8,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from rosbags.rosbag2 import Reader
 
-from helpers_bags import dataset_config
+from helpers_bags import dataset_config, read_topic
 from rsd_drive.data.bag import BagReader
 from rsd_drive.data.convert import EgoState, odometry_to_state
 from rsd_drive.data.sync import OdometryHistory
 from rsd_drive.model.config import ModelConfig
 from rsd_drive.scenario import ScenarioConfig, generate_drive
-from rsd_drive.scenario.record import TYPESTORE
 from rsd_drive.scenario.world import World
 from rsd_drive.teacher.base import FrameContext
 from rsd_drive.teacher.config import ProjectionConfig, TeacherConfig
@@ -47,10 +45,7 @@ def bag(tmp_path_factory):
 
 
 def bag_odometry(path) -> list:
-    with Reader(path) as reader:
-        conns = [c for c in reader.connections if c.topic == '/odom']
-        return [odometry_to_state(TYPESTORE.deserialize_cdr(raw, c.msgtype))
-                for c, _, raw in reader.messages(connections=conns)]
+    return [odometry_to_state(msg) for _, msg in read_topic(path, '/odom')]
 
 
 def altered_after(states, t0_ns) -> OdometryHistory:

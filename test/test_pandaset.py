@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rosbags.highlevel import AnyReader
-from rosbags.typesys import Stores, get_typestore
+from helpers_bags import read_all
 
 from rsd_drive.cli import main as cli_main
 from rsd_drive.data.bag import BagReader, DatasetConfig
@@ -41,11 +40,7 @@ def pandaset_bag(seq_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope='module')
 def bag_messages(pandaset_bag):
-    out = {}
-    with AnyReader([pandaset_bag], default_typestore=get_typestore(Stores.ROS2_JAZZY)) as reader:
-        for conn, t, raw in reader.messages():
-            out.setdefault(conn.topic, []).append((t, reader.deserialize(raw, conn.msgtype)))
-    return out
+    return read_all(pandaset_bag)
 
 
 def raw(name):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from node_helpers import (CAMERAS, GRID, Peer, NodeProcess, START_NS, Streamer, camera_extrinsics,
                           diagnostic_status, ego_pose, make_checkpoint, planner_params,
-                          test_artifact, write_drive_bag)
+                          write_drive_bag)
 
 from rsd_drive import INTENTS
 from rsd_drive.geometry import GridSpec
@@ -22,12 +22,6 @@ pytestmark = pytest.mark.timeout(240)
 
 PAST_S = 15 / 4.0   # the oldest past state of the tiny model: frames need this much odometry
 OK, WARN, ERROR = 0, 1, 2
-
-
-@pytest.fixture(scope='module')
-def artifact(tmp_path_factory):
-    """A deploy artifact (model.onnx + deploy.json) of a tiny perturbed checkpoint."""
-    return test_artifact(tmp_path_factory)
 
 
 # -- messages, queue, parameters (no DDS) ---------------------------------------------------------

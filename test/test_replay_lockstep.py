@@ -8,6 +8,8 @@ on the machine's speed: the deadline is only a safety net (counted, asserted zer
 import pytest
 from node_helpers import CAMERAS, NodeProcess, make_checkpoint, planner_params, write_drive_bag
 
+from rsd_drive.data.convert import stamp_to_ns
+
 pytestmark = pytest.mark.timeout(300)
 
 
@@ -54,12 +56,12 @@ def test_lockstep_replay_gets_a_plan_for_every_camera_set(tmp_path):
     assert 'lockstep on /planner_node/path' in summary.table()
 
     paths, diags = read_paths(summary.record_path)
-    got = sorted(p.header.stamp.sec * 10**9 + p.header.stamp.nanosec for p in paths)
+    got = sorted(stamp_to_ns(p.header.stamp) for p in paths)
     # one plan per answered set, stamped with the reference camera (skips only at the start)
     assert got == stamps['front_stamps'][n_sets - len(got):] and len(got) == ls['answered']
     for p in paths:  # each pose carries its own time: t0 + k/4 s
-        t0 = p.header.stamp.sec * 10**9 + p.header.stamp.nanosec
-        ts = [q.header.stamp.sec * 10**9 + q.header.stamp.nanosec for q in p.poses]
+        t0 = stamp_to_ns(p.header.stamp)
+        ts = [stamp_to_ns(q.header.stamp) for q in p.poses]
         assert ts == [t0 + 250_000_000 * (k + 1) for k in range(len(p.poses))]
     planning = [{kv.key: kv.value for kv in s.values} for a in diags for s in a.status
                 if s.name.endswith(': planning')]

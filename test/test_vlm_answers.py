@@ -12,8 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from rosbags.highlevel import AnyReader
-from rosbags.typesys import Stores, get_typestore
+from helpers_bags import read_all
 
 from rsd_drive.data.bag import BagReader, DatasetConfig
 from rsd_drive.data.convert import stamp_to_ns
@@ -65,15 +64,11 @@ def drive(pandaset_bag, repo_root):  # noqa: F811
         frames = [f for f in reader.frames(decode=lambda seq: seq in FRAMES)
                   if f.seq in FRAMES]
         odometry = reader.odometry
-    small = {}
-    with AnyReader([pandaset_bag], default_typestore=get_typestore(Stores.ROS2_JAZZY)) as r:
-        conns = [c for c in r.connections if c.topic in ('/odom', '/pandaset/objects')]
-        for c, _t, raw in r.messages(conns):
-            small.setdefault(c.topic, []).append(r.deserialize(raw, c.msgtype))
-    odom = small['/odom']
+    small = read_all(pandaset_bag, ('/odom', '/pandaset/objects'))
+    odom = [m for _, m in small['/odom']]
     ego = Track([stamp_to_ns(o.header.stamp) for o in odom],
                 [odom_matrix(o.pose.pose) for o in odom])
-    objects = [json.loads(m.data) for m in small['/pandaset/objects']]
+    objects = [json.loads(m.data) for _, m in small['/pandaset/objects']]
     return frames, odometry, ego, objects
 
 

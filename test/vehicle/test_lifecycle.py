@@ -10,7 +10,9 @@ import time
 
 import pytest
 from node_helpers import (CAMERAS, LifecycleClient, NodeProcess, Peer, Streamer, diagnostic_status,
-                          planner_params, test_artifact)
+                          planner_params)
+
+from rsd_drive.data.convert import stamp_to_ns
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -19,13 +21,8 @@ CONFIGURE, CLEANUP, ACTIVATE, DEACTIVATE = 1, 2, 3, 4
 UNCONFIGURED_SHUTDOWN, INACTIVE_SHUTDOWN, ACTIVE_SHUTDOWN = 5, 6, 7
 
 
-@pytest.fixture(scope='module')
-def artifact(tmp_path_factory):
-    return test_artifact(tmp_path_factory)
-
-
 def stamp_ns(msg) -> int:
-    return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+    return stamp_to_ns(msg.header.stamp)
 
 
 def diag_state(peer, since: float):

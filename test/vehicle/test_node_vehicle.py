@@ -5,8 +5,6 @@ bag (its plans equal the offline ONNX Runtime plans), stale inputs, fuzzing, bui
 Imported, not copied: the same test code runs in both environments.
 """
 import test_node_fuzz
-from test_node_fuzz import fuzz_artifact  # noqa: F401 - fixtures used by the tests below
-from test_planner_node import artifact  # noqa: F401
 from test_planner_node import (test_build_only_prepares_and_exits,  # noqa: F401
                                test_replayed_bag_gives_paths_and_risk_grids,
                                test_stale_inputs_stop_planning_and_recover)
