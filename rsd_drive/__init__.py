@@ -10,6 +10,21 @@ __version__ = '0.1.0'
 INTENTS = ('unknown', 'straight', 'left', 'right')
 
 
+def build_config(cls, data, where: str):
+    """``cls(**data)`` for a config dataclass, with unknown keys reported by name (a typo must not
+    pass silently); ``data`` may be a mapping, None (the defaults) or already a ``cls``."""
+    from dataclasses import fields
+
+    if isinstance(data, cls):
+        return data
+    data = dict(data or {})
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f'{where}: unknown keys {sorted(unknown)}; expected {sorted(known)}')
+    return cls(**data)
+
+
 def config_file(name: str):
     """A file of the package's ``config/``: the source tree's, else the installed share directory
     (colcon: via ament_index; pip: ``<prefix>/share/rsd_drive/config``)."""

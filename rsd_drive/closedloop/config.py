@@ -8,15 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from rsd_drive import config_file
-
-
-def _from_dict(cls, data: dict, where: str):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data or {}) - known)
-    if unknown:
-        raise ValueError(f'{where}: unknown keys {unknown} (known: {sorted(known)})')
-    return cls(**(data or {}))
+from rsd_drive import build_config, config_file
 
 
 @dataclass
@@ -110,7 +102,7 @@ class ScoringConfig:
 
     def __post_init__(self):
         if isinstance(self.comfort, dict):
-            self.comfort = _from_dict(ComfortConfig, self.comfort, 'scoring.comfort')
+            self.comfort = build_config(ComfortConfig, self.comfort, 'scoring.comfort')
         for key in ('penalty_pedestrian', 'penalty_vehicle', 'penalty_static',
                     'penalty_off_road'):
             if not 0 <= getattr(self, key) <= 1:
@@ -196,7 +188,7 @@ class ClosedLoopConfig:
         for key, cls in (('controller', ControllerConfig), ('scoring', ScoringConfig),
                          ('ros', RosLoopConfig)):
             if isinstance(getattr(self, key), dict):
-                setattr(self, key, _from_dict(cls, getattr(self, key), key))
+                setattr(self, key, build_config(cls, getattr(self, key), key))
         if not 0 < self.plan_hz <= 20 or not self.plan_hz <= self.odom_hz <= 100:
             raise ValueError(f'need 0 < plan_hz <= 20 and plan_hz <= odom_hz <= 100, got '
                              f'{self.plan_hz}, {self.odom_hz}')
@@ -219,7 +211,7 @@ class ClosedLoopConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> 'ClosedLoopConfig':
-        return _from_dict(cls, data, 'closedloop')
+        return build_config(cls, data, 'closedloop')
 
     @classmethod
     def from_yaml(cls, path=None) -> 'ClosedLoopConfig':

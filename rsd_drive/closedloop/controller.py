@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rsd_drive.closedloop.config import ControllerConfig
+from rsd_drive.metrics import constant_velocity_baseline
 
 
 @dataclass
@@ -48,20 +49,21 @@ class Plan:
 def constant_velocity_plan(t: float, pose, speed: float, steps: int = 20,
                            frequency_hz: float = 4.0) -> Plan:
     """Straight ahead at the current speed: never brakes, never turns."""
-    k = np.arange(1, steps + 1, dtype=np.float64) / frequency_hz
-    wp = np.stack([speed * k, np.zeros_like(k)], axis=-1)
+    wp = constant_velocity_baseline([speed], steps, frequency_hz)[0]
     return Plan(float(t), tuple(pose), wp, frequency_hz)
 
 
-def project(points: np.ndarray, xy) -> tuple[float, int]:
-    """Arc length of the point of polyline ``points`` [M,2] nearest to ``xy``, and its segment."""
+def project(points: np.ndarray, xy, cum: np.ndarray | None = None) -> tuple[float, int]:
+    """Arc length of the point of polyline ``points`` [M,2] nearest to ``xy``, and its segment.
+    ``cum``: the polyline's cumulative lengths [M] when already known."""
     a, b = points[:-1], points[1:]
     ab = b - a
     seg_len2 = (ab ** 2).sum(axis=1)
     u = np.clip(((np.asarray(xy) - a) * ab).sum(axis=1) / np.maximum(seg_len2, 1e-12), 0, 1)
     foot = a + u[:, None] * ab
     i = int(np.argmin(((foot - np.asarray(xy)) ** 2).sum(axis=1)))
-    cum = np.concatenate([[0.0], np.cumsum(np.sqrt(seg_len2))])
+    if cum is None:
+        cum = np.concatenate([[0.0], np.cumsum(np.sqrt(seg_len2))])
     return float(cum[i] + u[i] * math.sqrt(seg_len2[i])), i
 
 
@@ -87,7 +89,7 @@ class PurePursuit:
 
     def reset(self) -> None:
         self.plan = None
-        self._points = self._cum = self._times = None
+        self._points = self._cum = self._times = self._seg_v = self._mids = None
         self.last_accel, self.last_curvature = 0.0, 0.0
 
     def set_plan(self, plan: Plan) -> None:
@@ -96,12 +98,12 @@ class PurePursuit:
         seg = np.sqrt((np.diff(self._points, axis=0) ** 2).sum(axis=1))
         self._cum = np.concatenate([[0.0], np.cumsum(seg)])
         self._times = plan.times()
+        self._seg_v = np.diff(self._cum) / np.diff(self._times)
+        self._mids = 0.5 * (self._times[1:] + self._times[:-1])
 
     def _plan_speed(self, t: float) -> float:
         """The plan's speed at sim time t (piecewise linear through the segment midpoints)."""
-        seg_v = np.diff(self._cum) / np.diff(self._times)
-        mids = 0.5 * (self._times[1:] + self._times[:-1])
-        return float(np.interp(t, mids, seg_v))
+        return float(np.interp(t, self._mids, self._seg_v))
 
     def target_accel(self, ego, t: float, s_ego: float) -> float:
         cfg = self.cfg
@@ -109,8 +111,7 @@ class PurePursuit:
         v_target = self._plan_speed(t + cfg.speed_lead_s)
         s_plan = float(np.interp(t, self._times, self._cum))
         accel = cfg.speed_gain * (v_target - v) + cfg.position_gain * (s_plan - s_ego)
-        seg_v = np.diff(self._cum) / np.diff(self._times)
-        if seg_v[-1] < cfg.stop_speed:
+        if self._seg_v[-1] < cfg.stop_speed:
             # The plan comes to a stop: brake so the ego stops where the plan does.
             gap = self._cum[-1] - s_ego - 0.5
             accel = min(accel, -v * v / (2.0 * max(gap, 0.1)))
@@ -140,7 +141,7 @@ class PurePursuit:
         if self.plan is None:
             accel, kappa = -cfg.decel_max, 0.0  # nothing to follow yet: stand still
         else:
-            s_ego, _ = project(self._points, (float(ego[0]), float(ego[1])))
+            s_ego, _ = project(self._points, (float(ego[0]), float(ego[1])), self._cum)
             accel = self.target_accel(ego, t, s_ego)
             kappa = self.target_curvature(ego, s_ego)
         v = max(float(ego[3]), 0.0)

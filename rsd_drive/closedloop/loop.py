@@ -21,12 +21,12 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from rsd_drive import INTENTS
 from rsd_drive.closedloop.config import ClosedLoopConfig
 from rsd_drive.closedloop.controller import PurePursuit
 from rsd_drive.closedloop.metrics import RouteTrace, score_route
 from rsd_drive.closedloop.policies import Observation, Policy
 from rsd_drive.data.convert import EgoState, yaw_from_quaternion
+from rsd_drive.data.targets import intent_index
 
 GIF_CAMERA_HW = (144, 256)
 ROUTE_AHEAD_M = 120.0
@@ -63,12 +63,6 @@ def jpeg_round_trip(rgb: np.ndarray) -> np.ndarray:
     from rsd_drive.data.convert import image_to_rgb
 
     return image_to_rgb(SimpleNamespace(format='jpeg', data=encode_jpeg(rgb)))
-
-
-def intent_index(intent) -> int:
-    if isinstance(intent, (int, np.integer)):
-        return int(intent)
-    return INTENTS.index(str(intent).strip().lower())
 
 
 @dataclass
@@ -137,7 +131,10 @@ class RouteRunner:
                              f'{self.dt} s and divide the planning period')
         self.t_limit = float(scenario_cfg.duration_s) * cfg.route_timeout_factor \
             + cfg.route_timeout_slack_s
-        self.route_length = route_goal(self.sim, float(scenario_cfg.duration_s))
+        # The route to drive (m along the ego lane): where the hazard-free speed plan takes the ego
+        # in duration_s (never past sim.route_length: the simulation checks its speed plan ends
+        # before route_end_s; the full lane route goes on further than a drive lasts).
+        self.route_length = self.sim.route_goal()
         self.controller = PurePursuit(cfg.controller, self.dt)
         self.history = OdometryHistory(max_gap_ns=int(1e9))
         self.trace = RouteTrace()
@@ -192,7 +189,7 @@ class RouteRunner:
             return 'timeout'
         if off_road_s >= scoring.off_road_terminate_s:
             return 'off_road'
-        if self.cfg.stop_on_collision and collision_log(sim):
+        if self.cfg.stop_on_collision and sim.collision_log:
             return 'collision'
         return None
 
@@ -261,7 +258,7 @@ class RouteRunner:
         finally:
             if hasattr(policy, 'end_route'):
                 policy.end_route(self)
-        scores = score_route(self.trace, collision_log(sim), self.route_length,
+        scores = score_route(self.trace, list(sim.collision_log), self.route_length,
                              self.cfg.scoring, failure)
         record = {'family': self.family, 'seed': self.seed, 'policy': policy.name, **scores,
                   'termination': reason, 'route_length_m': round(self.route_length, 2),
@@ -272,19 +269,6 @@ class RouteRunner:
         if hasattr(policy, 'route_info'):
             record.update(policy.route_info())
         return record, self.frames
-
-
-def route_goal(sim, duration_s: float) -> float:
-    """The route to drive (m along the ego lane): where the hazard-free speed plan takes the ego
-    in the scenario's ``duration_s`` (``Simulation.route_goal``; the full lane route goes on to
-    the end of the road, further than a drive lasts)."""
-    return min(float(sim.route_goal(duration_s)), float(sim.route_length))
-
-
-def collision_log(sim) -> list:
-    """Every contact event of the route (first touch per agent), {id, class, time_s, speed}."""
-    log = getattr(sim, 'collision_log', None)
-    return list(log) if log is not None else list(sim.ego_collisions())
 
 
 def _control(accel_curvature):

@@ -58,6 +58,8 @@ def _draw_risk(img: np.ndarray, plan, pose) -> None:
 
 def draw_bev(state, pose, plan=None, past_xy=None) -> np.ndarray:
     """An ego-centred BEV (RGB uint8, BEV_PX square) of ``state`` seen from ``pose``."""
+    from rsd_drive.scenario.sim import EGO_LENGTH, EGO_WIDTH  # lazy: the scenario pulls rosbags
+
     img = np.full((BEV_PX, BEV_PX, 3), (70, 110, 60), np.uint8)
     ground = getattr(state, 'ground', None)
     reach = BEV_PX / BEV_SCALE
@@ -85,7 +87,7 @@ def draw_bev(state, pose, plan=None, past_xy=None) -> np.ndarray:
     if plan is not None:
         pts = np.round(_to_px(plan.world_points(), pose) * 16).astype(np.int32)
         cv2.polylines(img, [pts], False, PLAN_COLOUR, 2, cv2.LINE_AA, shift=4)
-    ego = _box_corners(pose[0], pose[1], pose[2], 4.5, 1.9)
+    ego = _box_corners(pose[0], pose[1], pose[2], EGO_LENGTH, EGO_WIDTH)
     cv2.fillPoly(img, [np.round(_to_px(ego, pose) * 16).astype(np.int32)], EGO_COLOUR,
                  lineType=cv2.LINE_AA, shift=4)
     return img

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from rsd_drive import config_file
+from rsd_drive import build_config, config_file
 from rsd_drive.geometry import camera_to_ego, intrinsics
 
 STORAGES = ('mcap', 'sqlite3')
@@ -229,8 +229,7 @@ class ScenarioConfig:
 
     def __post_init__(self):
         self.families = _merge_families(self.families)
-        if not isinstance(self.expert, ExpertConfig):
-            self.expert = ExpertConfig(**dict(self.expert or {}))
+        self.expert = build_config(ExpertConfig, self.expert, 'scenario.expert')
         if self.family not in FAMILY_CHOICES:
             raise ValueError(f'family must be one of {FAMILY_CHOICES}, got {self.family!r}')
         steps = 1.0 / (self.odom_hz * self.expert.dt)

@@ -311,8 +311,7 @@ class Simulation:
         a = self.agents
         out = dict(self._static())
         out.update(s=np.array([x.s for x in a]), d=np.array([x.d for x in a]),
-                   vs=np.array([x.direction * x.v if x.cls == 'vehicle' else x.vs_walk
-                                for x in a]),
+                   vs=np.array([x.s_speed for x in a]),
                    vd=np.array([x.vd for x in a]))
         return out
 

@@ -6,8 +6,8 @@ stores the trajectories of the ego and of every agent at the simulation step. ``
 little after the frame time), so the recorder, the renderer and everything downstream see the
 same drive. The logged future is the expert's reaction to the hazards the cameras show.
 
-Geometry (roads, boxes, ground) lives in :mod:`rsd_drive.scenario.road`; its names are
-re-exported here for older imports.
+Geometry (roads, boxes, ground) lives in :mod:`rsd_drive.scenario.road`; ``Boxes`` and
+``WorldState`` are re-exported here for older imports.
 """
 from __future__ import annotations
 
@@ -16,12 +16,7 @@ import math
 import numpy as np
 
 from rsd_drive.scenario.config import ScenarioConfig
-from rsd_drive.scenario.road import (BUILDING_COLOURS, CLASSES, MARKING_COLOUR,  # noqa: F401
-                                     PEDESTRIAN_COLOURS, PEDESTRIAN_SIZE, ROAD_BEHIND,
-                                     ROAD_COLOUR, ROUTE_AHEAD_M, ROUTE_SPACING_M,
-                                     SIDEWALK_COLOUR, TREE_COLOUR, VEHICLE_COLOURS,
-                                     VEHICLE_SIZE, Boxes, GroundMesh, Road, WorldState,
-                                     make_road)
+from rsd_drive.scenario.road import ROUTE_AHEAD_M, ROUTE_SPACING_M, Boxes, WorldState
 from rsd_drive.scenario.sim import Simulation
 
 # Recorded beyond duration_s so that jittered camera stamps near the end still interpolate.
@@ -39,9 +34,8 @@ class World:
     def __init__(self, seed: int, cfg: ScenarioConfig, family: str | None = None):
         self.seed, self.cfg = int(seed), cfg
         sim = Simulation(seed, cfg, family)
-        self.sim = sim
         self.family, self.requested_family = sim.family, sim.requested_family
-        self.road, self.turns, self.half = sim.road, sim.turns, sim.half
+        self.road, self.half = sim.road, sim.half
         self.ego_offset = sim.lane_d
         self.scenery, self.ground = sim.scenery, sim.ground
         self._jitter_seed = sim.jitter_seed
@@ -64,7 +58,7 @@ class World:
         self._xy = np.zeros((n, n_agents, 2))
         self._yaw = np.zeros((n, n_agents))
         self._vel = np.zeros((n, n_agents, 2))
-        self._intents, self._ttc = [], np.zeros(n)
+        self._intents = []
         self.leader = np.full(n, -1, np.int64)
         self.interaction = np.zeros(n)
         for i in range(n):
@@ -79,7 +73,6 @@ class World:
             self._xy[i], self._yaw[i], self._vel[i] = (boxes.centre[:, :2], boxes.yaw,
                                                        boxes.velocity)
             self._intents.append(sim.intent())
-            self._ttc[i] = sim.ttc() if i % 5 == 0 else self._ttc[i - 1]
         self._ego[:, 2] = np.unwrap(self._ego[:, 2])
         if n_agents:
             self._yaw = np.unwrap(self._yaw, axis=0)
@@ -108,10 +101,6 @@ class World:
     def speed(self, t):
         """The ego's speed at t (arrays broadcast)."""
         return np.interp(t, self.sim_t, self._ego[:, 3])
-
-    def ttc(self, t: float) -> float:
-        """The expert's time to collision near t (sampled every 5 steps; inf: nothing closing)."""
-        return float(self._ttc[self._nearest(t)])
 
     def _nearest(self, t: float) -> int:
         return int(np.clip(round(t / self.dt), 0, len(self.sim_t) - 1))

@@ -1,28 +1,16 @@
 """``config/teacher.yaml`` as validated dataclasses (the YAML documents every field)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
 
-from rsd_drive import config_file
+from rsd_drive import build_config, config_file
 from rsd_drive.data.targets import TargetConfig
 
 BACKENDS = ('scene-oracle', 'vlm', 'detector+vlm', 'clipseg')
 BOX_COORDS = ('auto', 'absolute', 'norm1000', 'norm1')
-
-
-def _build(cls, data, where: str):
-    """``cls(**data)`` with unknown keys reported by name (a typo must not pass silently)."""
-    if isinstance(data, cls):
-        return data
-    data = dict(data or {})
-    known = {f.name for f in fields(cls)}
-    unknown = set(data) - known
-    if unknown:
-        raise ValueError(f'{where}: unknown keys {sorted(unknown)}; expected {sorted(known)}')
-    return cls(**data)
 
 
 @dataclass
@@ -135,12 +123,12 @@ class TeacherConfig:
     targets: TargetConfig = field(default_factory=TargetConfig)
 
     def __post_init__(self):
-        self.vlm = _build(VlmConfig, self.vlm, 'teacher.vlm')
-        self.detector = _build(DetectorConfig, self.detector, 'teacher.detector')
-        self.clipseg = _build(ClipSegConfig, self.clipseg, 'teacher.clipseg')
-        self.oracle = _build(OracleConfig, self.oracle, 'teacher.oracle')
-        self.projection = _build(ProjectionConfig, self.projection, 'teacher.projection')
-        self.targets = _build(TargetConfig, self.targets, 'teacher.targets')
+        self.vlm = build_config(VlmConfig, self.vlm, 'teacher.vlm')
+        self.detector = build_config(DetectorConfig, self.detector, 'teacher.detector')
+        self.clipseg = build_config(ClipSegConfig, self.clipseg, 'teacher.clipseg')
+        self.oracle = build_config(OracleConfig, self.oracle, 'teacher.oracle')
+        self.projection = build_config(ProjectionConfig, self.projection, 'teacher.projection')
+        self.targets = build_config(TargetConfig, self.targets, 'teacher.targets')
         if self.backend not in BACKENDS:
             raise ValueError(f'teacher.backend must be one of {BACKENDS}, got {self.backend!r}')
         if self.unparsable_answer not in ('skip', 'empty'):
@@ -188,9 +176,9 @@ class TeacherFile:
     node: NodeConfig = field(default_factory=NodeConfig)
 
     def __post_init__(self):
-        self.teacher = _build(TeacherConfig, self.teacher, 'teacher')
-        self.label = _build(LabelConfig, self.label, 'label')
-        self.node = _build(NodeConfig, self.node, 'node')
+        self.teacher = build_config(TeacherConfig, self.teacher, 'teacher')
+        self.label = build_config(LabelConfig, self.label, 'label')
+        self.node = build_config(NodeConfig, self.node, 'node')
 
     @classmethod
     def load(cls, path=None) -> 'TeacherFile':
@@ -202,6 +190,6 @@ class TeacherFile:
         if not isinstance(data, dict):
             raise ValueError(f'{path}: expected a mapping with teacher/label/node sections')
         try:
-            return _build(cls, data, str(path))
+            return build_config(cls, data, str(path))
         except (TypeError, ValueError) as exc:
             raise ValueError(f'{path}: {exc}') from exc

@@ -6,11 +6,12 @@ architecture), ``train:`` holds TrainConfig fields (the optimisation). Command-l
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
 
+from rsd_drive import build_config
 from rsd_drive.losses import RISK_LOSS_KINDS
 from rsd_drive.model.config import ModelConfig
 
@@ -98,10 +99,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> 'TrainConfig':
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f'unknown train config keys: {sorted(unknown)}')
-        return cls(**d)
+        return build_config(cls, d, 'train')
 
 
 def load_config(path) -> tuple[ModelConfig, TrainConfig]:
