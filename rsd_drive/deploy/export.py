@@ -28,19 +28,10 @@ from rsd_drive.atomic import write_atomic, write_json_atomic
 from rsd_drive.deploy.artifact import (DEPLOY_JSON, FORMAT, ONNX_NAME, DeployArtifact,
                                        example_feeds, input_specs, is_artifact, output_specs,
                                        spec_to_json)
+from rsd_drive.deploy.torch_inputs import OPSET, example_inputs
 from rsd_drive.model.spec import CONFIG_NAME, INPUT_NAMES, OUTPUT_NAMES, WEIGHTS_NAME
 
-OPSET = 17
 DEPLOY_SUBDIR = 'deploy'
-
-
-def example_inputs(model, batch_size: int = 1, seed: int = 0) -> dict:
-    """The example feeds as torch tensors, for the torch model: images as float in [0, 1]
-    (exactly the uint8 feeds / 255, what the graph computes from them)."""
-    feeds = example_feeds(model.config, batch_size, seed)
-    tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
-    tensors['images'] = tensors['images'].to(torch.float32) / 255.0
-    return tensors
 
 
 class Uint8Images(torch.nn.Module):

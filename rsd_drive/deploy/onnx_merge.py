@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from rsd_drive.atomic import write_atomic
-from rsd_drive.model.onnx_encoder import (HEADS_FEATURES, _load, _symbolic_shape,
-                                          prepare_encoder_graph)
+from rsd_drive.deploy.torch_inputs import OPSET, example_inputs
+from rsd_drive.model.onnx_encoder import (HEADS_FEATURES, load_onnx, prepare_encoder_graph,
+                                          symbolic_shape)
 from rsd_drive.model.spec import INPUT_NAMES, OUTPUT_NAMES
 
 
@@ -31,8 +32,6 @@ def export_heads_onnx(model, out_path, batch_size: int = 1, opset: int | None = 
     Written atomically; a ``.json`` beside it records the input spec and the model config."""
     import torch
     from torch import nn
-
-    from rsd_drive.deploy.export import OPSET, example_inputs
 
     class Heads(nn.Module):
         def __init__(self, planner):
@@ -131,8 +130,8 @@ def merge_with_planner_onnx(encoder_onnx, heads_onnx, out, *, image_hw=None,
     from onnx import compose, helper, version_converter
 
     graph_path, info = prepare_encoder_graph(encoder_onnx, encoder_output, cache_dir)
-    enc = _load(graph_path)
-    heads = _load(Path(heads_onnx))
+    enc = load_onnx(graph_path)
+    heads = load_onnx(Path(heads_onnx))
     feat = next((i for i in heads.graph.input if i.name == HEADS_FEATURES), None)
     if feat is None:
         raise ValueError(f'{heads_onnx}: no {HEADS_FEATURES!r} input; export it with '
@@ -153,7 +152,7 @@ def merge_with_planner_onnx(encoder_onnx, heads_onnx, out, *, image_hw=None,
     post = _post_graph(B, N, P, C, enc_rank, opsets, heads.ir_version)
 
     enc.graph.ClearField('value_info')
-    _symbolic_shape(enc.graph.output[0], 'tokens', enc_rank)
+    symbolic_shape(enc.graph.output[0], 'tokens', enc_rank)
     merged = compose.merge_models(pre, enc, io_map=[('pre/pixels', enc_in)])
     merged = compose.merge_models(merged, post, io_map=[(enc_out, 'post/in')])
     merged = compose.merge_models(merged, heads, io_map=[(HEADS_FEATURES, HEADS_FEATURES)])

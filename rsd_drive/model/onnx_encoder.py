@@ -68,7 +68,7 @@ def _suggest(graph, name: str, limit: int = 8) -> str:
     return ', '.join(near[:limit])
 
 
-def _load(path: Path, with_weights: bool = True):
+def load_onnx(path: Path, with_weights: bool = True):
     import onnx
 
     try:
@@ -86,7 +86,7 @@ def _symbolic_dims(value, names) -> None:
             d.dim_param = name
 
 
-def _symbolic_shape(value, prefix: str, rank: int | None = None) -> None:
+def symbolic_shape(value, prefix: str, rank: int | None = None) -> None:
     """Every dim of ``value`` symbolic (``prefix_0``, ...), keeping its rank (or ``rank``)."""
     shape = value.type.tensor_type.shape
     rank = len(shape.dim) if rank is None else rank
@@ -128,7 +128,7 @@ def prepare_encoder_graph(path, output: str | None, cache_dir=None) -> tuple[Pat
     src = Path(path)
     if not src.is_file():
         raise FileNotFoundError(f'ONNX encoder {src} not found')
-    model = _load(src, with_weights=False)
+    model = load_onnx(src, with_weights=False)
     graph = model.graph
     inits = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in inits]
@@ -172,7 +172,7 @@ def prepare_encoder_graph(path, output: str | None, cache_dir=None) -> tuple[Pat
     # Shapes inferred at the native size would contradict other sizes: keep only the rank.
     del cut.graph.value_info[:]
     if cut.graph.output[0].type.tensor_type.HasField('shape'):
-        _symbolic_shape(cut.graph.output[0], 'tokens')
+        symbolic_shape(cut.graph.output[0], 'tokens')
     batch = None if info['static_batch'] == 1 else 'batch'
     _symbolic_dims(cut.graph.input[0], [batch, None, 'height', 'width'])
     return _save_atomic_dir(cut, entry, 'encoder.onnx'), info
