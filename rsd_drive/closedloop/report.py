@@ -58,7 +58,8 @@ def _draw_risk(img: np.ndarray, plan, pose) -> None:
 
 def draw_bev(state, pose, plan=None, past_xy=None) -> np.ndarray:
     """An ego-centred BEV (RGB uint8, BEV_PX square) of ``state`` seen from ``pose``."""
-    from rsd_drive.scenario.sim import EGO_LENGTH, EGO_WIDTH  # lazy: the scenario pulls rosbags
+    # lazy: the scenario package pulls rosbags
+    from rsd_drive.scenario.constants import EGO_LENGTH, EGO_WIDTH
 
     img = np.full((BEV_PX, BEV_PX, 3), (70, 110, 60), np.uint8)
     ground = getattr(state, 'ground', None)

@@ -30,7 +30,8 @@ import numpy as np
 
 from rsd_drive.scenario.road import (PARKED_OFFSET, PEDESTRIAN_COLOURS, PEDESTRIAN_SIZE,
                                      ROAD_BEHIND, VEHICLE_COLOURS, VEHICLE_SIZE, clear_of_road)
-from rsd_drive.scenario.sim import EGO_CENTRE_X, EGO_LENGTH, EGO_WIDTH, TRIGGER_MIN_SPEED
+from rsd_drive.scenario.constants import (EGO_CENTRE_X, EGO_LENGTH, EGO_WIDTH,
+                                          TRIGGER_MIN_SPEED)
 
 HOLD = -20.0  # acceleration override that keeps a standing vehicle standing
 MIN_ARRIVAL_S = 4.0  # the ego is never due at a placed hazard sooner than this

@@ -32,21 +32,16 @@ import numpy as np
 
 from rsd_drive import INTENTS
 from rsd_drive.scenario.config import FAMILIES, ScenarioConfig
-from rsd_drive.scenario.road import (ROUTE_AHEAD_M, ROUTE_SPACING_M, VEHICLE_SIZE, Boxes,
-                                     Road, WorldState, boxes_overlap, make_ground, make_road,
-                                     make_scenery)
+from rsd_drive.scenario.constants import EGO_CENTRE_X, EGO_LENGTH, EGO_WIDTH
+from rsd_drive.scenario.road import (ROUTE_AHEAD_M, ROUTE_SPACING_M, Boxes, Road, WorldState,
+                                     boxes_overlap, make_ground, make_road, make_scenery)
 
-# Ego footprint: length, width; base_link (rear axle) sits EGO_REAR metres ahead of the rear.
-EGO_LENGTH, EGO_WIDTH = VEHICLE_SIZE[0], VEHICLE_SIZE[1]
-EGO_REAR = 1.0
-EGO_CENTRE_X = EGO_LENGTH / 2 - EGO_REAR
 # Physical limits applied to any control (the expert keeps inside its own, tighter ones).
 ACCEL_LIMIT, DECEL_LIMIT = 4.0, 9.0
 # Other vehicles: IDM parameters and their hardest braking.
 IDM_DELTA = 4.0
 OTHER_DECEL_LIMIT = 9.0
 LATERAL_MARGIN = 0.2   # lane-overlap margin for other vehicles' leader search
-TRIGGER_MIN_SPEED = 2.0  # time-to-arrival triggers divide by at least this speed (m/s)
 SEED_STREAMS = ('road', 'speed', 'traffic', 'pedestrians', 'scenery', 'jitter', 'hazard',
                 'family')
 
