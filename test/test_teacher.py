@@ -12,7 +12,8 @@ from rsd_drive.data.bag import BagReader, SyncedFrame
 from rsd_drive.data.targets import TargetConfig, build_targets
 from rsd_drive.geometry import GridSpec, project_points
 from rsd_drive.model.config import ModelConfig
-from rsd_drive.teacher.base import FrameContext, RiskyObject, TeacherOutput, build_teacher
+from rsd_drive.teacher.base import FrameContext, RiskyObject, TeacherOutput
+from rsd_drive.teacher.factory import build_teacher
 from rsd_drive.teacher.config import ProjectionConfig, TeacherConfig, TeacherFile
 from rsd_drive.teacher.oracle import object_risk
 from rsd_drive.teacher.parse import (ParseError, extract_json, parse_objects, parse_rankings,

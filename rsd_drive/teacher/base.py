@@ -1,6 +1,6 @@
 """The teacher interface: synchronised images + calibration in; risky objects (class, image box,
 risk 0..1, reason) and/or image-space risk heatmaps out. Backends are built by name with
-:func:`build_teacher`; their outputs become BEV grids in :mod:`rsd_drive.teacher.projection`.
+:func:`rsd_drive.teacher.factory.build_teacher`; their outputs become BEV grids in :mod:`rsd_drive.teacher.projection`.
 """
 from __future__ import annotations
 
@@ -94,21 +94,3 @@ class Teacher:
     def describe(self) -> dict:
         return {'backend': self.name}
 
-
-def build_teacher(config) -> Teacher:
-    """The backend named by ``config.backend`` (a :class:`rsd_drive.teacher.config.TeacherConfig`);
-    model-based backends load their models here, from local directories only."""
-    backend = config.backend
-    if backend == 'scene-oracle':
-        from rsd_drive.teacher.oracle import SceneOracle
-        return SceneOracle(config)
-    if backend == 'vlm':
-        from rsd_drive.teacher.vlm import VlmTeacher
-        return VlmTeacher(config)
-    if backend == 'detector+vlm':
-        from rsd_drive.teacher.detector import DetectorVlmTeacher
-        return DetectorVlmTeacher(config)
-    if backend == 'clipseg':
-        from rsd_drive.teacher.clipseg import ClipSegTeacher
-        return ClipSegTeacher(config)
-    raise ValueError(f'unknown teacher backend {backend!r}')

@@ -36,8 +36,9 @@ from rsd_drive.data.bag import (BagError, BagReader, DatasetConfig, MissingTopic
 from rsd_drive.data.index import ShardWriter, read_manifest
 from rsd_drive.data.targets import TargetConfig, TargetError, build_targets, index_frame
 from rsd_drive.geometry import GridSpec
-from rsd_drive.teacher.base import FrameContext, build_teacher
+from rsd_drive.teacher.base import FrameContext
 from rsd_drive.teacher.config import TeacherConfig
+from rsd_drive.teacher.factory import build_teacher
 from rsd_drive.teacher.labelbag import LabelRecord, write_label_bag
 from rsd_drive.teacher.projection import teacher_grid
 
