@@ -509,8 +509,9 @@ def run_job(bags, spec: JobSpec, workers: int = 1, ray_address: str | None = Non
         if ray_address:
             from rsd_drive.teacher.ray_run import run_ray
 
-            results = run_ray(bags, ids, spec, ray_address, board, gpus_per_task=gpus_per_task,
-                              max_retries=max_retries, num_cpus=workers)
+            results = run_ray(bags, ids, spec, ray_address, board, label_fn=label_bag_safe,
+                              gpus_per_task=gpus_per_task, max_retries=max_retries,
+                              num_cpus=workers)
         elif workers <= 1 or len(bags) == 1:
             results = [label_bag_safe(b, spec, ids[b], progress=board.update) for b in bags]
         else:

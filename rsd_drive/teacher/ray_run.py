@@ -1,4 +1,6 @@
-"""Labeling on a Ray cluster: one Ray task per bag, each running :func:`label_bag_safe`.
+"""Labeling on a Ray cluster: one Ray task per bag, each running the job's per-bag function
+(``teacher.job.label_bag_safe``, handed in by ``job.run_job``, so this module does not import the
+job back).
 
 The tasks commit their results exactly as the process pool does (``label_bag``'s atomic,
 resumable chunks: an index shard + chunk files per ``chunk_frames`` frames), so a task that Ray
@@ -19,8 +21,6 @@ from __future__ import annotations
 
 import os
 import time
-
-from rsd_drive.teacher.job import label_bag_safe
 
 # Set before Ray is imported (the driver) and in every worker (runtime_env).
 RAY_ENV = {'RAY_USAGE_STATS_ENABLED': '0'}
@@ -82,8 +82,9 @@ class ProgressRelay:
         return events
 
 
-def ray_task(bag: str, spec, bag_id: str, relay) -> dict:
-    """What one Ray task runs: label one bag, reporting progress to ``relay``."""
+def ray_task(bag: str, spec, bag_id: str, relay, label_fn) -> dict:
+    """What one Ray task runs: label one bag with ``label_fn(bag, spec, bag_id, progress=...)``,
+    reporting progress to ``relay``."""
     import ray
 
     pid, last, sent = os.getpid(), [0.0], []
@@ -96,7 +97,7 @@ def ray_task(bag: str, spec, bag_id: str, relay) -> dict:
         last[0] = now
         sent[:] = [relay.put.remote({**event, 'pid': pid})]
 
-    result = label_bag_safe(bag, spec, bag_id, progress=progress)
+    result = label_fn(bag, spec, bag_id, progress=progress)
     if sent:  # one caller's actor calls run in order: after this one, all are in the relay
         ray.get(sent[0])
     return result
@@ -109,17 +110,18 @@ def _died(bag: str, bag_id: str, exc: Exception, attempts: int) -> dict:
                      f'last: {type(exc).__name__}: {first_line})'}
 
 
-def run_ray(bags, ids, spec, address, board, gpus_per_task: float = 0.0, max_retries: int = 2,
-            num_cpus: int | None = None) -> list:
-    """Label ``bags`` as Ray tasks; results in the order of ``bags`` (failures reported, never
-    raised). ``num_cpus`` sizes a ``local`` cluster (default: this machine's CPUs)."""
+def run_ray(bags, ids, spec, address, board, *, label_fn, gpus_per_task: float = 0.0,
+            max_retries: int = 2, num_cpus: int | None = None) -> list:
+    """Label ``bags`` as Ray tasks, each running ``label_fn`` (``teacher.job.label_bag_safe``);
+    results in the order of ``bags`` (failures reported, never raised). ``num_cpus`` sizes a
+    ``local`` cluster (default: this machine's CPUs)."""
     ray = import_ray(address)
     owns = connect(address, num_cpus=num_cpus)
     try:
         relay = ray.remote(num_cpus=0)(ProgressRelay).remote()
         task = ray.remote(ray_task).options(num_cpus=1, num_gpus=gpus_per_task,
                                             max_retries=max_retries, retry_exceptions=False)
-        refs = {task.remote(b, spec, ids[b], relay): b for b in bags}
+        refs = {task.remote(b, spec, ids[b], relay, label_fn): b for b in bags}
         results, pending = {}, list(refs)
 
         def relay_events():
