@@ -1,7 +1,12 @@
 """``rsd-drive closedloop POLICY --family F [--family ...] --seeds A-B --out DIR [--backend B]
 [--ros]``: the policy drives the scenario world closed loop; writes DIR/report.json, report.md,
-a BEV PNG per route and the best/worst rollout GIFs."""
+a BEV PNG per route and the best/worst rollout GIFs.
+
+``python -m rsd_drive.closedloop.cli POLICY ...`` runs the same without the ``rsd-drive`` CLI.
+"""
 from __future__ import annotations
+
+import sys
 
 from rsd_drive.deploy.backends import BACKENDS
 
@@ -40,3 +45,16 @@ def run(args) -> int:
     print(format_summary_table(summary))
     print(f'report: {args.out}/report.md')
     return 0
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog='python -m rsd_drive.closedloop.cli',
+                                     description=__doc__.split('\n\n')[0])
+    add_arguments(parser)
+    return int(run(parser.parse_args(sys.argv[1:] if argv is None else argv)) or 0)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

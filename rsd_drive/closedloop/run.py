@@ -117,7 +117,7 @@ def run_closed_loop(policy, families, seeds, out, backend: str = 'onnxruntime',
     pol = policy if not isinstance(policy, (str, Path)) else None
     if pol is None and ros:
         from rsd_drive.closedloop.policies import BASELINES
-        from rsd_drive.ros.sim_world import RosPlannerPolicy
+        from rsd_drive.closedloop.ros_world import RosPlannerPolicy
 
         if str(policy) in BASELINES + ('cv',):
             raise ValueError(f'--ros runs planner_node: it needs a model policy (a checkpoint '

@@ -444,14 +444,3 @@ class _Standing:
 
     x = y = yaw = v = yaw_rate = 0.0
 
-
-def main(argv=None) -> int:
-    """``python -m rsd_drive.ros.sim_world POLICY --family F ...``: ``rsd-drive closedloop
-    --ros``."""
-    from rsd_drive.cli import main as cli_main
-
-    return cli_main(['closedloop', '--ros'] + list(sys.argv[1:] if argv is None else argv))
-
-
-if __name__ == '__main__':
-    sys.exit(main())
