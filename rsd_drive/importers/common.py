@@ -222,7 +222,7 @@ def write_drive(writer, ds, cameras, ego, images, objects, progress: bool, desc:
     order is tf_static, odometry, images, objects."""
     from tqdm import tqdm
 
-    from rsd_drive.scenario.record import TF_STATIC_QOS
+    from rsd_drive.data.qos import TF_STATIC_QOS
 
     m = Messages(writer.typestore, ds.base_frame)
     topics = {c.name: c for c in ds.cameras}

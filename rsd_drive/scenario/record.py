@@ -33,13 +33,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from rosbags.interfaces import (Qos, QosDurability, QosHistory, QosLiveliness, QosReliability,
-                                QosTime)
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
 from rosbags.typesys import Stores, get_typestore
 from tqdm import tqdm
 
+from rsd_drive.data.qos import TF_STATIC_QOS
 from rsd_drive.geometry import matrix_to_quaternion
 from rsd_drive.scenario.config import ScenarioConfig
 from rsd_drive.scenario.render import Camera, render_camera
@@ -62,9 +61,6 @@ START_TIME_NS = 1_700_000_000 * 10**9
 SEED_TIME_STEP_NS = 1000 * 10**9
 
 MARKER_RGBA = {'vehicle': (0.2, 0.4, 0.9, 0.6), 'pedestrian': (1.0, 0.6, 0.0, 0.8)}
-TF_STATIC_QOS = Qos(QosHistory.KEEP_LAST, 1, QosReliability.RELIABLE,
-                    QosDurability.TRANSIENT_LOCAL, QosTime(0, 0), QosTime(0, 0),
-                    QosLiveliness.AUTOMATIC, QosTime(0, 0), False)
 
 TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
 T = TYPESTORE.types
