@@ -1,6 +1,7 @@
 """The teacher interface: synchronised images + calibration in; risky objects (class, image box,
 risk 0..1, reason) and/or image-space risk heatmaps out. Backends are built by name with
-:func:`rsd_drive.teacher.factory.build_teacher`; their outputs become BEV grids in :mod:`rsd_drive.teacher.projection`.
+:func:`rsd_drive.teacher.factory.build_teacher`; their outputs become BEV grids in
+:mod:`rsd_drive.teacher.projection`.
 """
 from __future__ import annotations
 
