@@ -37,6 +37,7 @@ class World:
         self.family, self.requested_family = sim.family, sim.requested_family
         self.road, self.half = sim.road, sim.half
         self.ego_offset = sim.lane_d
+        self.route_xy = sim.route_polyline()
         self.scenery, self.ground = sim.scenery, sim.ground
         self._jitter_seed = sim.jitter_seed
         self.dt = sim.dt
