@@ -89,3 +89,21 @@ def route_in_base_link(route_xy, pose, n: int, spacing_m: float,
     d = world - (x, y)
     local = np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1]], axis=-1)
     return RouteInput(local.astype(np.float32), True)
+
+
+def route_for_plan(route, t0_ns: int, pose, n: int, spacing_m: float, max_age_ns: int = 0,
+                   frame: str | None = None) -> tuple[RouteInput | None, str]:
+    """The node's rule for the route of one plan: ``route`` is the last route received,
+    (stamp_ns, frame_id, [M, 2]) or None. Returns (RouteInput or None, status), status one of
+    'ok', 'none' (no route received), 'stale' (older than ``max_age_ns`` at t0; 0: never),
+    'wrong_frame' (not in the odometry frame ``frame``), 'off_route' or 'too_short'. Every
+    status but 'ok' plans intent-only (the mask off)."""
+    if route is None:
+        return None, 'none'
+    stamp_ns, route_frame, xy = route
+    if frame is not None and route_frame != frame:
+        return None, 'wrong_frame'
+    if max_age_ns > 0 and t0_ns - stamp_ns > max_age_ns:
+        return None, 'stale'
+    out = route_in_base_link(xy, pose, n, spacing_m)
+    return (out, 'ok') if out.valid else (None, out.reason)
