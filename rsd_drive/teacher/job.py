@@ -287,6 +287,10 @@ def label_bag(bag, spec: JobSpec, bag_id: str | None = None, progress=None) -> d
                 chunk.skipped[item.reason] += 1
                 continue
             t0 = item.stamp_ns
+            horizon_ns = int(target_cfg.future_steps / target_cfg.frequency_hz * 1e9)
+            if reader.noise_between(t0, t0 + horizon_ns):
+                chunk.skipped['targets:injected_noise'] += 1  # not the expert's own correction
+                continue
             try:
                 intent = reader.intent_at(t0)
                 targets = build_targets(reader.odometry, t0, target_cfg, intent)
