@@ -14,7 +14,8 @@ def fake_frame(i, n=2, hw=(8, 12), grid=(4, 4)):
         images=rng.integers(0, 255, (n, *hw, 3), dtype=np.uint8),
         intrinsics=np.tile(np.eye(3), (n, 1, 1)), cam_to_ego=np.tile(np.eye(4), (n, 1, 1)),
         past_states=rng.normal(size=(16, 4)), intent=i % 4, init_speed=float(i),
-        future=rng.normal(size=(20, 2)), risk=rng.random(grid), stamps=1_000 + i)
+        future=rng.normal(size=(20, 2)), risk=rng.random(grid), stamps=1_000 + i,
+        route=rng.normal(size=(16, 2)), route_valid=float(i % 2))
 
 
 def write_shard(index_dir, name, frames, **meta):
@@ -155,3 +156,27 @@ def test_a_commit_killed_midway_leaves_nothing_behind_after_the_next(tmp_path):
     (tmp_path / 'shards' / '.b.0123').mkdir()      # another shard's writer: not ours to touch
     write_shard(tmp_path, 'a', range(2))
     assert sorted(p.name for p in (tmp_path / 'shards').iterdir()) == ['.b.0123', 'a']
+
+
+def test_an_index_written_before_the_route_input_reads_with_the_mask_off(tmp_path):
+    """Shards without route/route_valid files (older labelers) still load: route [0, 2], mask 0;
+    the training dataset then feeds the model zeros with the mask off."""
+    import torch  # noqa: F401  (the dataset needs torch)
+
+    from rsd_drive.train.dataset import FrameDataset
+
+    write_shard(tmp_path, 'a', range(0, 2))
+    for name in ('route', 'route_valid'):
+        (tmp_path / 'shards' / 'a' / f'{name}.npy').unlink()
+    index = FrameIndex(tmp_path)
+    frame = index[1]
+    assert frame['route'].shape == (0, 2) and float(frame['route_valid']) == 0.0
+    np.testing.assert_allclose(frame['future'], fake_frame(1)['future'], rtol=1e-6)
+    item = FrameDataset(index, images=True, route_points=16)[1]
+    assert tuple(item['route'].shape) == (16, 2) and float(item['route'].abs().sum()) == 0.0
+    assert float(item['route_valid']) == 0.0
+    fresh = tmp_path / 'fresh'
+    write_shard(fresh, 'a', range(0, 2))
+    item = FrameDataset(FrameIndex(fresh), images=True, route_points=16)[1]
+    assert float(item['route_valid']) == 1.0
+    np.testing.assert_allclose(item['route'].numpy(), fake_frame(1)['route'], rtol=1e-6)

@@ -169,6 +169,8 @@ class ClosedLoopConfig:
         first N (N = the model's ``num_cameras``).
     stop_on_collision: end the route at its first collision (CARLA and Bench2Drive go on).
     gif_frames_max: frames kept for the animated rollouts (evenly subsampled beyond).
+    route: give a model with the route input the navigation route (the ego lane's centre line,
+        as planner_node's ``~/route``); false evaluates the same checkpoint intent-only.
     controller, scoring, ros: see their classes.
     """
 
@@ -180,6 +182,7 @@ class ClosedLoopConfig:
     cameras: list = field(default_factory=list)
     stop_on_collision: bool = False
     gif_frames_max: int = 80
+    route: bool = True
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     ros: RosLoopConfig = field(default_factory=RosLoopConfig)

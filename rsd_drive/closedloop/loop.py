@@ -135,6 +135,8 @@ class RouteRunner:
         # in duration_s (never past sim.route_length: the simulation checks its speed plan ends
         # before route_end_s; the full lane route goes on further than a drive lasts).
         self.route_length = self.sim.route_goal()
+        # the navigation route a model with the route input gets (planner_node's ~/route)
+        self.route_xy = self.sim.route_polyline() if cfg.route else None
         self.controller = PurePursuit(cfg.controller, self.dt)
         self.history = OdometryHistory(max_gap_ns=int(1e9))
         self.trace = RouteTrace()
@@ -166,6 +168,7 @@ class RouteRunner:
                                                        cfg.frequency_hz, True)
         if getattr(self.policy, 'needs_route', False):
             obs.route = self.sim.route_ahead(ROUTE_AHEAD_M)
+        obs.route_xy = self.route_xy
         if self.rig is not None:
             from rsd_drive.scenario.render import render_camera
 

@@ -36,6 +36,7 @@ class Observation:
     calibrations: list | None = None
     images_raw: list | None = None   # as rendered (before a JPEG round trip, if any)
     route: np.ndarray | None = None  # [N,2] the route ahead (lane centre) in the world frame
+    route_xy: np.ndarray | None = None  # [M,2] the whole navigation route (what ~/route carries)
 
 
 class Policy:
@@ -144,9 +145,23 @@ class ModelPolicy(Policy):
         self.camera_names = list(camera_names)
         self.planner = FramePlanner(self.backend, self.camera_names)
 
+    @property
+    def has_route_input(self) -> bool:
+        return bool(self.config.route_points)
+
+    def route_input(self, obs: Observation):
+        """The route input planner_node computes from ``~/route`` at this odometry (None: none
+        given, the model plans from the intent)."""
+        if not self.has_route_input or obs.route_xy is None:
+            return None
+        from rsd_drive.data.route import route_in_base_link
+
+        return route_in_base_link(obs.route_xy, obs.pose, self.config.route_points,
+                                  self.config.route_spacing_m)
+
     def plan(self, obs: Observation) -> Plan:
         feeds = self.planner.preprocess(obs.images, obs.calibrations, obs.past_states,
-                                        obs.intent)
+                                        obs.intent, route=self.route_input(obs))
         out = self.backend.infer(feeds)
         return Plan(obs.t, obs.pose, out['waypoints'][0], self.frequency_hz, out['risk'][0],
                     self.config.grid)

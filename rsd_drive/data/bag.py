@@ -34,7 +34,8 @@ import yaml
 from rsd_drive import config_file
 from rsd_drive.data.convert import (MessageError, camera_info_distortion,
                                     camera_info_to_intrinsics, image_to_rgb,
-                                    odometry_to_state, stamp_to_ns, transform_to_matrix)
+                                    odometry_to_state, path_to_xy, stamp_to_ns,
+                                    transform_to_matrix)
 from rsd_drive.data.sync import FrameSynchronizer, OdometryHistory, SyncError
 from rsd_drive.geometry import extrinsics_to_matrix, resize_intrinsics
 
@@ -43,6 +44,7 @@ COMPRESSED_TYPE = 'sensor_msgs/msg/CompressedImage'
 INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
 ODOM_TYPE = 'nav_msgs/msg/Odometry'
 STRING_TYPE = 'std_msgs/msg/String'
+PATH_TYPE = 'nav_msgs/msg/Path'
 TF_TYPE = 'tf2_msgs/msg/TFMessage'
 
 
@@ -82,6 +84,8 @@ class DatasetConfig:
     intent_topic: str = ''
     tf_static_topic: str = '/tf_static'
     objects_topic: str = ''
+    route_topic: str = ''
+    noise_topic: str = ''
     extrinsics: dict = field(default_factory=dict)
     sync_queue_size: int = 10
     base_frame: str = 'base_link'
@@ -135,7 +139,9 @@ class DatasetConfig:
                 'reference_camera': self.reference_camera, 'sync_slop_s': self.sync_slop_s,
                 'odom_topic': self.odom_topic, 'odom_max_gap_s': self.odom_max_gap_s,
                 'intent_topic': self.intent_topic, 'tf_static_topic': self.tf_static_topic,
-                'objects_topic': self.objects_topic, 'extrinsics': dict(self.extrinsics),
+                'objects_topic': self.objects_topic, 'route_topic': self.route_topic,
+                'noise_topic': self.noise_topic,
+                'extrinsics': dict(self.extrinsics),
                 'sync_queue_size': self.sync_queue_size, 'base_frame': self.base_frame}
 
 
@@ -216,6 +222,8 @@ class BagReader:
         self.image_topics: dict = {}
         self.expected_frames = 0
         self.has_intent_topic = False
+        self.routes: list = []  # (stamp_ns, frame_id, [M, 2] polyline) sorted by stamp
+        self.noise_intervals: list = []  # (start_ns, end_ns) of injected noise (scenario drives)
         self.bad_messages: Counter = Counter()
         self.skipped: Counter = Counter()
         self._reader = None
@@ -327,6 +335,12 @@ class BagReader:
             self.topics.get(cfg.objects_topic, (None,))[0] == STRING_TYPE
         if has_objects:
             wanted.add(cfg.objects_topic)
+        has_route = bool(cfg.route_topic) and \
+            self.topics.get(cfg.route_topic, (None,))[0] == PATH_TYPE
+        if has_route:
+            wanted.add(cfg.route_topic)
+        if cfg.noise_topic and self.topics.get(cfg.noise_topic, (None,))[0] == STRING_TYPE:
+            wanted.add(cfg.noise_topic)
         for topic, t_ns, msg in self._messages(wanted):
             if topic == cfg.odom_topic:
                 try:
@@ -355,8 +369,20 @@ class BagReader:
                 self.intents.append((_msg_time_ns(msg, t_ns), str(msg.data)))
             elif topic == cfg.objects_topic:
                 self.objects.append((_objects_stamp(msg.data, t_ns), str(msg.data)))
+            elif topic == cfg.noise_topic:
+                try:
+                    self.noise_intervals += [(int(a), int(b)) for a, b in
+                                             json.loads(msg.data)['intervals_ns']]
+                except (ValueError, KeyError, TypeError):
+                    self.bad_messages['noise:unreadable'] += 1
+            elif topic == cfg.route_topic:
+                try:
+                    self.routes.append((_msg_time_ns(msg, t_ns), *path_to_xy(msg)))
+                except MessageError as exc:
+                    self.bad_messages[f'route:{exc.reason}'] += 1
         self.intents.sort(key=lambda x: x[0])
         self.objects.sort(key=lambda x: x[0])
+        self.routes.sort(key=lambda x: x[0])
         problems = []
         for cam in cfg.cameras:
             if cam.name not in self.K:
@@ -467,6 +493,18 @@ class BagReader:
         stamps = [s for s, _ in self.intents]
         i = bisect.bisect_right(stamps, t_ns) - 1
         return self.intents[i][1] if i >= 0 else None
+
+    def noise_between(self, t0_ns: int, t1_ns: int) -> bool:
+        """True when injected noise overlaps [t0_ns, t1_ns] (a frame whose targets it touches
+        is not the expert's own correction)."""
+        return any(a <= t1_ns and b >= t0_ns for a, b in self.noise_intervals)
+
+    def route_at(self, t_ns: int):
+        """The route polyline [M, 2] (odometry frame) of the last route message at or before
+        ``t_ns``: the route known at that time, never a later one. None without one."""
+        stamps = [s for s, _, _ in self.routes]
+        i = bisect.bisect_right(stamps, t_ns) - 1
+        return self.routes[i][2] if i >= 0 else None
 
     def objects_at(self, t_ns: int, max_age_ns: int = 250_000_000) -> dict | None:
         """The last ground-truth objects message at or before ``t_ns`` (parsed), if recent."""

@@ -291,3 +291,17 @@ def path_message(types, waypoints: np.ndarray, stamp_ns: int, frame_id: str,
         orientation=Quaternion(x=0.0, y=0.0, z=math.sin(yaw / 2.0), w=math.cos(yaw / 2.0))))
         for t, x, y, yaw in path_poses(waypoints, stamp_ns, frequency_hz, pose, include_origin)]
     return types('nav_msgs/msg/Path')(header=header(stamp_ns), poses=poses)
+
+
+def path_to_xy(msg) -> tuple[str, np.ndarray]:
+    """nav_msgs/Path -> (its frame_id, positions [M, 2]); a route with non-finite positions or
+    poses in another frame than the Path's is a :class:`MessageError`."""
+    frame = str(msg.header.frame_id)
+    xy = np.array([(p.pose.position.x, p.pose.position.y) for p in msg.poses],
+                  dtype=np.float64).reshape(-1, 2)
+    if not np.isfinite(xy).all():
+        raise MessageError('nan_route', 'non-finite route position')
+    others = {str(p.header.frame_id) for p in msg.poses} - {frame, ''}
+    if others:
+        raise MessageError('route_frame', f'poses in {sorted(others)}, the Path in {frame!r}')
+    return frame, xy

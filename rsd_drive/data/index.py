@@ -16,7 +16,11 @@ Fields per frame (N cameras at the model's input size H x W):
     future       float32 [20, 2]        logged future waypoints in base_link (planning target)
     risk         float16 [rows, cols]   teacher risk grid in [0, 1] (distillation target)
     stamps       int64   []             reference camera stamp, ns
+    route        float32 [R, 2]         the route ahead in base_link (input; zeros without one)
+    route_valid  float32 []             1 where the drive recorded a route, else 0 (the mask)
 
+An index written before the route input has no ``route``/``route_valid``: it reads as route [0, 2]
+with the mask off.
 A shard becomes visible only when it is complete: arrays are written to a temporary directory that
 is renamed into place, then the manifest is rewritten atomically under a file lock, so a labeler
 killed at any point leaves either a whole shard or none, and concurrent workers never clash.
@@ -38,7 +42,10 @@ FIELDS = {
     'images': np.uint8, 'intrinsics': np.float32, 'cam_to_ego': np.float32,
     'past_states': np.float32, 'intent': np.int64, 'init_speed': np.float32,
     'future': np.float32, 'risk': np.float16, 'stamps': np.int64,
+    'route': np.float32, 'route_valid': np.float32,
 }
+# Fields an older index may lack, and what they read as there.
+OPTIONAL_FIELDS = {'route': np.zeros((0, 2), np.float32), 'route_valid': np.float32(0.0)}
 MANIFEST = 'manifest.json'
 INDEX_VERSION = 1
 
@@ -62,6 +69,7 @@ class ShardWriter:
         return len(self._frames['stamps'])
 
     def add(self, **frame) -> None:
+        frame = {**{k: v for k, v in OPTIONAL_FIELDS.items() if k not in frame}, **frame}
         missing = set(FIELDS) - set(frame)
         if missing:
             raise KeyError(f'frame lacks fields {sorted(missing)}')
@@ -171,7 +179,9 @@ class FrameIndex:
             if info['frames'] == 0:
                 continue
             arrays = {k: np.load(self.index_dir / 'shards' / name / f'{k}.npy', mmap_mode='r')
-                      for k in FIELDS}
+                      for k in FIELDS
+                      if k not in OPTIONAL_FIELDS
+                      or (self.index_dir / 'shards' / name / f'{k}.npy').is_file()}
             self._shards.append((name, arrays))
             self._offsets.append(total)
             total += info['frames']
@@ -201,4 +211,5 @@ class FrameIndex:
         s = int(np.searchsorted(self._offsets, i, side='right')) - 1
         arrays = self._shards[s][1]
         j = i - self._offsets[s]
-        return {k: np.asarray(arrays[k][j]) for k in (fields or arrays)}
+        return {k: np.asarray(arrays[k][j]) if k in arrays else OPTIONAL_FIELDS[k].copy()
+                for k in (fields or FIELDS)}

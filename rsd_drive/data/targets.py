@@ -29,13 +29,16 @@ class TargetError(LookupError):
 class TargetConfig:
     """past_steps/future_steps at frequency_hz (the model's); a heading change beyond
     ``turn_threshold_rad`` within ``intent_horizon_s`` makes the intent left (positive, REP-103
-    yaw) or right (negative), else straight."""
+    yaw) or right (negative), else straight. ``route_points`` every ``route_spacing_m``: the route
+    input stored in the index (``rsd_drive.data.route``; the mask is off without a route)."""
 
     past_steps: int = 16
     future_steps: int = 20
     frequency_hz: float = 4.0
     turn_threshold_rad: float = 0.35
     intent_horizon_s: float = 5.0
+    route_points: int = 16
+    route_spacing_m: float = 4.0
 
     def __post_init__(self):
         if self.past_steps <= 0 or self.future_steps <= 0 or self.frequency_hz <= 0:
@@ -101,10 +104,14 @@ def build_targets(odometry: OdometryHistory, t0_ns: int, cfg: TargetConfig,
     return Targets(past.astype(np.float32), future.astype(np.float32), speed, intent, source)
 
 
-def index_frame(frame, targets: Targets, risk: np.ndarray, image_hw) -> dict:
+def index_frame(frame, targets: Targets, risk: np.ndarray, image_hw, route=None) -> dict:
     """One training-index frame (the fields of rsd_drive.data.index.FIELDS) from a decoded
-    :class:`rsd_drive.data.bag.SyncedFrame`, its targets and the teacher's risk grid; cameras are
-    resized to the model input size ``image_hw`` with the shared preprocessing."""
+    :class:`rsd_drive.data.bag.SyncedFrame`, its targets, the teacher's risk grid and the route
+    input (a :class:`rsd_drive.data.route.RouteInput`; None: no route, stored with the mask off);
+    cameras are resized to the model input size ``image_hw`` with the shared preprocessing."""
+    from rsd_drive.data.route import no_route
+
+    route = route if route is not None else no_route(0)
     if frame.images is None:
         raise ValueError(f'frame {frame.seq} was read without decoding its images')
     images, Ks = [], []
@@ -129,4 +136,6 @@ def index_frame(frame, targets: Targets, risk: np.ndarray, image_hw) -> dict:
         'future': targets.future,
         'risk': np.clip(np.nan_to_num(np.asarray(risk, dtype=np.float32)), 0.0, 1.0),
         'stamps': np.int64(frame.stamp_ns),
+        'route': np.asarray(route.points, dtype=np.float32).reshape(-1, 2),
+        'route_valid': np.float32(route.valid_flag),
     }

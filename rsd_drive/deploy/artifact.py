@@ -27,7 +27,7 @@ import numpy as np
 
 from rsd_drive import INTENTS
 from rsd_drive.model.config import ModelConfig
-from rsd_drive.model.spec import CONFIG_NAME, INPUT_NAMES, OUTPUT_NAMES
+from rsd_drive.model.spec import CONFIG_NAME, OUTPUT_NAMES, input_names
 
 DEPLOY_JSON = 'deploy.json'
 ONNX_NAME = 'model.onnx'
@@ -51,6 +51,8 @@ def input_specs(config: ModelConfig, batch_size: int = 1) -> dict:
         'cam_to_ego': ((batch_size, n, 4, 4), f32),
         'past_states': ((batch_size, config.past_steps, 4), f32),
         'intent': ((batch_size,), np.dtype(np.int64)),
+        **({'route': ((batch_size, config.route_points, 2), f32),
+            'route_valid': ((batch_size,), f32)} if config.route_points else {}),
     }
 
 
@@ -80,7 +82,17 @@ def example_feeds(config: ModelConfig, batch_size: int = 1, seed: int = 0) -> di
         'cam_to_ego': np.broadcast_to(E, (batch_size, n, 4, 4)).copy(),
         'past_states': past,
         'intent': np.ones(batch_size, dtype=np.int64),
+        **(example_route(c, batch_size) if c.route_points else {}),
     }
+
+
+def example_route(config: ModelConfig, batch_size: int = 1) -> dict:
+    """A valid route bending gently left (a curve of 60 m radius) from the ego."""
+    s = np.arange(config.route_points) * config.route_spacing_m
+    route = np.stack([60.0 * np.sin(s / 60.0), 60.0 * (1.0 - np.cos(s / 60.0))], -1)
+    return {'route': np.broadcast_to(route.astype(np.float32),
+                                     (batch_size, config.route_points, 2)).copy(),
+            'route_valid': np.ones(batch_size, np.float32)}
 
 
 def spec_to_json(specs: dict) -> dict:
@@ -171,9 +183,10 @@ class DeployArtifact:
     def _check(self) -> None:
         meta, where = self.meta, self.path / DEPLOY_JSON
         names_in, names_out = list(meta['inputs']), list(meta['outputs'])
-        if names_in != list(INPUT_NAMES) or names_out != list(OUTPUT_NAMES):
+        wanted = list(input_names(self.config))
+        if names_in != wanted or names_out != list(OUTPUT_NAMES):
             raise ArtifactError(f'{where}: inputs {list(meta["inputs"])} / outputs '
-                                f'{list(meta["outputs"])}, expected {list(INPUT_NAMES)} / '
+                                f'{list(meta["outputs"])}, expected {wanted} / '
                                 f'{list(OUTPUT_NAMES)}')
         expected = spec_to_json(input_specs(self.config))
         for name, spec in meta['inputs'].items():

@@ -2,7 +2,7 @@
 
 ``tensorrt`` (NVIDIA, fp32/fp16, cached engines), ``onnxruntime`` (CPU, or the CUDA provider when
 installed) and ``torch`` (eager, the reference). All take and return the model's named numpy
-arrays (``rsd_drive.model.spec.INPUT_NAMES`` -> ``OUTPUT_NAMES``) at the static shapes of the
+arrays (``rsd_drive.model.spec.input_names(config)`` -> ``OUTPUT_NAMES``) at the static shapes of the
 exported graph (images uint8, see :func:`rsd_drive.deploy.artifact.input_specs`), so the node and
 the benchmarks never care which one runs.
 
@@ -27,7 +27,7 @@ import numpy as np
 from rsd_drive.deploy.artifact import (IMAGE_DTYPE, DeployArtifact, default_cache_root,
                                        example_feeds, input_specs, is_artifact, is_checkpoint)
 from rsd_drive.model.config import ModelConfig
-from rsd_drive.model.spec import CONFIG_NAME, INPUT_NAMES, OUTPUT_NAMES
+from rsd_drive.model.spec import CONFIG_NAME, OUTPUT_NAMES, input_names
 
 BACKENDS = ('tensorrt', 'onnxruntime', 'torch')
 DEVICES = ('auto', 'cpu', 'cuda')
@@ -90,6 +90,8 @@ class InferenceBackend(ABC):
         self.precision = precision
         self.device = device
         self.specs = input_specs(config)
+        self.input_names = input_names(config)
+        self.has_route = bool(config.route_points)
 
     def infer(self, inputs: dict) -> dict:
         """The model's named arrays at the static shapes -> {'waypoints', 'risk'} float32."""
@@ -101,8 +103,8 @@ class InferenceBackend(ABC):
         """Exact names and shapes, dtypes converted; a mismatch names the input. Float images in
         [0, 1] (the older float pipeline) are quantised back to uint8, exactly for images that
         came from uint8."""
-        missing = [k for k in INPUT_NAMES if k not in inputs]
-        extra = sorted(set(inputs) - set(INPUT_NAMES))
+        missing = [k for k in self.input_names if k not in inputs]
+        extra = sorted(set(inputs) - set(self.input_names))
         if missing or extra:
             raise ValueError(f'model inputs: missing {missing}, unexpected {extra}')
         feeds = {}
@@ -176,7 +178,7 @@ class TorchBackend(InferenceBackend):
 
     def _run(self, feeds: dict) -> dict:
         torch = self._torch
-        args = [torch.from_numpy(feeds[k]).to(self._device) for k in INPUT_NAMES]
+        args = [torch.from_numpy(feeds[k]).to(self._device) for k in self.input_names]
         args[0] = args[0].to(torch.float32) / 255.0
         autocast = (torch.autocast('cuda', dtype=torch.float16) if self.precision == 'fp16'
                     else contextlib.nullcontext())

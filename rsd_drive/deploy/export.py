@@ -29,7 +29,7 @@ from rsd_drive.deploy.artifact import (DEPLOY_JSON, FORMAT, ONNX_NAME, DeployArt
                                        example_feeds, input_specs, is_artifact, output_specs,
                                        spec_to_json)
 from rsd_drive.deploy.torch_inputs import OPSET, example_inputs
-from rsd_drive.model.spec import CONFIG_NAME, INPUT_NAMES, OUTPUT_NAMES, WEIGHTS_NAME
+from rsd_drive.model.spec import CONFIG_NAME, OUTPUT_NAMES, WEIGHTS_NAME, input_names
 
 DEPLOY_SUBDIR = 'deploy'
 
@@ -41,9 +41,9 @@ class Uint8Images(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images, intrinsics, cam_to_ego, past_states, intent):
-        return self.model(images.to(torch.float32) / 255.0, intrinsics, cam_to_ego, past_states,
-                          intent)
+    def forward(self, images, *inputs):
+        """images uint8, then the planner's other inputs in ``input_names`` order."""
+        return self.model(images.to(torch.float32) / 255.0, *inputs)
 
 
 def export_onnx(model, out_path, batch_size: int = 1) -> Path:
@@ -61,13 +61,14 @@ def export_onnx(model, out_path, batch_size: int = 1) -> Path:
     if isinstance(model.encoder, OnnxFrozenEncoder):
         return _export_with_onnx_encoder(model, out_path, batch_size)
     feeds = example_feeds(model.config, batch_size)
-    args = tuple(torch.from_numpy(feeds[k]) for k in INPUT_NAMES)
+    names = input_names(model.config)
+    args = tuple(torch.from_numpy(feeds[k]) for k in names)
 
     def write(tmp):
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter('ignore')
             torch.onnx.export(Uint8Images(model).eval(), args, tmp,
-                              input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+                              input_names=list(names), output_names=list(OUTPUT_NAMES),
                               opset_version=OPSET, do_constant_folding=True, dynamo=False)
 
     return write_atomic(out_path, write)
@@ -97,7 +98,8 @@ def check_against_torch(model, onnx_path, seed: int = 1) -> dict:
     feeds = example_feeds(model.config, 1, seed)
     inputs = example_inputs(model, 1, seed)
     with torch.no_grad():
-        expected = dict(zip(OUTPUT_NAMES, model.eval()(*(inputs[k] for k in INPUT_NAMES))))
+        args = (inputs[k] for k in input_names(model.config))
+        expected = dict(zip(OUTPUT_NAMES, model.eval()(*args)))
     sess = ort.InferenceSession(str(onnx_path), providers=['CPUExecutionProvider'])
     got = dict(zip(OUTPUT_NAMES, sess.run(list(OUTPUT_NAMES), feeds)))
     return {k: float(np.max(np.abs(got[k] - expected[k].numpy()))) for k in OUTPUT_NAMES}

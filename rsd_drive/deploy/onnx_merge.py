@@ -23,7 +23,7 @@ from rsd_drive.atomic import write_atomic
 from rsd_drive.deploy.torch_inputs import OPSET, example_inputs
 from rsd_drive.model.onnx_encoder import (HEADS_FEATURES, load_onnx, prepare_encoder_graph,
                                           symbolic_shape)
-from rsd_drive.model.spec import INPUT_NAMES, OUTPUT_NAMES
+from rsd_drive.model.spec import OUTPUT_NAMES, input_names
 
 
 def export_heads_onnx(model, out_path, batch_size: int = 1, opset: int | None = None) -> Path:
@@ -38,14 +38,14 @@ def export_heads_onnx(model, out_path, batch_size: int = 1, opset: int | None = 
             super().__init__()
             self.planner = planner
 
-        def forward(self, features, intrinsics, cam_to_ego, past_states, intent):
-            return self.planner.plan(features, intrinsics, cam_to_ego, past_states, intent)
+        def forward(self, features, *inputs):
+            return self.planner.plan(features, *inputs)
 
     out_path = Path(out_path)
     inputs = example_inputs(model.eval(), batch_size)
     with torch.no_grad():
         inputs[HEADS_FEATURES] = model.encode(inputs.pop('images'))
-    names = [HEADS_FEATURES] + [n for n in INPUT_NAMES if n != 'images']
+    names = [HEADS_FEATURES] + [n for n in input_names(model.config) if n != 'images']
 
     def write(tmp):
         with torch.no_grad(), warnings.catch_warnings():

@@ -157,6 +157,10 @@ class FramePlanner:
         self._T = np.zeros((1, n, 4, 4), np.float32)
         self._past = np.zeros((1, self.config.past_steps, 4), np.float32)
         self._intent = np.zeros((1,), np.int64)
+        self.has_route = bool(getattr(self.config, 'route_points', 0))
+        if self.has_route:
+            self._route = np.zeros((1, self.config.route_points, 2), np.float32)
+            self._route_valid = np.zeros((1,), np.float32)
         self._slots = [_Slot(self.out_hw) for _ in range(n)]
         self.remaps = RemapCache()
         workers = n if workers is None else int(workers)
@@ -224,13 +228,19 @@ class FramePlanner:
         return self._reduce(slot, img, img.shape[:2], 'bgr')
 
     # -- preprocess -----------------------------------------------------------------------------
-    def preprocess(self, images, calibrations, past_states, intent: int, copy: bool = True):
+    def preprocess(self, images, calibrations, past_states, intent: int, copy: bool = True,
+                   route=None):
         """Decoded images -> the model's named inputs. ``images`` are HxWx3 uint8 RGB arrays (any
         size: the closed-loop evaluator) or what :meth:`decode` returned. The feeds live in
         buffers reused by the next call unless ``copy`` (the default for callers that keep them).
+        ``route``: a :class:`rsd_drive.data.route.RouteInput` (None: no route, the mask is off);
+        ignored by a model without the route input.
         """
         if self.legacy:
-            return self._preprocess_legacy(images, calibrations, past_states, intent)
+            feeds = self._preprocess_legacy(images, calibrations, past_states, intent)
+            if self.has_route:
+                feeds.update(self._route_feeds(route, True))
+            return feeds
         for i, (image, calib) in enumerate(zip(images, calibrations)):
             if not isinstance(image, _Decoded):
                 image = self._reduce(self._slots[i], np.asarray(image), image.shape[:2], 'rgb')
@@ -241,6 +251,18 @@ class FramePlanner:
         self._intent[0] = int(intent)
         feeds = {'images': self._images, 'intrinsics': self._K, 'cam_to_ego': self._T,
                  'past_states': self._past, 'intent': self._intent}
+        if self.has_route:
+            feeds.update(self._route_feeds(route, False))
+        return {k: v.copy() for k, v in feeds.items()} if copy else feeds
+
+    def _route_feeds(self, route, copy: bool) -> dict:
+        if route is not None and route.valid:
+            self._route[0] = route.points
+            self._route_valid[0] = 1.0
+        else:
+            self._route[0] = 0.0
+            self._route_valid[0] = 0.0
+        feeds = {'route': self._route, 'route_valid': self._route_valid}
         return {k: v.copy() for k, v in feeds.items()} if copy else feeds
 
     def _prepare_camera(self, i: int, dec: _Decoded, calib) -> None:
@@ -272,12 +294,14 @@ class FramePlanner:
         return model_inputs(np.stack(resized), np.stack(Ks), np.stack(extrinsics), past_states,
                             int(intent))
 
-    def plan(self, messages, calibrations, past_states, intent: int) -> tuple[dict, dict]:
+    def plan(self, messages, calibrations, past_states, intent: int,
+             route=None) -> tuple[dict, dict]:
         """-> (outputs {'waypoints' [20,2], 'risk' [rows,cols]}, timings {stage: seconds})."""
         t0 = time.perf_counter()
         images = self.decode(messages, calibrations)
         t1 = time.perf_counter()
-        feeds = self.preprocess(images, calibrations, past_states, intent, copy=False)
+        feeds = self.preprocess(images, calibrations, past_states, intent, copy=False,
+                                route=route)
         t2 = time.perf_counter()
         outputs = self.backend.infer(feeds)
         t3 = time.perf_counter()

@@ -98,6 +98,11 @@ class ModelConfig:
     num_intents: unknown/straight/left/right.
     ray_depths: depths (m) sampled along each token's camera ray for the 3D position embedding.
     grid: the risk grid the RiskHead predicts (and the teacher labels).
+    route_points, route_spacing_m: the route input (``rsd_drive.data.route``): ``route_points``
+        points every ``route_spacing_m`` along the navigation route, in base_link, with a
+        validity mask; 0 (older checkpoints) plans from the intent alone. With a valid route the
+        waypoints are residuals on following the route at the current speed, without one on
+        driving straight at it.
     use_cameras: false gives the ego-status-only planner (Li et al., CVPR 2024): the camera
         tokens are dropped, the BEV queries never attend to them, so the plan depends only on
         the past states and the intent. Inputs and outputs stay the same (exportable, the node
@@ -121,6 +126,8 @@ class ModelConfig:
     ray_depths: tuple = (2.0, 5.0, 10.0, 20.0, 40.0)
     grid: GridSpec = field(default_factory=GridSpec)
     use_cameras: bool = True
+    route_points: int = 0
+    route_spacing_m: float = 4.0
 
     def __post_init__(self):
         if isinstance(self.encoder, dict):
@@ -128,6 +135,11 @@ class ModelConfig:
         if isinstance(self.grid, dict):
             self.grid = GridSpec(**self.grid)
         self.ray_depths = tuple(float(d) for d in self.ray_depths)
+        if self.route_points < 0 or self.route_points == 1:
+            raise ValueError(f'route_points must be 0 (no route input) or at least 2, got '
+                             f'{self.route_points}')
+        if self.route_spacing_m <= 0:
+            raise ValueError(f'route_spacing_m must be positive, got {self.route_spacing_m}')
         if self.d_model % self.num_heads:
             raise ValueError(f'd_model={self.d_model} must be divisible by '
                              f'num_heads={self.num_heads}')

@@ -107,14 +107,21 @@ class GRUDecoder(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, ctx, speed):
+    def forward(self, ctx, speed, base=None):
+        """``base`` [B, steps, 2]: the path the deltas are residuals on (default: straight at
+        ``speed``, the constant-velocity step)."""
         h = torch.tanh(self.init_h(ctx))
         cv_step = torch.stack([speed / self.frequency_hz, torch.zeros_like(speed)], dim=-1)
-        prev = cv_step
+        if base is None:
+            base_steps = [cv_step] * self.steps
+        else:
+            base_deltas = torch.cat([base[:, :1], base[:, 1:] - base[:, :-1]], dim=1)
+            base_steps = base_deltas.unbind(1)
+        prev = base_steps[0]
         deltas = []
-        for _ in range(self.steps):
+        for k in range(self.steps):
             h = self.cell(torch.cat([prev, ctx], dim=-1), h)
-            prev = cv_step + self.head(h)
+            prev = base_steps[k] + self.head(h)
             deltas.append(prev)
         return torch.cumsum(torch.stack(deltas, dim=1), dim=1)
 
@@ -183,7 +190,13 @@ class RiskPlanner(nn.Module):
         self.ego_queries = nn.Parameter(torch.randn(c.num_ego_queries, d) * 0.02)
         self.intent_embed = nn.Embedding(c.num_intents, d)
         self.past_embed = MLP(4 * c.past_steps, d, d)
-        self.plan_pos = nn.Parameter(torch.zeros(c.num_ego_queries + 2, d))
+        if c.route_points:  # the route token: its embedding, or "no route" where the mask is off
+            self.route_embed = MLP(2 * c.route_points, d, d)
+            self.no_route = nn.Parameter(torch.zeros(d))
+            times = torch.arange(1, c.future_steps + 1, dtype=torch.float32) / c.frequency_hz
+            self.register_buffer('plan_times', times, persistent=False)
+        self.plan_pos = nn.Parameter(torch.zeros(c.num_ego_queries + 2 + bool(c.route_points),
+                                                 d))
         self.planner = nn.ModuleList(DecoderBlock(d, c.num_heads) for _ in range(c.planner_layers))
         self.plan_norm = nn.LayerNorm(d)
         self.decoder = GRUDecoder(d, d, c.future_steps, c.frequency_hz)
@@ -209,7 +222,8 @@ class RiskPlanner(nn.Module):
         pts = t[:, :, None, None, :] + ray_ego[:, :, :, None, :] * self.ray_depths[:, None]
         return self.ray_embed(pts.flatten(-2) / POSITION_SCALE)
 
-    def plan(self, features, intrinsics, cam_to_ego, past_states, intent):
+    def plan(self, features, intrinsics, cam_to_ego, past_states, intent, route=None,
+             route_valid=None):
         """Everything after the frozen encoder (training on cached features starts here)."""
         B = features.shape[0]
         bev = self.bev_queries.expand(B, -1, -1)
@@ -226,15 +240,46 @@ class RiskPlanner(nn.Module):
         bev_map = bev.transpose(1, 2).reshape(B, -1, S, S)                     # rows=y, cols=x
         risk = self.risk_head(bev_map)
 
-        ego = torch.cat([self.ego_queries.expand(B, -1, -1),
-                         self.intent_embed(intent)[:, None, :],
-                         self.past_embed(past_states.flatten(1))[:, None, :]], dim=1)
+        tokens = [self.ego_queries.expand(B, -1, -1),
+                  self.intent_embed(intent)[:, None, :],
+                  self.past_embed(past_states.flatten(1))[:, None, :]]
+        speed = past_states[:, -1, 3]
+        base, route_token = None, None
+        if self.config.route_points:
+            if route is None:  # a caller without a route: the mask is off
+                route = past_states.new_zeros((B, self.config.route_points, 2))
+                route_valid = past_states.new_zeros((B,))
+            valid = route_valid.to(speed.dtype)[:, None]                       # [B, 1]
+            route_token = valid * self.route_embed(route.flatten(1) / POSITION_SCALE) \
+                + (1.0 - valid) * self.no_route
+            tokens.append(route_token[:, None, :])
+            base = self.base_path(route, valid, speed)
+        ego = torch.cat(tokens, dim=1)
         pos = self.plan_pos.expand(B, -1, -1)
         for block in self.planner:
             ego = block(ego, pos, bev, bev_pos)
-        ctx = self.plan_norm(ego[:, :self.config.num_ego_queries].mean(dim=1))
-        waypoints = self.decoder(ctx, past_states[:, -1, 3])
+        ctx = ego[:, :self.config.num_ego_queries].mean(dim=1)
+        if route_token is not None:
+            ctx = ctx + route_token
+        waypoints = self.decoder(self.plan_norm(ctx), speed, base)
         return waypoints, risk
+
+    def base_path(self, route, valid, speed):
+        """What the waypoints are residuals on: following the route at the current speed where
+        the route is valid (the points at arc lengths v*t along it, interpolated in the graph
+        with Floor/Gather), else straight ahead at that speed. [B, steps, 2]."""
+        R = self.config.route_points
+        speed = torch.clamp(speed, min=0.0)
+        straight = torch.stack([speed[:, None] * self.plan_times,
+                                torch.zeros_like(speed)[:, None] * self.plan_times], dim=-1)
+        at = speed[:, None] * self.plan_times / self.config.route_spacing_m   # [B, T] in points
+        i0 = torch.clamp(torch.floor(at), 0.0, float(R - 2))
+        w = (at - i0)[..., None]                       # > 1 past the last point: extended
+        idx = i0.to(torch.int64)[..., None].expand(-1, -1, 2)
+        p0, p1 = route.gather(1, idx), route.gather(1, idx + 1)
+        along = p0 + w * (p1 - p0)
+        v = valid[:, :, None]
+        return v * along + (1.0 - v) * straight
 
     @staticmethod
     def _interface_anchor(features, intrinsics, cam_to_ego):
@@ -244,13 +289,16 @@ class RiskPlanner(nn.Module):
         first = [t.flatten(1)[:, 0] for t in (features, intrinsics, cam_to_ego)]
         return (first[0] + first[1] + first[2]) * 0.0
 
-    def forward(self, images, intrinsics, cam_to_ego, past_states, intent):
+    def forward(self, images, intrinsics, cam_to_ego, past_states, intent, route=None,
+                route_valid=None):
         """images [B,N,3,H,W] in [0,1], intrinsics [B,N,3,3] at model input size, cam_to_ego
-        [B,N,4,4], past_states [B,16,4] (x, y, yaw, speed; last row = now), intent [B] int64.
+        [B,N,4,4], past_states [B,16,4] (x, y, yaw, speed; last row = now), intent [B] int64;
+        with ``route_points`` > 0 also route [B,R,2] (base_link) and route_valid [B] (0/1).
         Returns waypoints [B,20,2] (base_link, metres) and risk [B,rows,cols] in [0, 1].
         The ego-status-only planner (``use_cameras: false``) never runs the encoder."""
         features = self.encode(images) if self.config.use_cameras else images[:, :, :1, :1, :1]
-        return self.plan(features, intrinsics, cam_to_ego, past_states, intent)
+        return self.plan(features, intrinsics, cam_to_ego, past_states, intent, route,
+                         route_valid)
 
     # -- parameters and checkpoints -------------------------------------------------------------
     def trainable_state_dict(self) -> dict:

@@ -1,11 +1,14 @@
-"""``planner_node``: cameras + odometry (+ intent) -> plan, risk grid, markers, diagnostics.
+"""``planner_node``: cameras + odometry (+ intent, route) -> plan, risk grid, markers, diagnostics.
 
 Topics (names are parameters, see config/planner.yaml):
 
 * in, sensor-data QoS: one ``sensor_msgs/Image`` or ``CompressedImage`` per camera, ``CameraInfo``
   per camera (or intrinsics from the parameters), ``nav_msgs/Odometry``; reliable: the intent as
-  ``std_msgs/String`` (unknown|straight|left|right); ``tf_static`` for extrinsics when chosen and
-  ``tf2_msgs`` is installed (otherwise extrinsics come from the parameters).
+  ``std_msgs/String`` (unknown|straight|left|right); reliable, transient local: the navigation
+  route ``~/route`` (``nav_msgs/Path`` in the odometry frame), brought into base_link at each
+  plan's own odometry for a model with the route input (``rsd_drive.data.route``; none, stale or
+  off the route: the plan is intent-only and ``/diagnostics`` says so); ``tf_static`` for
+  extrinsics when chosen and ``tf2_msgs`` is installed (else extrinsics come from parameters).
 * out, reliable: ``~/path`` (``nav_msgs/Path``, stamped with the reference camera's stamp, in
   ``output_frame``: ``base_link`` or the odometry frame), ``~/risk_grid`` (``OccupancyGrid``
   0..100, the model's GridSpec), ``~/markers`` (``MarkerArray``), ``/diagnostics``.
@@ -63,7 +66,8 @@ from rsd_drive import config_file
 from rsd_drive import INTENTS
 from rsd_drive.data.convert import (MessageError, camera_info_distortion,
                                     camera_info_to_intrinsics, check_image, odometry_to_state,
-                                    stamp_to_ns, transform_to_matrix)
+                                    path_to_xy, stamp_to_ns, transform_to_matrix)
+from rsd_drive.data.route import route_for_plan
 from rsd_drive.data.sync import FrameSynchronizer, OdometryHistory, SyncError
 from rsd_drive.deploy.pipeline import (NODE_STAGES, CameraCalibration, FrameError, FramePlanner,
                                        LatencyStats)
@@ -89,6 +93,11 @@ PARAMETERS = {
     'odom_topic': (T.STRING, 'nav_msgs/Odometry of base_frame in odom_frame'),
     'intent_topic': (T.STRING, "std_msgs/String with unknown|straight|left|right; '' = none"),
     'default_intent': (T.STRING, 'intent used until one arrives on intent_topic'),
+    'route_topic': (T.STRING, "nav_msgs/Path: the navigation route in odom_frame (transient "
+                              "local); '' = none. Without a valid route the model plans from "
+                              'the intent alone (diagnostics say so)'),
+    'route_max_age_s': (T.DOUBLE, 'a route whose header stamp is older than this at a frame '
+                                  '(ROS time) is stale: intent only; 0 = a route never ages'),
     'model_dir': (T.STRING, 'deploy artifact (model.onnx + deploy.json from rsd-drive export), '
                             'read-only; a training checkpoint works for backend torch (and, with '
                             'torch installed, is exported to <checkpoint>/deploy first)'),
@@ -146,6 +155,8 @@ class Settings:
     odom_topic: str
     intent_topic: str
     default_intent: str
+    route_topic: str
+    route_max_age_s: float
     model_dir: str
     backend: str
     precision: str
@@ -231,6 +242,8 @@ class PlannerNode(LifecycleNode):
         self.extrinsics_by_camera = {}      # camera -> cam_to_ego 4x4
         self.camera_frames = {}             # camera -> optical frame id (from image headers)
         self.static_transforms = {}         # child frame -> (parent frame, 4x4)
+        self.route = None                   # (stamp_ns, frame_id, [M, 2]) from route_topic
+        self.route_status = 'none'          # of the last plan (data.route.route_for_plan)
         try:
             self.intent = self._intent_index(s.default_intent, 'default_intent')
         except MessageError as e:
@@ -443,6 +456,10 @@ class PlannerNode(LifecycleNode):
         if s.intent_topic:
             self.inputs.append(sub(String, s.intent_topic, self._on_intent,
                                    QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)))
+        if s.route_topic:
+            self.inputs.append(sub(PathMsg, s.route_topic, self._on_route,
+                                   QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                              durability=DurabilityPolicy.TRANSIENT_LOCAL)))
         if tf_message is not None:
             latched = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                                  durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -593,6 +610,27 @@ class PlannerNode(LifecycleNode):
         except MessageError as e:
             self._count(f'{e.reason}:intent')
 
+    def _on_route(self, msg: PathMsg) -> None:
+        try:
+            frame, xy = path_to_xy(msg)
+        except MessageError as e:
+            self._count(f'{e.reason}:route')
+            return
+        with self.lock:
+            self.route = (stamp_to_ns(msg.header.stamp), frame, xy)
+            self.received['route'] += 1
+
+    def _route_input(self, t0_ns: int, pose):
+        """The route input of the plan at t0 (None: intent only) and its status."""
+        cfg = self.backend.config
+        if not cfg.route_points:
+            return None, 'model has no route input'
+        with self.lock:
+            route = self.route
+        return route_for_plan(route, t0_ns, pose, cfg.route_points, cfg.route_spacing_m,
+                              int(self.settings.route_max_age_s * 1e9),
+                              self.settings.odom_frame)
+
     def _on_tf_static(self, msg) -> None:
         for tf in msg.transforms:
             try:
@@ -694,9 +732,12 @@ class PlannerNode(LifecycleNode):
         except SyncError as e:
             self._skip(e.reason, str(e))
             return
+        route, route_status = self._route_input(t0, pose)
+        with self.lock:
+            self.route_status = route_status
         try:
             plan, timings = self.planner.plan([r.msg for r in pending.items], calibs, past,
-                                              self.intent)
+                                              self.intent, route=route)
         except FrameError as e:
             self._skip(e.reason, str(e))
             return
@@ -756,6 +797,7 @@ class PlannerNode(LifecycleNode):
             plans = self.plans_published
             last_plan = self.last_plan_ns
             last_skip = self.last_skip
+            route_status = self.route_status
             ages = {name: (None if name not in self.last_stamp_ns
                            else (now - self.last_stamp_ns[name]) / 1e9)
                     for name in list(s.camera_names) + ['odometry']}
@@ -767,6 +809,8 @@ class PlannerNode(LifecycleNode):
         input_values.update({f'sync.{k}': v for k, v in sorted(sync_drops.items())})
         input_values['sync.emitted'] = sync_emitted
         input_values['intent'] = INTENTS[self.intent]
+        input_values['route'] = route_status if route_status == 'ok' else \
+            f'{route_status}: planning from the intent alone'
         state = self.lifecycle_state
         active = state == 'active'
         if not active:

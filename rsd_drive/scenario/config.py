@@ -6,6 +6,7 @@ equal) so that ``ScenarioConfig()`` is the same drive a user gets from the comma
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -69,6 +70,63 @@ def _merge_families(data) -> dict:
             else:
                 params[key] = float(value)
     return out
+
+
+@dataclass
+class NoiseConfig:
+    """Noise injection (conditional imitation learning, Codevilla et al. 2018): bursts of
+    temporally correlated steering and speed perturbations added to the expert's control on the
+    executed ego, while the expert keeps correcting from the state it is in. The labeler keeps a
+    frame only when its target window holds no injected noise, so every target is the expert's
+    own correction (recovery data).
+
+    enabled: off by default (drives are then exactly those without noise).
+    gap_s: time from the start (or the end of a burst) to the next burst, uniform in the range.
+    duration_s: length of a burst, uniform in the range; its profile is a half sine.
+    curvature: peak steering perturbation (1/m), sign random per burst.
+    accel: peak longitudinal perturbation (m/s^2), sign random per burst.
+    """
+
+    enabled: bool = False
+    gap_s: tuple = (4.0, 9.0)
+    duration_s: tuple = (1.0, 2.0)
+    curvature: float = 0.12
+    accel: float = 1.0
+
+    def __post_init__(self):
+        for key in ('gap_s', 'duration_s'):
+            lo, hi = (float(v) for v in getattr(self, key))
+            if not 0 < lo <= hi:
+                raise ValueError(f'noise.{key} must be a range 0 < lo <= hi, got {(lo, hi)}')
+            setattr(self, key, (lo, hi))
+        if self.curvature < 0 or self.accel < 0:
+            raise ValueError('noise.curvature and noise.accel must be >= 0')
+
+    def bursts(self, seed: int, until_s: float) -> list:
+        """[(t_start, t_end, peak_curvature, peak_accel)] for a drive, from its own random
+        stream (the world's draws are the same with and without noise)."""
+        if not self.enabled:
+            return []
+        rng = np.random.default_rng([int(seed) % 2**32, 0x5EED])
+        out, t = [], 0.0
+        while True:
+            t += float(rng.uniform(*self.gap_s))
+            d = float(rng.uniform(*self.duration_s))
+            if t >= until_s:
+                return out
+            k = self.curvature * float(rng.choice([-1.0, 1.0])) * float(rng.uniform(0.5, 1.0))
+            a = self.accel * float(rng.choice([-1.0, 1.0])) * float(rng.uniform(0.5, 1.0))
+            out.append((t, t + d, k, a))
+            t += d
+
+
+def noise_at(bursts, t: float) -> tuple[float, float]:
+    """(curvature, accel) perturbation at t: a half sine over each burst, 0 outside."""
+    for t0, t1, k, a in bursts:
+        if t0 <= t < t1:
+            w = math.sin(math.pi * (t - t0) / (t1 - t0))
+            return k * w, a * w
+    return 0.0, 0.0
 
 
 @dataclass
@@ -186,6 +244,7 @@ class ScenarioConfig:
         ``FAMILIES`` per seed.
     families: per-family parameters (``FAMILY_DEFAULTS``; config/scenario.yaml documents them).
     expert: the privileged expert that drives the ego (``ExpertConfig``).
+    noise: noise injection on the recorded ego (``NoiseConfig``; off by default).
     scenery_per_100m: trees and buildings beside the road (rendered only, not published).
     intent_horizon_s, intent_threshold_deg: a frame's intent is left/right when the route (the
         ego's lane) turns by more than the threshold over the next ``intent_horizon_s`` at the
@@ -226,10 +285,12 @@ class ScenarioConfig:
     family: str = 'mixed'
     families: dict = field(default_factory=lambda: _merge_families({}))
     expert: ExpertConfig = field(default_factory=ExpertConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
 
     def __post_init__(self):
         self.families = _merge_families(self.families)
         self.expert = build_config(ExpertConfig, self.expert, 'scenario.expert')
+        self.noise = build_config(NoiseConfig, self.noise, 'scenario.noise')
         if self.family not in FAMILY_CHOICES:
             raise ValueError(f'family must be one of {FAMILY_CHOICES}, got {self.family!r}')
         steps = 1.0 / (self.odom_hz * self.expert.dt)
@@ -280,6 +341,7 @@ class ScenarioConfig:
         d = asdict(self)
         for key in ('turn_angle_deg', 'turn_radius', 'straight_length'):
             d[key] = list(d[key])
+        d['noise'] = {k: list(v) if isinstance(v, tuple) else v for k, v in d['noise'].items()}
         d['families'] = {name: {k: list(v) if isinstance(v, tuple) else v
                                 for k, v in params.items()}
                          for name, params in d['families'].items()}

@@ -11,6 +11,12 @@ Topics (names match ``config/dataset.yaml``; the camera topics exist per rig cam
     /scenario/objects                     std_msgs/String JSON ground truth (odom frame)
     /scenario/object_markers              visualization_msgs/MarkerArray CUBEs (odom frame)
     /scenario/intent                      std_msgs/String unknown|straight|left|right (route)
+    /route                                nav_msgs/Path, the navigation route (the ego lane's
+                                          centre line, odom frame), once at the start,
+                                          transient local (what planner_node's ~/route takes)
+    /scenario/noise                       std_msgs/String JSON {"intervals_ns": [[start, end]]}, once
+                                          at the start: where noise was injected on the ego
+                                          (bookkeeping for the labeler, never a model input)
     /scenario/info                        std_msgs/String JSON, once at the start: seed, family
                                           (the concrete one), requested_family, hazard (what the
                                           family placed, when it fired), expert collisions
@@ -54,6 +60,8 @@ OBJECTS_TOPIC = '/scenario/objects'
 MARKERS_TOPIC = '/scenario/object_markers'
 INTENT_TOPIC = '/scenario/intent'
 INFO_TOPIC_JSON = '/scenario/info'
+ROUTE_TOPIC = '/route'
+NOISE_TOPIC = '/scenario/noise'
 ODOM_FRAME, BASE_FRAME = 'odom', 'base_link'
 
 # Drives start at 2023-11-14 plus 1000 s per seed, so bags of different seeds never overlap.
@@ -255,6 +263,19 @@ def read_drive_info(bag_path) -> dict | None:
     return None
 
 
+def route_msg(stamp_ns: int, route_xy: np.ndarray):
+    """The route as a nav_msgs/Path in odom (the package's one Path builder)."""
+    from rsd_drive.data.convert import path_message
+
+    return path_message(TYPESTORE.types.__getitem__, route_xy, stamp_ns, ODOM_FRAME)
+
+
+def noise_json(world: World, start_ns: int) -> str:
+    intervals = [[start_ns + int(round(a * 1e9)), start_ns + int(round(b * 1e9))]
+                 for a, b in world.noise_intervals()]
+    return json.dumps({'intervals_ns': intervals}, separators=(',', ':'))
+
+
 def info_json(world: World) -> str:
     return json.dumps(json_safe({'seed': world.seed, 'family': world.family,
                                  'requested_family': world.requested_family,
@@ -277,6 +298,8 @@ def _add_topics(bag: _Bag, cameras, cfg: ScenarioConfig) -> list:
     bag.add(MARKERS_TOPIC, 'visualization_msgs/msg/MarkerArray')
     bag.add(INTENT_TOPIC, 'std_msgs/msg/String')
     bag.add(INFO_TOPIC_JSON, 'std_msgs/msg/String')
+    bag.add(ROUTE_TOPIC, 'nav_msgs/msg/Path', qos=[TF_STATIC_QOS])
+    bag.add(NOISE_TOPIC, 'std_msgs/msg/String', qos=[TF_STATIC_QOS])
     return image_topics
 
 
@@ -300,6 +323,8 @@ def _record(path: Path, seed: int, cfg: ScenarioConfig, progress: bool,
             if kind == 'tf_static':
                 bag.write(TF_STATIC_TOPIC, stamp, tf_static_msg(stamp, cameras))
                 bag.write(INFO_TOPIC_JSON, stamp, string_msg(info_json(world)))
+                bag.write(ROUTE_TOPIC, stamp, route_msg(stamp, world.route_xy))
+                bag.write(NOISE_TOPIC, stamp, string_msg(noise_json(world, start_ns)))
             elif kind == 'odom':
                 odom, tf = odometry_msgs(stamp, world.ego(t))
                 bag.write(ODOM_TOPIC, stamp, odom)

@@ -281,6 +281,13 @@ class Simulation:
             return INTENTS[3]
         return INTENTS[1]
 
+    def route_polyline(self, spacing: float = 2.0) -> np.ndarray:
+        """[N,2] world points of the whole route (the ego lane's centre line from the start to
+        the end of the road): the navigation route, map knowledge given before the drive."""
+        s = np.append(np.arange(0.0, self.road.length, spacing), self.road.length)
+        x, y, _ = self.road.pose(s, self.lane_d)
+        return np.stack([x, y], axis=1)
+
     def route_ahead(self, length: float, spacing: float = 2.0) -> np.ndarray:
         """[N,2] world points of the route (ego lane centre line) from the ego's position ahead."""
         s = self._ego_s + np.arange(0.0, length + 1e-9, spacing)

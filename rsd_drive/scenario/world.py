@@ -15,9 +15,9 @@ import math
 
 import numpy as np
 
-from rsd_drive.scenario.config import ScenarioConfig
+from rsd_drive.scenario.config import ScenarioConfig, noise_at
 from rsd_drive.scenario.road import ROUTE_AHEAD_M, ROUTE_SPACING_M, Boxes, WorldState
-from rsd_drive.scenario.sim import Simulation
+from rsd_drive.scenario.sim import EgoControl, Simulation
 
 # Recorded beyond duration_s so that jittered camera stamps near the end still interpolate.
 TAIL_S = 0.1
@@ -37,10 +37,13 @@ class World:
         self.family, self.requested_family = sim.family, sim.requested_family
         self.road, self.half = sim.road, sim.half
         self.ego_offset = sim.lane_d
+        self.route_xy = sim.route_polyline()
         self.scenery, self.ground = sim.scenery, sim.ground
         self._jitter_seed = sim.jitter_seed
         self.dt = sim.dt
         n = int(math.ceil((cfg.duration_s + TAIL_S) / sim.dt)) + 1
+        # injected noise (recovery data): bursts over the recorded time and its tail
+        self.noise = cfg.noise.bursts(seed, (n - 1) * sim.dt)
         self._record(sim, n)
         self.hazard, self.collisions = dict(sim.hazard), list(sim.collision_log)
         self.agent_classes = [a.cls for a in sim.agents]
@@ -63,7 +66,7 @@ class World:
         self.interaction = np.zeros(n)
         for i in range(n):
             if i:
-                sim.step()
+                sim.step(self._control(sim))
                 self.leader[i - 1] = -1 if sim.expert_leader is None else sim.expert_leader
                 self.interaction[i - 1] = sim.expert_interaction
             e = sim.ego
@@ -76,6 +79,19 @@ class World:
         self._ego[:, 2] = np.unwrap(self._ego[:, 2])
         if n_agents:
             self._yaw = np.unwrap(self._yaw, axis=0)
+
+    def _control(self, sim: Simulation):
+        """The expert's control at the current state, plus the injected noise there (None: the
+        expert's own, exactly as without noise)."""
+        dk, da = noise_at(self.noise, sim.t)
+        if dk == 0.0 and da == 0.0:
+            return None
+        control = sim.expert_control()
+        return EgoControl(accel=control.accel + da, curvature=control.curvature + dk)
+
+    def noise_intervals(self) -> list:
+        """[(t_start, t_end)] seconds of injected noise (empty without)."""
+        return [(t0, t1) for t0, t1, _, _ in self.noise]
 
     # -- read back -----------------------------------------------------------------------------
 

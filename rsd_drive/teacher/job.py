@@ -34,6 +34,7 @@ from rsd_drive.atomic import remove_stale_temp_files, write_atomic, write_json_a
 from rsd_drive.data.bag import (BagError, BagReader, DatasetConfig, MissingTopicsError,
                                 SkippedFrame)
 from rsd_drive.data.index import ShardWriter, read_manifest
+from rsd_drive.data.route import route_in_base_link
 from rsd_drive.data.targets import TargetConfig, TargetError, build_targets, index_frame
 from rsd_drive.geometry import GridSpec
 from rsd_drive.teacher.base import FrameContext
@@ -79,6 +80,8 @@ def make_spec(out_dir, teacher: TeacherConfig, dataset: DatasetConfig, model_con
     targets = asdict(teacher.targets)
     targets.update(past_steps=model.past_steps, future_steps=model.future_steps,
                    frequency_hz=model.frequency_hz)
+    if model.route_points:  # the index holds the route input the model takes
+        targets.update(route_points=model.route_points, route_spacing_m=model.route_spacing_m)
     return JobSpec(out_dir=str(out_dir), teacher=teacher.to_dict(), dataset=dataset.to_dict(),
                    grid=model.grid.to_dict(), image_hw=hw, targets=targets,
                    chunk_frames=int(chunk_frames))
@@ -145,8 +148,11 @@ class _Chunk:
         write_atomic(npz, lambda tmp: _save_npz(tmp, stamps=np.array(self.stamps, np.int64),
                                                 risk=risk, future=future))
         self.writer.meta['rejected'] = dict(self.rejected)
+        targets = TargetConfig(**spec.targets)
         self.writer.commit(skipped=dict(self.skipped), grid=spec.grid, cameras=list(cameras),
-                           image_hw=list(spec.image_hw), teacher=backend)
+                           image_hw=list(spec.image_hw), teacher=backend,
+                           route={'points': targets.route_points,
+                                  'spacing_m': targets.route_spacing_m})
         info = {'chunk': self.k, 'shard': self.writer.name, 'identity': self.identity,
                 'backend': backend, 'seq_start': self.seq_start, 'seq_end': self.seq_end,
                 'frames': len(self.stamps), 'skipped': dict(self.skipped),
@@ -282,6 +288,10 @@ def label_bag(bag, spec: JobSpec, bag_id: str | None = None, progress=None) -> d
                 chunk.skipped[item.reason] += 1
                 continue
             t0 = item.stamp_ns
+            horizon_ns = int(target_cfg.future_steps / target_cfg.frequency_hz * 1e9)
+            if reader.noise_between(t0, t0 + horizon_ns):
+                chunk.skipped['targets:injected_noise'] += 1  # not the expert's own correction
+                continue
             try:
                 intent = reader.intent_at(t0)
                 targets = build_targets(reader.odometry, t0, target_cfg, intent)
@@ -289,6 +299,8 @@ def label_bag(bag, spec: JobSpec, bag_id: str | None = None, progress=None) -> d
                 chunk.skipped[f'targets:{exc.reason}'] += 1
                 continue
             ego = reader.odometry.at(t0)
+            route = route_in_base_link(reader.route_at(t0), (ego.x, ego.y, ego.yaw),
+                                       target_cfg.route_points, target_cfg.route_spacing_m)
             ctx = FrameContext(
                 t0, (ego.x, ego.y, ego.yaw), targets.future, targets.init_speed,
                 target_cfg.frequency_hz, odometry=reader.odometry,
@@ -308,7 +320,7 @@ def label_bag(bag, spec: JobSpec, bag_id: str | None = None, progress=None) -> d
                 continue
             risk, kept, rejected = teacher_grid(output, item, grid, pcfg)
             chunk.rejected.update(rejected)
-            chunk.writer.add(**index_frame(item, targets, risk, spec.image_hw))
+            chunk.writer.add(**index_frame(item, targets, risk, spec.image_hw, route))
             objects = [o.to_dict() for o in kept]
             chunk.records.append({'stamp_ns': t0, 'seq': item.seq, 'labelled': True,
                                   'answer': output.answer, 'objects': objects})

@@ -28,6 +28,8 @@ class TrainConfig:
     batch_size: frames per optimizer step *per process* (DDP multiplies it by the world size).
     grad_clip: max global gradient norm (0 disables clipping).
     risk_loss: 'l1' (RSD), 'mse' or 'kl'; risk_weight: lambda in L = L_plan + lambda * L_risk.
+    route_dropout: the fraction of training frames whose route mask is switched off (models with
+        the route input), so one checkpoint plans with and without a route.
     seed: initialisation of the trainable parts and the data order.
     encoder_seed: initialisation of a randomly initialised encoder (``encoder.source: config``),
         kept apart from ``seed`` so the runs of an ablation share one frozen encoder and one
@@ -55,6 +57,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     risk_loss: str = 'l1'
     risk_weight: float = 1.0
+    route_dropout: float = 0.25
     seed: int = 0
     encoder_seed: int = 0
     checkpoint_every: int = 500
@@ -78,6 +81,8 @@ class TrainConfig:
                              f'got {self.risk_loss!r}')
         if self.device not in DEVICES:
             raise ValueError(f'train.device must be one of {DEVICES}, got {self.device!r}')
+        if not 0.0 <= self.route_dropout < 1.0:
+            raise ValueError(f'train.route_dropout must be in [0, 1), got {self.route_dropout}')
         for name in ('lr', 'batch_size'):
             if getattr(self, name) <= 0:
                 raise ValueError(f'train.{name} must be positive, got {getattr(self, name)}')

@@ -13,7 +13,8 @@ from rsd_drive.data.index import FIELDS, FrameIndex
 from rsd_drive.data.preprocess import model_inputs
 from rsd_drive.geometry import GridSpec
 
-INPUT_KEYS = ('features', 'images', 'intrinsics', 'cam_to_ego', 'past_states', 'intent')
+INPUT_KEYS = ('features', 'images', 'intrinsics', 'cam_to_ego', 'past_states', 'intent', 'route',
+              'route_valid')
 TARGET_KEYS = ('future', 'init_speed', 'risk')
 NON_IMAGE_FIELDS = tuple(k for k in FIELDS if k != 'images')
 
@@ -32,6 +33,12 @@ def check_index_fits(index: FrameIndex, model_cfg) -> None:
     }
     problems = [f'{k} has shape {tuple(frame[k].shape)}, the model needs {shape}'
                 for k, shape in expected.items() if tuple(frame[k].shape) != shape]
+    if c.route_points:
+        route = index.manifest.get('route')
+        if route is not None and (route.get('points') != c.route_points
+                                  or abs(route.get('spacing_m', 0) - c.route_spacing_m) > 1e-9):
+            problems.append(f'route input {route} differs from the model\'s '
+                            f'{c.route_points} points every {c.route_spacing_m} m')
     grid = index.manifest.get('grid')
     if grid is not None and GridSpec(**grid) != c.grid:
         problems.append(f'risk grid {grid} differs from the model grid {c.grid.to_dict()}')
@@ -51,10 +58,12 @@ class FrameDataset(Dataset):
     features: a ``CachedFeatures`` reader -> item 'features' float16 [N, P, C]; or None with
     ``images=True`` -> item 'images' float32 [N, 3, H, W] in [0, 1] (encoder in the loop).
     Always: intrinsics, cam_to_ego, past_states, intent (inputs); future, init_speed, risk
-    (targets, risk as float32); 'frame' (the global frame number, for reports).
+    (targets, risk as float32); 'frame' (the global frame number, for reports). With
+    ``route_points`` > 0 also route [R, 2] and route_valid (an index frame without a route, or
+    an index written before the route input, gives zeros with the mask off).
     """
 
-    def __init__(self, index, features=None, images: bool = False):
+    def __init__(self, index, features=None, images: bool = False, route_points: int = 0):
         self.index = index if isinstance(index, FrameIndex) else FrameIndex(index)
         if (features is None) == (not images):
             raise ValueError('FrameDataset needs exactly one of features= or images=True')
@@ -62,6 +71,7 @@ class FrameDataset(Dataset):
             raise ValueError(f'feature cache has {len(features)} frames, index '
                              f'{self.index.index_dir} has {len(self.index)}')
         self.features, self.images = features, images
+        self.route_points = int(route_points)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -79,8 +89,18 @@ class FrameDataset(Dataset):
                     'intent': torch.tensor(int(frame['intent']), dtype=torch.int64)}
             for k in ('intrinsics', 'cam_to_ego', 'past_states'):
                 item[k] = _float32(frame[k])
+        if self.route_points:
+            item.update(self._route(frame))
         item['future'] = _float32(frame['future'])
         item['init_speed'] = torch.tensor(float(frame['init_speed']), dtype=torch.float32)
         item['risk'] = _float32(frame['risk'])
         item['frame'] = torch.tensor(i, dtype=torch.int64)
         return item
+
+    def _route(self, frame) -> dict:
+        route = np.asarray(frame['route'], np.float32).reshape(-1, 2)
+        valid = float(frame['route_valid']) > 0.5 and len(route) == self.route_points
+        if not valid:
+            route = np.zeros((self.route_points, 2), np.float32)
+        return {'route': torch.from_numpy(np.array(route)),
+                'route_valid': torch.tensor(1.0 if valid else 0.0, dtype=torch.float32)}

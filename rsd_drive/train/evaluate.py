@@ -49,8 +49,9 @@ def model_outputs(model, batch, device, autocast_dtype=None):
         else:
             with torch.no_grad():
                 features = model.encode(get('images'))
+        route = (get('route'), get('route_valid')) if 'route' in batch else (None, None)
         return model.plan(features, get('intrinsics'), get('cam_to_ego'), get('past_states'),
-                          get('intent'))
+                          get('intent'), *route)
 
 
 @torch.no_grad()
@@ -380,7 +381,8 @@ def evaluate_checkpoint(checkpoint, index, out=None, batch_size: int = 16, devic
             reader = cache.reader()
         elif features == 'cache':
             reader = cache.reader()  # raises, naming what is missing
-    dataset = FrameDataset(index, features=reader, images=reader is None)
+    dataset = FrameDataset(index, features=reader, images=reader is None,
+                           route_points=model.config.route_points)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     pred = predict(model, loader, device, progress=progress)
     report = {'checkpoint': str(Path(checkpoint).resolve()), 'index': str(index.index_dir),

@@ -364,13 +364,14 @@ class Trainer:
 
     def _dataset(self, index):
         if self.encoder_in_loop:
-            return FrameDataset(index, images=True)
+            return FrameDataset(index, images=True, route_points=self.model_cfg.route_points)
         cache = FeatureCache(index, self.model.encoder, self.cfg.cache_dir)
         if self.dist.is_main and not cache.is_complete():
             cache.build(batch_size=max(1, self.cfg.batch_size), device=self.device,
                         progress=self.progress)
         self.dist.barrier()
-        return FrameDataset(index, features=cache.reader())
+        return FrameDataset(index, features=cache.reader(),
+                            route_points=self.model_cfg.route_points)
 
     def _loader(self, dataset, batches):
         return DataLoader(dataset, batch_sampler=batches, num_workers=self.cfg.num_workers,
@@ -506,6 +507,10 @@ class Trainer:
 
     def _train_step(self, batch) -> dict:
         self.step_module.train()
+        if 'route_valid' in batch and self.cfg.route_dropout > 0:
+            # route dropout: the same checkpoint learns to plan from the intent alone
+            keep = torch.rand(batch['route_valid'].shape) >= self.cfg.route_dropout
+            batch = {**batch, 'route_valid': batch['route_valid'] * keep.float()}
         waypoints, risk = self.step_module(batch)
         loss, plan, risk_loss = batch_losses(waypoints, risk, batch, self.cfg,
                                              self.model_cfg.frequency_hz)
