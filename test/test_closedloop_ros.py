@@ -99,3 +99,36 @@ def test_hung_planner_fails_the_route(tiny_model, tmp_path):
     (route,) = load_routes(tmp_path)
     assert stopped and 'hangs' in route['failure']
     assert route['late_plans'] == 2 and route['plans'] == 2
+
+
+def test_ros_loop_with_the_route_input_agrees_with_in_process(tmp_path_factory, tmp_path):
+    """A model with the route input: the world publishes each route's navigation route on
+    /route and waits until planner_node counts it; over two routes the node plans exactly what
+    the in-process loop plans. Intent-only mode (closedloop.route false) of the same checkpoint
+    plans differently."""
+    from dataclasses import replace
+
+    from node_helpers import tiny_config
+    from rsd_drive.closedloop import run_closed_loop
+    from rsd_drive.closedloop.run import load_routes
+
+    model = make_checkpoint(tmp_path_factory.mktemp('route_model') / 'route',
+                            seed=4, config=replace(tiny_config(), route_points=16))
+    cfg = config()
+    run_closed_loop(str(model), ['cruise'], '0-1', tmp_path / 'route', ros=True, cfg=cfg,
+                    scenario_cfg=scenario(), progress=False)
+    run_closed_loop(str(model), ['cruise'], '0-1', tmp_path / 'route', cfg=cfg,
+                    scenario_cfg=scenario(), progress=False)
+    intent_only = replace(config(), route=False)
+    run_closed_loop(str(model), ['cruise'], '0-1', tmp_path / 'intent', cfg=intent_only,
+                    scenario_cfg=scenario(), progress=False)
+    routes = load_routes(tmp_path / 'route')
+    for seed in (0, 1):
+        ros = next(r for r in routes if r['policy'] == 'route@ros' and r['seed'] == seed)
+        local = next(r for r in routes if r['policy'] == 'route' and r['seed'] == seed)
+        assert ros['failure'] is None and ros['late_plans'] == 0 and ros['odom_lost'] == 0
+        assert ros.get('route_ack_timeouts') == 0
+        for key in COMPARED:
+            assert ros[key] == local[key], (seed, key)
+    digests = {r['seed']: r['plan_digest'] for r in load_routes(tmp_path / 'intent')}
+    assert all(digests[r['seed']] != r['plan_digest'] for r in routes if r['policy'] == 'route')

@@ -10,6 +10,8 @@ Topics the world publishes (what a CARLA ROS bridge provides, see the README):
   ``/cameras/<name>/camera_info``; extrinsics go to the node as parameters (``tf2_msgs`` is not
   installable here; with it, ``/tf_static`` is published too);
 * ``/scenario/intent`` (``std_msgs/String``) when the route intent changes.
+* ``/route`` (``nav_msgs/Path``, odom, transient local) at the start of each route, for a model
+  with the route input (``closedloop.route``); the world waits until the node counts it.
 
 It follows ``/planner_node/path`` (and draws ``/planner_node/risk_grid``). The run is lockstep
 in sim time: after publishing a frame the world waits (wall clock, ``ros.plan_deadline_s``) for
@@ -42,6 +44,7 @@ from rsd_drive.closedloop.policies import Policy, resolve_model_dir
 
 WARMUP_START_NS = 1000 * 10**9   # ROS time of the warm-up frames (routes follow)
 PATH_TOPIC, GRID_TOPIC = '/planner_node/path', '/planner_node/risk_grid'
+ROUTE_TOPIC = '/route'
 
 
 def camera_parameters(rig, compressed: bool) -> dict:
@@ -85,6 +88,11 @@ class SimWorldNode:
         self.odom_pub = node.create_publisher(Odometry, '/odom', sensor)
         latest = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
         self.intent_pub = node.create_publisher(String, '/scenario/intent', latest)
+        from rclpy.qos import DurabilityPolicy
+
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.route_pub = node.create_publisher(PathMsg, ROUTE_TOPIC, latched)
         image_type = CompressedImage if compressed else Image
         suffix = '/compressed' if compressed else ''
         self.image_pubs = {c: node.create_publisher(image_type, f'/cameras/{c}/image_raw{suffix}',
@@ -194,6 +202,12 @@ class SimWorldNode:
                 msg.data = np.ascontiguousarray(img).tobytes()
             self.image_pubs[cam.name].publish(msg)
 
+    def publish_route(self, t_ns: int, route_xy) -> None:
+        """The navigation route (odom frame) as planner_node's route_topic takes it."""
+        from rsd_drive.ros.messages import path_message
+
+        self.route_pub.publish(path_message(route_xy, t_ns, 'odom'))
+
     def publish_intent(self, intent: str) -> None:
         from std_msgs.msg import String
 
@@ -275,6 +289,7 @@ class RosPlannerPolicy(Policy):
         self.acked_intent = None
         self.missing = 0
         self.route = {}
+        self.routes_sent = 0
 
     # -- the planner process -------------------------------------------------------------------
     def _params(self) -> Path:
@@ -288,7 +303,8 @@ class RosPlannerPolicy(Policy):
             model_dir=str(self.model_dir), backend=self.backend_kind, device='cpu',
             threads=int(self.ros.threads), pad_short_history=True, odom_wait_s=10.0,
             max_input_age_s=age, diagnostics_period_s=float(self.ros.diagnostics_period_s),
-            output_frame='base_link', intent_topic='/scenario/intent', default_intent='straight')
+            output_frame='base_link', intent_topic='/scenario/intent', default_intent='straight',
+            route_topic=ROUTE_TOPIC if self.cfg.route else '', route_max_age_s=0.0)
 
     def _check_alive(self) -> None:
         code = self.process.returncode() if self.process else None
@@ -303,6 +319,7 @@ class RosPlannerPolicy(Policy):
             self.world = SimWorldNode(self.rig.names, self.ros.compressed)
         self.process = PlannerProcess(self._params(), self.out / 'planner_node.log')
         self.acked_intent = None
+        self.routes_sent = 0
         self.odom_sent = self.lost_before = 0
         deadline = time.monotonic() + self.ros.node_start_timeout_s
         w = self.world
@@ -351,9 +368,25 @@ class RosPlannerPolicy(Policy):
         self.route['planner_pid'] = self.process.pid
         self.base_ns = self.cursor_ns
         self.missing = 0
+        self._send_route(runner)
         with self.world.cond:
             self.world.paths.clear()
             self.world.grids.clear()
+
+    def _send_route(self, runner) -> None:
+        """Publish this route's navigation route and wait until the node's diagnostics count
+        it, so its first plan already has it (as in the in-process loop)."""
+        if not self.cfg.route or runner.route_xy is None or not self.config.route_points:
+            return
+        w = self.world
+        w.publish_route(self.base_ns, runner.route_xy)
+        self.routes_sent += 1
+
+        def received():
+            return int(w.diag_inputs.get('received.route', 0) or 0)
+        ok = w.wait(lambda: received() >= self.routes_sent, self.ros.intent_ack_timeout_s,
+                    self._check_alive)
+        self.route['route_ack_timeouts'] = 0 if ok else 1
 
     def _publish_odometry(self, t_ns: int, ego) -> None:
         self.world.publish_odometry(t_ns, ego)

@@ -811,6 +811,8 @@ class PlannerNode(LifecycleNode):
         input_values['intent'] = INTENTS[self.intent]
         input_values['route'] = route_status if route_status == 'ok' else \
             f'{route_status}: planning from the intent alone'
+        if s.route_topic:
+            input_values['received.route'] = received.get('route', 0)
         state = self.lifecycle_state
         active = state == 'active'
         if not active:
