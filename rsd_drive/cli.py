@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     'bench': ('rsd_drive.bench.cli', 'benchmarks: model | node | label | train'),
     'closedloop': ('rsd_drive.closedloop.cli', 'closed-loop driving in the scenario world'),
     'demo': ('rsd_drive.demo', 'the end-to-end default: drives -> labels -> train -> node'),
+    'study': ('rsd_drive.study', 'the whole experiment: arms x seeds, closed loop, claims'),
 }
 
 

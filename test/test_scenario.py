@@ -91,7 +91,7 @@ def test_bag_topics_counts_frames_and_stamps(drive):
     dataset = yaml.safe_load((REPO / 'config' / 'dataset.yaml').read_text())['dataset']
     expected = {'/tf_static': 1, '/tf': n_odom, '/odom': n_odom, '/scenario/objects': n_img,
                 '/scenario/object_markers': n_img, '/scenario/intent': n_img,
-                '/scenario/info': 1}
+                '/scenario/info': 1, '/route': 1, '/scenario/noise': 1}
     for cam in dataset['cameras']:
         expected[cam['image_topic']] = n_img
         expected[cam['info_topic']] = n_img
@@ -105,7 +105,7 @@ def test_bag_topics_counts_frames_and_stamps(drive):
     # Bag time equals header time everywhere.
     for topic, msgs in bag.items():
         if topic in ('__connections__', '/scenario/objects', '/scenario/intent',
-                     '/scenario/info'):
+                     '/scenario/info', '/scenario/noise'):
             continue
         for stamp, _, msg in msgs:
             headers = ([t.header for t in msg.transforms] if hasattr(msg, 'transforms')

@@ -1,0 +1,345 @@
+"""``rsd-drive study --config config/study.yaml --out DIR``: the experiment of issue 22.
+
+Does the learned planner drive, and do the cameras, the pretrained encoder and the risk
+distillation make it safer? One command runs it all, on the sizes of ``config/study.yaml``:
+
+1. ``drives``: scenario drives of every family; the training drives with noise injection
+   (recovery data, ``scenario.noise``), the held-out ones without. Every bag records ``/route``.
+2. ``labels``: the scene-oracle teacher, label bags and the training index (frames whose target
+   window holds injected noise are skipped; each frame carries its route input).
+3. ``features``: the frozen encoder once per frame.
+4. ``train``: every arm x training seed (lambda = 0, lambda > 0, ego-status-only, frozen random
+   encoder), resumable per run, with the open-loop scores and paired tests of the ablation.
+5. ``closedloop``: expert, constant velocity and every trained checkpoint on held-out seeds of
+   every family (resumable per route), the lambda > 0 arm also intent-only; the papers' claims
+   as paired tests, by training seed and by route.
+6. ``report``: ``report.md`` (+ the closed loop's PNGs and rollout GIFs) and ``study.json``.
+
+Each stage is skipped when done (``state.json``), so an interrupted study continues where it
+stopped; the stage-time table is in the report. ``--quick`` runs the same code on the ``quick:``
+overrides in minutes (a test runs it).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from rsd_drive import config_file
+from rsd_drive.cli import main as cli_main
+from rsd_drive.demo import Stages, _check, generate_family_drives, write_train_config
+
+LAMBDA_ARM = 'lambda>0'
+# (arm a, arm b, what the comparison tests) for the papers' claims, closed loop
+CLAIMS = (('lambda>0', 'lambda=0', 'RSD: risk distillation (lambda > 0 vs lambda = 0)'),
+          ('lambda>0', 'random encoder', 'FROST-Drive: pretrained vs frozen random encoder'),
+          ('lambda>0', 'ego-status-only', 'cameras vs ego status only (both with the route)'))
+CAMERA_FAMILIES = ('ped_crossing', 'ped_occluded', 'stopped_vehicle')
+
+
+def merge(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` merged in, nested dicts key by key."""
+    out = copy.deepcopy(base)
+    for key, value in (over or {}).items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and \
+            isinstance(out.get(key), dict) else copy.deepcopy(value)
+    return out
+
+
+def load_study_config(path=None, quick: bool = False) -> dict:
+    data = yaml.safe_load(Path(path or config_file('study.yaml')).read_text())
+    if not isinstance(data, dict) or 'study' not in data:
+        raise ValueError(f'{path}: expected a mapping with a "study" key')
+    study = data['study']
+    quick_over = study.pop('quick', {}) or {}
+    return merge(study, quick_over) if quick else study
+
+
+# -- stages ---------------------------------------------------------------------------------------
+def make_study_drives(drives: Path, study: dict) -> dict:
+    """{'train': [...], 'val': [...], 'family': {bag: family}}: training drives noise-injected,
+    held-out drives without noise; each family its own seed block."""
+    from rsd_drive.scenario import ScenarioConfig
+    from rsd_drive.scenario.config import NoiseConfig
+
+    scen = ScenarioConfig.from_yaml(config_file('scenario.yaml'))
+    scen = replace(scen, duration_s=float(study['duration_s']),
+                   image_hz=float(study['image_hz']))
+    noisy = replace(scen, noise=replace(scen.noise, **(study.get('noise') or {})))
+    clean = replace(scen, noise=NoiseConfig())
+    out = {'train': [], 'val': [], 'family': {}}
+    for k, family in enumerate(study['families']):
+        for split, seed0, count, cfg in (
+                ('train', study['train_seed'], study['train_drives'], noisy),
+                ('val', study['val_seed'], study['val_drives'], clean)):
+            bags = generate_family_drives(drives / split / family, family,
+                                          int(seed0) + 100 * k, int(count), cfg)
+            out[split] += [str(b) for b in bags]
+            out['family'].update({str(b): family for b in bags})
+    return out
+
+
+def label_drives(bags: dict, labels: Path, train_yaml: Path, index: dict) -> dict:
+    from rsd_drive.data.index import FrameIndex, read_manifest
+
+    for split in ('train', 'val'):
+        _check(cli_main(['label', *bags[split], '--out', str(labels / split),
+                         '--backend', 'scene-oracle', '--model-config', str(train_yaml),
+                         '--workers', '2']), f'labeling {split}')
+    skipped = {}
+    for split in ('train', 'val'):
+        for shard in read_manifest(index[split])['shards'].values():
+            for reason, n in shard.get('skipped', {}).items():
+                skipped[f'{split}:{reason}'] = skipped.get(f'{split}:{reason}', 0) + n
+    return {'frames': {s: len(FrameIndex(index[s])) for s in ('train', 'val')},
+            'skipped': skipped}
+
+
+def cache_features(index: dict, train_yaml: Path) -> bool:
+    for split in ('train', 'val'):
+        _check(cli_main(['cache', str(index[split]), '--config', str(train_yaml)]),
+               f'feature cache {split}')
+    return True
+
+
+def train_arms(out: Path, study: dict, model_cfg, train_cfg, encoder_cfg) -> dict:
+    """Every arm x seed through the ablation (resumable per run)."""
+    from rsd_drive.train.ablate import run_ablation
+
+    arms = [a for a in study.get('arms', [])
+            if a != 'random-encoder' or encoder_cfg.source != 'config']
+    result = run_ablation(model_cfg, train_cfg, out / 'ablation',
+                          risk_weights=(0.0, float(study['risk_weight'])),
+                          kinds=(train_cfg.risk_loss,), seeds=study['seeds'], arms=arms,
+                          arm_weight=float(study['risk_weight']))
+    print(result['table'])
+    print(result['paired_table'])
+    by_arm = {}
+    for r in result['runs']:
+        arm = LAMBDA_ARM if r['variant'].startswith('lambda=') and r['risk_weight'] > 0 \
+            else r['variant']
+        by_arm.setdefault(arm, {})[str(r['seed'])] = r['checkpoint']
+    return {'ablation': str(out / 'ablation' / 'ablation.json'), 'arms': by_arm,
+            'table': result['table'], 'paired_table': result['paired_table'],
+            'calibration': {f"{r['variant']} s{r['seed']}": r['calibration']
+                            for r in result['runs']}}
+
+
+def policy_name(arm: str, seed, mode: str = '') -> str:
+    slug = arm.replace(' ', '_').replace('=', '').replace('>', 'gt')
+    return f'{slug}-s{seed}' + (f'-{mode}' if mode else '')
+
+
+def closed_loop_policies(arms: dict, intent_only: bool) -> list:
+    """[(policy name, spec, arm, mode)]: the baselines, every checkpoint with its route, and
+    the lambda > 0 checkpoints intent-only."""
+    out = [('expert', 'expert', 'expert', ''),
+           ('constant-velocity', 'constant-velocity', 'constant velocity', '')]
+    for arm, by_seed in arms.items():
+        for seed, path in sorted(by_seed.items()):
+            out.append((policy_name(arm, seed), path, arm, ''))
+    if intent_only:
+        for seed, path in sorted(arms.get(LAMBDA_ARM, {}).items()):
+            out.append((policy_name(LAMBDA_ARM, seed, 'intent'), path, LAMBDA_ARM + ' intent',
+                        'intent'))
+    return out
+
+
+def run_study_closed_loop(out: Path, study: dict, arms: dict) -> dict:
+    from rsd_drive.closedloop import run_closed_loop
+    from rsd_drive.closedloop.config import ClosedLoopConfig
+    from rsd_drive.scenario.config import ScenarioConfig, default_config_path
+
+    cl = study['closed_loop']
+    scen = ScenarioConfig.from_yaml(default_config_path())
+    scen = replace(scen, duration_s=float(cl['duration_s']))
+    base = ClosedLoopConfig.from_yaml()
+    policies = closed_loop_policies(arms, bool(cl.get('intent_only', True)))
+    for name, spec, _, mode in policies:
+        cfg = replace(base, route=False) if mode == 'intent' else base
+        run_closed_loop(spec, cl['families'], cl['seeds'], out / 'closedloop', backend='torch',
+                        name=name, progress=True, scenario_cfg=scen, cfg=cfg)
+    return {'policies': [[n, a, m] for n, _, a, m in policies]}
+
+
+# -- the analysis ---------------------------------------------------------------------------------
+def route_table(routes: list) -> dict:
+    """{policy: {(family, seed): record}}."""
+    out = {}
+    for r in routes:
+        out.setdefault(r['policy'], {})[(r['family'], int(r['seed']))] = r
+    return out
+
+
+def arm_policies(policies: list) -> dict:
+    """arm -> {training seed: policy name} (the baselines have one 'policy' seed)."""
+    out = {}
+    for name, arm, _ in policies:
+        seed = name.rsplit('-s', 1)[-1].split('-')[0] if '-s' in name else '-'
+        out.setdefault(arm, {})[seed] = name
+    return out
+
+
+def _metric(record: dict, metric: str) -> float:
+    if metric == 'collision':
+        return float(bool(record['collisions']))
+    return float(record[metric])
+
+
+def claim_test(table: dict, arms: dict, a: str, b: str, metric: str, families=None) -> dict:
+    """Paired tests of arm a vs arm b on ``metric``: by training seed (each seed's mean over its
+    routes; the arms' seeds paired) and by route (each route's value averaged over the seeds)."""
+    from rsd_drive.metrics import paired_t_test
+
+    seeds = sorted(set(arms.get(a, {})) & set(arms.get(b, {})))
+    if not seeds:
+        return {'n_seeds': 0}
+    keys = sorted(set.intersection(*[set(table[arms[x][s]]) for x in (a, b) for s in seeds]))
+    keys = [k for k in keys if families is None or k[0] in families]
+    if not keys:
+        return {'n_seeds': len(seeds), 'routes': 0}
+
+    def per_seed(x):
+        return [np.mean([_metric(table[arms[x][s]][k], metric) for k in keys]) for s in seeds]
+
+    def per_route(x):
+        return [np.mean([_metric(table[arms[x][s]][k], metric) for s in seeds]) for k in keys]
+
+    by_seed, by_route = paired_t_test(per_seed(a), per_seed(b)), \
+        paired_t_test(per_route(a), per_route(b))
+    return {'metric': metric, 'n_seeds': len(seeds), 'routes': len(keys),
+            'a_value': float(np.mean(per_seed(a))), 'b_value': float(np.mean(per_seed(b))),
+            'by_seed': by_seed, 'by_route': by_route}
+
+
+def closed_loop_claims(routes: list, policies: list) -> list:
+    table, arms = route_table(routes), arm_policies(policies)
+    out = []
+    for a, b, what in CLAIMS + ((LAMBDA_ARM, LAMBDA_ARM + ' intent',
+                                 'route vs intent-only (same checkpoints)'),):
+        for metric in ('driving_score', 'collision'):
+            out.append({'claim': what, 'a': a, 'b': b,
+                        **claim_test(table, arms, a, b, metric)})
+    for a, b in ((LAMBDA_ARM, 'ego-status-only'), ('lambda=0', 'ego-status-only')):
+        out.append({'claim': f'{a} vs {b} where only the cameras can tell '
+                             f'({", ".join(CAMERA_FAMILIES)})', 'a': a, 'b': b,
+                    **claim_test(table, arms, a, b, 'collision', CAMERA_FAMILIES)})
+    return out
+
+
+def arm_family_table(routes: list, policies: list, families: list) -> str:
+    """Driving score / success / collision rate / route completion per arm (mean over its
+    training seeds' routes) and family."""
+    table, arms = route_table(routes), arm_policies(policies)
+    rows = ['| arm | family | routes | DS | success | collision rate | RC |',
+            '|---|---|---|---|---|---|---|']
+    for arm, by_seed in arms.items():
+        for fam in list(families) + ['all']:
+            recs = [r for name in by_seed.values() for k, r in table.get(name, {}).items()
+                    if fam == 'all' or k[0] == fam]
+            if not recs:
+                continue
+            rows.append(f"| {arm} | {fam} | {len(recs)} | "
+                        f"{np.mean([r['driving_score'] for r in recs]):.3f} | "
+                        f"{np.mean([bool(r['success']) for r in recs]):.2f} | "
+                        f"{np.mean([bool(r['collisions']) for r in recs]):.2f} | "
+                        f"{np.mean([r['route_completion'] for r in recs]):.3f} |")
+    return '\n'.join(rows)
+
+
+def format_claims(claims: list) -> str:
+    rows = ['| claim | metric | a | b | routes | seeds | a - b | p (by seed) | p (by route) |',
+            '|---|---|---|---|---|---|---|---|---|']
+    for c in claims:
+        if not c.get('routes'):
+            rows.append(f"| {c['claim']} | {c.get('metric', '-')} | {c['a']} | {c['b']} | 0 |"
+                        f" {c.get('n_seeds', 0)} | - | - | - |")
+            continue
+        rows.append(f"| {c['claim']} | {c['metric']} | {c['a']} {c['a_value']:.3f} | "
+                    f"{c['b']} {c['b_value']:.3f} | {c['routes']} | {c['n_seeds']} | "
+                    f"{c['a_value'] - c['b_value']:+.3f} | {c['by_seed']['p']:.3f} | "
+                    f"{c['by_route']['p']:.3f} |")
+    return '\n'.join(rows)
+
+
+def write_study_report(out: Path, state: dict, study: dict, encoder_desc: str) -> Path:
+    from rsd_drive.closedloop.run import load_routes
+
+    done = state.get('done', {})
+    policies = done.get('closedloop', {}).get('policies', [])
+    routes = load_routes(out / 'closedloop') if (out / 'closedloop').is_dir() else []
+    claims = closed_loop_claims(routes, policies) if routes else []
+    lines = [f'# rsd-drive study: {out}', '',
+             f'Frozen encoder: {encoder_desc}. Families: {", ".join(study["families"])}; '
+             f'{study["train_drives"]} noise-injected training drives and '
+             f'{study["val_drives"]} held-out drives per family, {study["duration_s"]} s at '
+             f'{study["image_hz"]} Hz; training seeds {study["seeds"]}.', '',
+             '## Stage times (s, wall clock)', '', '| stage | s |', '|---|---|']
+    lines += [f'| {k} | {v} |' for k, v in state.get('timings_s', {}).items()]
+    labels = done.get('labels', {})
+    if labels:
+        lines += ['', f"Frames: {labels['frames']}; skipped: {labels['skipped']}"]
+    trained = done.get('train', {})
+    if trained:
+        lines += ['', '## Open loop (held-out drives)', '', trained['table'], '',
+                  trained['paired_table']]
+    if routes:
+        lines += ['', '## Closed loop', '',
+                  arm_family_table(routes, policies, study['closed_loop']['families']), '',
+                  '## The claims, closed loop (paired; p two-sided)', '', format_claims(claims),
+                  '', 'Per-route records, PNGs and rollout GIFs: `closedloop/` '
+                      '(`closedloop/report.md`).']
+    path = out / 'report.md'
+    path.write_text('\n'.join(lines) + '\n')
+    (out / 'study.json').write_text(json.dumps({'claims': claims, 'state': state}, indent=1,
+                                               default=str))
+    return path
+
+
+# -- the command ----------------------------------------------------------------------------------
+def add_arguments(parser) -> None:
+    parser.add_argument('--config', help='study config (default: config/study.yaml)')
+    parser.add_argument('--out', required=True, help='output directory (resumable)')
+    parser.add_argument('--quick', action='store_true',
+                        help="the config's quick: overrides (same stages, minutes)")
+
+
+def run(args) -> int:
+    from rsd_drive.model.pretrained import choose_encoder
+    from rsd_drive.ros.dds import confine_dds_to_host
+
+    confine_dds_to_host()
+    t_start = time.monotonic()
+    study = load_study_config(args.config, args.quick)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'study_config.yaml').write_text(yaml.safe_dump({'study': study}, sort_keys=False))
+    stages = Stages(out, total=6)
+    labels = out / 'labels'
+    index = {split: labels / split / 'index' for split in ('train', 'val')}
+    encoder_cfg, encoder_desc = choose_encoder(study['encoder'])
+    train_yaml = out / 'train.yaml'
+    steps = dict(study.get('train', {}), risk_weight=float(study['risk_weight']))
+    steps['eval_every'] = int(steps['max_steps'])
+    model_cfg, train_cfg = write_train_config(train_yaml, study, encoder_cfg, index, **steps)
+    print(f'rsd_drive study -> {out}/  (frozen encoder: {encoder_desc})')
+    bags = stages.run('drives', 'scenario drives (training drives noise-injected)',
+                      lambda: make_study_drives(out / 'drives', study))
+    stages.run('labels', 'scene-oracle labels and the training index',
+               lambda: label_drives(bags, labels, train_yaml, index))
+    stages.run('features', 'frozen encoder once per frame', lambda: cache_features(index,
+                                                                                  train_yaml))
+    trained = stages.run('train', f'arms x seeds {study["seeds"]}',
+                         lambda: train_arms(out, study, model_cfg, train_cfg, encoder_cfg))
+    stages.run('closedloop', 'closed loop on held-out seeds of every family',
+               lambda: run_study_closed_loop(out, study, trained['arms']))
+    stages.timings['total_this_run'] = round(time.monotonic() - t_start, 1)
+    print('\n=== [6/6] report: report.md and study.json (always rewritten)', flush=True)
+    report = write_study_report(out, stages.state, study, encoder_desc)
+    print(report.read_text())
+    return 0
