@@ -88,7 +88,7 @@ class NoiseConfig:
     """
 
     enabled: bool = False
-    gap_s: tuple = (4.0, 9.0)
+    gap_s: tuple = (8.0, 14.0)
     duration_s: tuple = (1.0, 2.0)
     curvature: float = 0.12
     accel: float = 1.0
