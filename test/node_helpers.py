@@ -320,6 +320,71 @@ class NodeProcess:
         return self.proc.returncode
 
 
+# -- waiting on observable conditions -------------------------------------------------------------
+def wait_until(predicate, timeout: float, what: str, poll_s: float = 0.05, detail=None):
+    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` seconds have
+    passed: then fail naming ``what`` was waited for (and ``detail()``, when given)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            extra = f'\n{detail()}' if detail is not None else ''
+            raise AssertionError(f'timed out after {timeout} s waiting for {what}{extra}')
+        time.sleep(poll_s)
+
+
+class DiagnosticsListener:
+    """/diagnostics (reliable) collected in the test process by its own rclpy node and context,
+    spun in a thread: for waiting until the node has reported something."""
+
+    def __init__(self, name: str = 'test_diagnostics_listener'):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+        self.rclpy = rclpy
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.lock = threading.Lock()
+        self.arrays = []
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._keep,
+                                      QoSProfile(depth=100,
+                                                 reliability=ReliabilityPolicy.RELIABLE))
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.spinner = threading.Thread(target=self.executor.spin, daemon=True)
+        self.spinner.start()
+
+    def _keep(self, msg) -> None:
+        with self.lock:
+            self.arrays.append(msg)
+
+    def statuses(self, suffix: str) -> list:
+        """{key: value} of every status received so far whose name ends with ``suffix``."""
+        with self.lock:
+            arrays = list(self.arrays)
+        return [{kv.key: kv.value for kv in s.values} for a in arrays for s in a.status
+                if s.name.endswith(suffix)]
+
+    def wait_for_key(self, suffix: str, key: str, timeout: float = 60.0) -> dict:
+        """The first status named ``*suffix`` that carries ``key``; fails after ``timeout``."""
+        def found():
+            return next((v for v in self.statuses(suffix) if key in v), None)
+        return wait_until(found, timeout, f'a /diagnostics status "*{suffix}" carrying {key!r}',
+                          detail=lambda: f'{len(self.arrays)} diagnostics arrays received; '
+                                         f'last {suffix}: {(self.statuses(suffix) or [None])[-1]}')
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=1.0)
+        self.spinner.join(timeout=2.0)
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.context)
+
+
 # -- a test-side ROS peer: publishes inputs, collects the node's outputs --------------------------
 def rgb_image_msg(stamp_ns: int, camera: str, rgb: np.ndarray):
     from sensor_msgs.msg import Image
@@ -426,13 +491,7 @@ class Peer:
         self.odom_pub.publish(odometry_msg(stamp_ns, (stamp_ns - self.t0_ns) / 1e9))
 
     def wait_until(self, predicate, timeout: float, what: str = 'condition'):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.05)
-        raise AssertionError(f'timed out after {timeout} s waiting for {what}')
+        return wait_until(predicate, timeout, what)
 
     def diagnostics_since(self, t_monotonic: float) -> list:
         with self.lock:
