@@ -453,8 +453,9 @@ class Peer:
         self.lock = threading.Lock()
         self.paths, self.grids, self.diagnostics = [], [], []
         reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-        self.node.create_subscription(PathMsg, '/planner_node/path',
-                                      lambda m: self._keep(self.paths, m), reliable)
+        self.path_sub = self.node.create_subscription(PathMsg, '/planner_node/path',
+                                                      lambda m: self._keep(self.paths, m),
+                                                      reliable)
         self.node.create_subscription(OccupancyGrid, '/planner_node/risk_grid',
                                       lambda m: self._keep(self.grids, m), reliable)
         self.node.create_subscription(DiagnosticArray, '/diagnostics',
@@ -470,13 +471,18 @@ class Peer:
         with self.lock:
             store.append((time.monotonic(), msg))
 
-    def wait_for_node(self, timeout: float = 30.0) -> None:
-        """Until the planner's subscriptions and publishers are matched with ours."""
-        topic = next(iter(self.image_pubs.values())).topic_name
-        self.wait_until(lambda: self.node.count_subscribers(topic) > 0
-                        and self.node.count_publishers('/planner_node/path') > 0, timeout,
-                        'planner node never appeared in the ROS graph')
-        time.sleep(0.5)
+    def wait_for_node(self, timeout: float = 60.0) -> None:
+        """Until DDS has matched our camera and odometry publishers with the planner's
+        subscriptions and our path subscription with its publisher (matched endpoints, not only
+        discovered ones)."""
+        pubs = [*self.image_pubs.values(), self.odom_pub]
+
+        def unmatched():
+            return [p.topic_name for p in pubs if p.get_subscription_count() == 0] + \
+                (['/planner_node/path'] if self.path_sub.get_publisher_count() == 0 else [])
+        wait_until(lambda: not unmatched(), timeout, 'the planner node to match our topics',
+                   detail=lambda: f'unmatched: {unmatched()}; graph: '
+                                  f'{sorted(self.node.get_topic_names_and_types())}')
 
     def publish_frame(self, stamp_ns: int, cameras=None) -> None:
         self.frame += 1
@@ -516,6 +522,7 @@ class Streamer:
         self.peer = peer
         self.cameras = set(peer.cameras)
         self.odometry = True
+        self.frames = 0  # camera sets published so far
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -529,6 +536,7 @@ class Streamer:
                 self.peer.publish_odometry(now_ns)
             if tick % 5 == 0 and self.cameras:
                 self.peer.publish_frame(now_ns, set(self.cameras))
+                self.frames += 1
             tick += 1
             next_t += 1.0 / ODOM_HZ
             self._stop.wait(max(0.0, next_t - time.monotonic()))
