@@ -57,9 +57,12 @@ def test_lockstep_replay_gets_a_plan_for_every_camera_set(tmp_path):
     assert ls['sets'] == n_sets, summary.table()
     assert ls['unanswered'] == 0 and ls['late'] == 0, summary.table() + '\n' + node.log[-3000:]
     # Sensor topics are best effort: the very first odometry message may be lost while DDS
-    # finishes matching, and then the first set(s) can't be planned. The node says so in its
-    # diagnostics, and the replay counts them instead of waiting or dropping them silently.
-    assert set(ls['node_drops']) <= {'odom_before_start'} and ls['skipped'] <= 3, summary.table()
+    # finishes matching, and a camera's first CameraInfo (published after its image, on another
+    # topic) may reach the node after the image that completes the first set; then the first
+    # set(s) can't be planned. The node says so in its diagnostics, and the replay counts them
+    # instead of waiting or dropping them silently. (Only at the start: checked below.)
+    startup = {'odom_before_start'} | {f'no_camera_info:{cam}' for cam in CAMERAS}
+    assert set(ls['node_drops']) <= startup and ls['skipped'] <= 3, summary.table()
     assert ls['answered'] + ls['skipped'] == n_sets
     assert 'lockstep on /planner_node/path' in summary.table()
 
