@@ -568,9 +568,26 @@ class LifecycleClient:
         self.get = peer.node.create_client(GetState, f'/{node_name}/get_state')
 
     def wait(self, timeout: float = 60.0) -> None:
+        """Until the services are discovered and ``get_state`` answers. Discovered is not
+        matched: a request sent before the server's request reader has matched this client is
+        lost for good (volatile), so the idempotent GetState is sent until one is answered."""
+        from lifecycle_msgs.srv import GetState
+
+        deadline = time.monotonic() + timeout
         for client in (self.change, self.get):
             if not client.wait_for_service(timeout_sec=timeout):
                 raise AssertionError(f'service {client.srv_name} never appeared')
+        while True:
+            future = self.get.call_async(GetState.Request())
+            probe_end = min(deadline, time.monotonic() + 2.0)
+            while not future.done() and time.monotonic() < probe_end:
+                time.sleep(0.02)
+            if future.done():
+                return
+            self.get.remove_pending_request(future)
+            if time.monotonic() >= deadline:
+                raise AssertionError(f'{self.get.srv_name} discovered but never answered within '
+                                     f'{timeout} s')
 
     def _call(self, client, request, timeout: float):
         future = client.call_async(request)
