@@ -23,7 +23,7 @@ export RMW_IMPLEMENTATION := rmw_fastrtps_cpp
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup setup-vehicle test-artifact test demo bench clean
+.PHONY: setup setup-vehicle test-artifact test test-stress demo bench clean
 
 setup: $(STAMP)
 
@@ -61,6 +61,13 @@ test: setup setup-vehicle
 	    $(VPY) -m pytest test/vehicle; \
 	vehicle=$$?; echo "main profile (.venv): exit $$main; vehicle profile ($(VEHICLE_VENV)): exit $$vehicle"; \
 	test $$main -eq 0 && test $$vehicle -eq 0
+
+# Not part of `make test`: the timing-sensitive tests (DDS, subprocesses, signals, deadlines)
+# STRESS_N times each as is, pinned with `taskset -c 0`, and beside a CPU hog on every core
+# (started and killed by test/stress.py), then a pass table per test and condition.
+STRESS_N ?= 10
+test-stress: setup
+	STRESS_N=$(STRESS_N) $(PY) test/stress.py $(STRESS_TESTS)
 
 demo: setup
 	$(PY) -m rsd_drive.cli demo --out demo_out

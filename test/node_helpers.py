@@ -320,6 +320,71 @@ class NodeProcess:
         return self.proc.returncode
 
 
+# -- waiting on observable conditions -------------------------------------------------------------
+def wait_until(predicate, timeout: float, what: str, poll_s: float = 0.05, detail=None):
+    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` seconds have
+    passed: then fail naming ``what`` was waited for (and ``detail()``, when given)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            extra = f'\n{detail()}' if detail is not None else ''
+            raise AssertionError(f'timed out after {timeout} s waiting for {what}{extra}')
+        time.sleep(poll_s)
+
+
+class DiagnosticsListener:
+    """/diagnostics (reliable) collected in the test process by its own rclpy node and context,
+    spun in a thread: for waiting until the node has reported something."""
+
+    def __init__(self, name: str = 'test_diagnostics_listener'):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+        self.rclpy = rclpy
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.lock = threading.Lock()
+        self.arrays = []
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._keep,
+                                      QoSProfile(depth=100,
+                                                 reliability=ReliabilityPolicy.RELIABLE))
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.spinner = threading.Thread(target=self.executor.spin, daemon=True)
+        self.spinner.start()
+
+    def _keep(self, msg) -> None:
+        with self.lock:
+            self.arrays.append(msg)
+
+    def statuses(self, suffix: str) -> list:
+        """{key: value} of every status received so far whose name ends with ``suffix``."""
+        with self.lock:
+            arrays = list(self.arrays)
+        return [{kv.key: kv.value for kv in s.values} for a in arrays for s in a.status
+                if s.name.endswith(suffix)]
+
+    def wait_for_key(self, suffix: str, key: str, timeout: float = 60.0) -> dict:
+        """The first status named ``*suffix`` that carries ``key``; fails after ``timeout``."""
+        def found():
+            return next((v for v in self.statuses(suffix) if key in v), None)
+        return wait_until(found, timeout, f'a /diagnostics status "*{suffix}" carrying {key!r}',
+                          detail=lambda: f'{len(self.arrays)} diagnostics arrays received; '
+                                         f'last {suffix}: {(self.statuses(suffix) or [None])[-1]}')
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=1.0)
+        self.spinner.join(timeout=2.0)
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.context)
+
+
 # -- a test-side ROS peer: publishes inputs, collects the node's outputs --------------------------
 def rgb_image_msg(stamp_ns: int, camera: str, rgb: np.ndarray):
     from sensor_msgs.msg import Image
@@ -388,8 +453,9 @@ class Peer:
         self.lock = threading.Lock()
         self.paths, self.grids, self.diagnostics = [], [], []
         reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-        self.node.create_subscription(PathMsg, '/planner_node/path',
-                                      lambda m: self._keep(self.paths, m), reliable)
+        self.path_sub = self.node.create_subscription(PathMsg, '/planner_node/path',
+                                                      lambda m: self._keep(self.paths, m),
+                                                      reliable)
         self.node.create_subscription(OccupancyGrid, '/planner_node/risk_grid',
                                       lambda m: self._keep(self.grids, m), reliable)
         self.node.create_subscription(DiagnosticArray, '/diagnostics',
@@ -405,13 +471,18 @@ class Peer:
         with self.lock:
             store.append((time.monotonic(), msg))
 
-    def wait_for_node(self, timeout: float = 30.0) -> None:
-        """Until the planner's subscriptions and publishers are matched with ours."""
-        topic = next(iter(self.image_pubs.values())).topic_name
-        self.wait_until(lambda: self.node.count_subscribers(topic) > 0
-                        and self.node.count_publishers('/planner_node/path') > 0, timeout,
-                        'planner node never appeared in the ROS graph')
-        time.sleep(0.5)
+    def wait_for_node(self, timeout: float = 60.0) -> None:
+        """Until DDS has matched our camera and odometry publishers with the planner's
+        subscriptions and our path subscription with its publisher (matched endpoints, not only
+        discovered ones)."""
+        pubs = [*self.image_pubs.values(), self.odom_pub]
+
+        def unmatched():
+            return [p.topic_name for p in pubs if p.get_subscription_count() == 0] + \
+                (['/planner_node/path'] if self.path_sub.get_publisher_count() == 0 else [])
+        wait_until(lambda: not unmatched(), timeout, 'the planner node to match our topics',
+                   detail=lambda: f'unmatched: {unmatched()}; graph: '
+                                  f'{sorted(self.node.get_topic_names_and_types())}')
 
     def publish_frame(self, stamp_ns: int, cameras=None) -> None:
         self.frame += 1
@@ -426,13 +497,7 @@ class Peer:
         self.odom_pub.publish(odometry_msg(stamp_ns, (stamp_ns - self.t0_ns) / 1e9))
 
     def wait_until(self, predicate, timeout: float, what: str = 'condition'):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.05)
-        raise AssertionError(f'timed out after {timeout} s waiting for {what}')
+        return wait_until(predicate, timeout, what)
 
     def diagnostics_since(self, t_monotonic: float) -> list:
         with self.lock:
@@ -457,6 +522,7 @@ class Streamer:
         self.peer = peer
         self.cameras = set(peer.cameras)
         self.odometry = True
+        self.frames = 0  # camera sets published so far
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -470,6 +536,7 @@ class Streamer:
                 self.peer.publish_odometry(now_ns)
             if tick % 5 == 0 and self.cameras:
                 self.peer.publish_frame(now_ns, set(self.cameras))
+                self.frames += 1
             tick += 1
             next_t += 1.0 / ODOM_HZ
             self._stop.wait(max(0.0, next_t - time.monotonic()))
@@ -501,9 +568,26 @@ class LifecycleClient:
         self.get = peer.node.create_client(GetState, f'/{node_name}/get_state')
 
     def wait(self, timeout: float = 60.0) -> None:
+        """Until the services are discovered and ``get_state`` answers. Discovered is not
+        matched: a request sent before the server's request reader has matched this client is
+        lost for good (volatile), so the idempotent GetState is sent until one is answered."""
+        from lifecycle_msgs.srv import GetState
+
+        deadline = time.monotonic() + timeout
         for client in (self.change, self.get):
             if not client.wait_for_service(timeout_sec=timeout):
                 raise AssertionError(f'service {client.srv_name} never appeared')
+        while True:
+            future = self.get.call_async(GetState.Request())
+            probe_end = min(deadline, time.monotonic() + 2.0)
+            while not future.done() and time.monotonic() < probe_end:
+                time.sleep(0.02)
+            if future.done():
+                return
+            self.get.remove_pending_request(future)
+            if time.monotonic() >= deadline:
+                raise AssertionError(f'{self.get.srv_name} discovered but never answered within '
+                                     f'{timeout} s')
 
     def _call(self, client, request, timeout: float):
         future = client.call_async(request)

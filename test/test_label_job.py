@@ -231,13 +231,15 @@ def test_killed_with_sigkill_and_rerun_labels_every_frame_exactly_once(models, t
     proc = subprocess.Popen(_label_cmd(bags, out, cfg, dataset), env=os.environ.copy(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline:  # kill once the first chunk is committed
             if read_manifest(out / 'index')['shards'] or proc.poll() is not None:
                 break
             time.sleep(0.02)
         assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+        assert read_manifest(out / 'index')['shards'], \
+            'timed out after 240 s waiting for the first committed chunk (the moment to kill)'
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=30)

@@ -363,7 +363,7 @@ def test_stale_inputs_stop_planning_and_recover(tmp_path, artifact):
         peer.wait_for_node()
         streamer = Streamer(peer)
         t_start = time.monotonic()
-        first = peer.wait_until(lambda: peer.paths_since(t_start), PAST_S + 8.0, 'a first path')
+        first = peer.wait_until(lambda: peer.paths_since(t_start), PAST_S + 60.0, 'a first path')
         path = first[0]
         assert path.header.frame_id == 'odom' and len(path.poses) == 20
         # in odom, the plan starts next to where the ego is (the first waypoint is ~1.25 m ahead)
@@ -372,23 +372,27 @@ def test_stale_inputs_stop_planning_and_recover(tmp_path, artifact):
         assert math.hypot(ego_x, ego_y) > 10.0  # far from the odom origin by now
         assert math.hypot(first_wp.x - ego_x, first_wp.y - ego_y) < 3.0
 
-        def planning_level(since):
+        def newest(since, level, text=''):
+            """The newest diagnostics array received since ``since`` when its planning status
+            has ``level`` and mentions ``text``; else None (waited on, never slept for)."""
             arrays = peer.diagnostics_since(since)
-            return diagnostic_status(arrays[-1], ': planning') if arrays else None
+            if not arrays:
+                return None
+            got = diagnostic_status(arrays[-1], ': planning')
+            return arrays[-1] if got and got[0] == level and text in got[1] else None
 
-        peer.wait_until(lambda: (planning_level(time.monotonic() - 0.3) or [None])[0] == OK,
-                        5.0, 'diagnostics OK while planning')
+        peer.wait_until(lambda: newest(time.monotonic() - 0.3, OK), 60.0,
+                        'diagnostics OK while planning')
 
-        # A camera stops: no path for frames after it, ERROR naming it.
+        # A camera stops: ERROR naming it (once it is older than max_age), and no path for
+        # frames after it.
         streamer.cameras.discard('front_left')
         off_wall, off_mono = time.time_ns(), time.monotonic()
-        time.sleep(max_age + 1.0)
+        array = peer.wait_until(lambda: newest(off_mono, ERROR, 'front_left'), max_age + 60.0,
+                                'diagnostics ERROR naming front_left after it stopped')
         late = [p for p in peer.paths_since(off_mono) if stamp_ns(p) > off_wall + 60_000_000]
         assert not late, f'{len(late)} paths planned while front_left was stale'
-        level, message, values = planning_level(time.monotonic() - 0.3)
-        assert level == ERROR and 'front_left' in message, message
-        in_level, in_message, _ = diagnostic_status(peer.diagnostics_since(off_mono)[-1],
-                                                    ': inputs')
+        in_level, in_message, _ = diagnostic_status(array, ': inputs')
         assert in_level == ERROR and 'front_left' in in_message
         assert 'front (' not in in_message  # only the stale camera is named
 
@@ -396,21 +400,20 @@ def test_stale_inputs_stop_planning_and_recover(tmp_path, artifact):
         streamer.cameras.add('front_left')
         on_wall, on_mono = time.time_ns(), time.monotonic()
         peer.wait_until(lambda: [p for p in peer.paths_since(on_mono) if stamp_ns(p) > on_wall],
-                        3.0, 'a path after front_left returned')
-        peer.wait_until(lambda: (planning_level(time.monotonic() - 0.3) or [None])[0] == OK,
-                        3.0, 'diagnostics OK after recovery')
+                        60.0, 'a path after front_left returned')
+        peer.wait_until(lambda: newest(time.monotonic() - 0.3, OK), 60.0,
+                        'diagnostics OK after recovery')
 
-        # Odometry stops: no path, ERROR naming it; recovery needs a full past-state history.
+        # Odometry stops: ERROR naming it, no path; recovery needs a full past-state history.
         streamer.odometry = False
         off_wall, off_mono = time.time_ns(), time.monotonic()
-        time.sleep(max_age + 0.7)
+        peer.wait_until(lambda: newest(off_mono, ERROR, 'odometry'), max_age + 60.0,
+                        'diagnostics ERROR naming the odometry after it stopped')
         late = [p for p in peer.paths_since(off_mono) if stamp_ns(p) > off_wall + 60_000_000]
         assert not late, f'{len(late)} paths planned without odometry'
-        level, message, _ = planning_level(time.monotonic() - 0.3)
-        assert level == ERROR and 'odometry' in message, message
         streamer.odometry = True
         on_mono = time.monotonic()
-        peer.wait_until(lambda: peer.paths_since(on_mono), PAST_S + 5.0,
+        peer.wait_until(lambda: peer.paths_since(on_mono), PAST_S + 60.0,
                         'a path after odometry returned')
         assert node.proc.poll() is None
     finally:

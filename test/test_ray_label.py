@@ -220,6 +220,8 @@ def test_killed_driver_then_rerun_resumes(tiny_vlm, tmp_path):
                 break
             time.sleep(0.05)
         assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        assert read_manifest(out / 'index')['shards'], \
+            'timed out after 240 s waiting for the first committed chunk (the moment to kill)'
         cluster = _descendants(proc.pid)
         os.killpg(proc.pid, signal.SIGKILL)
     finally:

@@ -17,6 +17,16 @@ from rsd_drive.data.index import FrameIndex
 REPO = Path(__file__).resolve().parents[1]
 
 
+def spin_until(executor, predicate, timeout: float, what: str, log: str = '') -> None:
+    """Spin the listener until ``predicate()`` holds; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f'timed out after {timeout} s waiting for {what}; node log:\n'
+                                 f'{log[-3000:]}')
+        executor.spin_once(timeout_sec=0.05)
+
+
 @pytest.fixture
 def ros_node():
     import rclpy
@@ -68,14 +78,15 @@ def test_node_labels_reports_progress_and_diagnostics(tmp_path, ros_node):
         deadline = time.monotonic() + 90
         while proc.poll() is None and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.05)
-        end = time.monotonic() + 1.0  # drain what is still in flight
-        while time.monotonic() < end:
-            executor.spin_once(timeout_sec=0.05)
-        assert proc.poll() is not None, 'node did not exit when the job was done'
+        assert proc.poll() is not None, 'node did not exit within 90 s when the job was done'
     finally:
         if proc.poll() is None:
             proc.kill()
         log = proc.communicate(timeout=10)[0].decode()
+    # What it published last may still be in flight: spin until the final state is here.
+    spin_until(executor, lambda: progress and progress[-1]['state'] == 'done' and diagnostics
+               and any(kv.key == 'state' and kv.value == 'done' for kv in diagnostics[-1].values),
+               30.0, 'the final progress message and diagnostics (state done)', log)
     assert proc.returncode == 1, log  # one bag failed
     assert progress, f'no progress messages; node log:\n{log}'
     final = progress[-1]
@@ -133,14 +144,13 @@ def test_node_on_a_local_ray_cluster_reports_the_tasks_progress(tmp_path, ros_no
         deadline = time.monotonic() + 240
         while proc.poll() is None and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.05)
-        end = time.monotonic() + 1.0
-        while time.monotonic() < end:
-            executor.spin_once(timeout_sec=0.05)
-        assert proc.poll() is not None, 'node did not exit when the job was done'
+        assert proc.poll() is not None, 'node did not exit within 240 s when the job was done'
     finally:
         if proc.poll() is None:
             proc.kill()
         log = proc.communicate(timeout=30)[0].decode()
+    spin_until(executor, lambda: progress and progress[-1]['state'] == 'done', 30.0,
+               'the final progress message (state done)', log)
     assert proc.returncode == 0, log
     assert 'Ray at local' in log
     final = progress[-1]

@@ -408,8 +408,10 @@ class RosPlannerPolicy(Policy):
             value = w.diag_inputs.get('received.odometry')
             return int(value) if value is not None else None
         count = w.diag_count
+        # Once per route: returns as soon as the node's count has caught up, so the deadline
+        # only costs time when odometry really was lost (a loaded machine may take seconds).
         w.wait(lambda: w.diag_count > count and (received() or 0) >= self.odom_sent,
-               max(1.0, 3 * self.ros.diagnostics_period_s))
+               max(10.0, 10 * self.ros.diagnostics_period_s))
         got = received()
         if got is None:
             return None

@@ -23,6 +23,9 @@ inactive); ``on_cleanup`` frees the backend; ``on_shutdown`` frees everything fr
 transition that cannot be made (bad artifact, missing tf2_msgs, camera order differing from the
 model's) returns FAILURE with the reason logged; an unexpected exception is an ERROR, after which
 ``on_error`` frees what was made and the node is unconfigured again. Diagnostics carry the state.
+They are published every ``diagnostics_period_s`` and also right after the first plan since
+activation and on deactivate / shutdown, so a run shorter than a period still reports its latencies
+and its final counters.
 ``autostart: true`` configures and activates at start, so ``ros2 run`` needs no manager;
 ``build_only:=true`` prepares the backend and exits.
 
@@ -250,6 +253,7 @@ class PlannerNode(LifecycleNode):
             raise ConfigError(str(e)) from e
         self.latency = LatencyStats(s.latency_window)
         self.plans_published = 0
+        self.announce_plan = False          # publish diagnostics right after the next plan
         self.last_plan_ns = None
         self.last_skip = 'no frame yet'
         self.last_now_ns = 0
@@ -376,7 +380,10 @@ class PlannerNode(LifecycleNode):
         result = self._transition('deactivate', self._deactivate)
         if result != TransitionCallbackReturn.SUCCESS:
             return result
-        return super().on_deactivate(state)
+        result = super().on_deactivate(state)
+        if result == TransitionCallbackReturn.SUCCESS:
+            self._publish_snapshot('inactive')
+        return result
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         result = self._transition('cleanup', self._release)
@@ -385,6 +392,7 @@ class PlannerNode(LifecycleNode):
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release()
+        self._publish_snapshot('finalized')
         self.get_logger().info(f'shut down from {state.label}')
         return TransitionCallbackReturn.SUCCESS
 
@@ -468,6 +476,7 @@ class PlannerNode(LifecycleNode):
         self.stopping = threading.Event()
         self.worker = threading.Thread(target=self._work, args=(self.queue, self.stopping),
                                        name='planner_inference', daemon=True)
+        self.announce_plan = True
         self.worker.start()
         self.get_logger().info(f'active: {len(s.cameras)} cameras, odometry {s.odom_topic}, '
                                f'output frame {s.output_frame}, max input age '
@@ -782,9 +791,23 @@ class PlannerNode(LifecycleNode):
             self.plans_published += 1
             self.last_plan_ns = published_ns
             self.last_skip = ''
+            announce, self.announce_plan = self.announce_plan, False
+        if announce:  # the first plan since activation: its latencies now, not a period later
+            self._publish_diagnostics()
 
     # -- diagnostics ----------------------------------------------------------------------------
-    def _publish_diagnostics(self) -> None:
+    def _publish_snapshot(self, state: str) -> None:
+        """Diagnostics now, reporting ``state`` (the one this transition ends in; the state
+        machine still says e.g. 'deactivating' inside the callback): the final counters and
+        latencies of a run are published even when it ends before the next period."""
+        try:
+            self._publish_diagnostics(state)
+        except Exception as e:  # noqa: BLE001 - the context may already be shut down
+            self.get_logger().debug(f'diagnostics snapshot not published ({e})')
+
+    def _publish_diagnostics(self, state: str | None = None) -> None:
+        """Every ``diagnostics_period_s`` (steady clock), right after the first plan since
+        activation, and on deactivate / shutdown (``state``: the state the node goes to)."""
         s = self.settings
         now = self._now_ns()
         with self.lock:
@@ -813,7 +836,7 @@ class PlannerNode(LifecycleNode):
             f'{route_status}: planning from the intent alone'
         if s.route_topic:
             input_values['received.route'] = received.get('route', 0)
-        state = self.lifecycle_state
+        state = state or self.lifecycle_state
         active = state == 'active'
         if not active:
             in_level, in_msg = 'WARN', f'lifecycle state {state}: not subscribed'

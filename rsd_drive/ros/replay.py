@@ -288,8 +288,9 @@ def replay(bag, rate: float = 1.0, record=None, record_topics=DEFAULT_RECORD_TOP
         non-image messages up to ``lead_s`` past its stamp are sent ahead (odometry that reaches
         the stamp; the node rejects nothing that close to its clock).
 
-    wait_s: before playing, wait up to this long for every camera topic to have a subscriber and
-        every record topic to appear (a node that is still starting would miss the first frames).
+    wait_s: before playing, wait up to this long for every camera topic to have a subscriber,
+        every record topic to appear and DDS to match the endpoints found (a node that is still
+        starting would miss the first frames).
     tail_s: after the last message, keep the clock running and recording this long (bag time).
     """
     import rclpy
@@ -352,13 +353,25 @@ def replay(bag, rate: float = 1.0, record=None, record_topics=DEFAULT_RECORD_TOP
                              lockstep_timeout_s, slop_s) if lockstep else None
             spinner.start()
 
+            def unmatched() -> list:
+                """Endpoints discovered in the graph that DDS has not matched with ours yet
+                (a message sent before the match is lost: e.g. the first odometry)."""
+                late = [t for t, pub in publishers.items()
+                        if pub.get_subscription_count() < node.count_subscribers(t)]
+                if recorder:
+                    late += [sub.topic_name for sub in recorder.subscriptions
+                             if sub.get_publisher_count() < node.count_publishers(sub.topic_name)]
+                return late
+
             deadline = time.monotonic() + wait_s
             while time.monotonic() < deadline:
                 publish_clock(start_ns)
                 missing = recorder.subscribe_discovered() if recorder else []
                 unheard = [t for t in camera_topics if node.count_subscribers(t) == 0]
-                if not missing and not unheard:
-                    time.sleep(0.5)  # let DDS finish matching the endpoints it just discovered
+                if not missing and not unheard and not unmatched():
+                    # Matched on our side; the other side matches from the same discovery
+                    # round: a margin for it.
+                    time.sleep(0.5)
                     break
                 time.sleep(0.05)
             else:
@@ -369,6 +382,9 @@ def replay(bag, rate: float = 1.0, record=None, record_topics=DEFAULT_RECORD_TOP
                 unheard = [t for t in camera_topics if node.count_subscribers(t) == 0]
                 if unheard:
                     log(f'replay: no subscriber on {unheard} after {wait_s} s; playing anyway')
+                elif unmatched():
+                    log(f'replay: endpoints on {sorted(set(unmatched()))} not matched after '
+                        f'{wait_s} s (incompatible QoS?); playing anyway')
 
             period = 1.0 / clock_hz
             wall0 = time.monotonic()
