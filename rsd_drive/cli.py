@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     'cache': ('rsd_drive.train.cache', 'run the frozen encoder once per frame; cache features'),
     'train': ('rsd_drive.train.cli', 'train adapter, planner, GRU decoder and RiskHead'),
     'eval': ('rsd_drive.train.evaluate', 'evaluate a checkpoint: RFS, ADE/FDE, risk agreement'),
+    'probe': ('rsd_drive.train.probe', 'linear probe: do the frozen features see the risk cells'),
     'ablate': ('rsd_drive.train.ablate', 'lambda=0 vs lambda>0 (and loss choices) over seeds'),
     'export': ('rsd_drive.deploy.export', 'export a checkpoint: model.onnx + deploy.json'),
     'replay': ('rsd_drive.ros.replay', 'play a bag into ROS 2 topics with /clock; record outputs'),

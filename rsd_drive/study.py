@@ -7,7 +7,8 @@ distillation make it safer? One command runs it all, on the sizes of ``config/st
    (recovery data, ``scenario.noise``), the held-out ones without. Every bag records ``/route``.
 2. ``labels``: the scene-oracle teacher, label bags and the training index (frames whose target
    window holds injected noise are skipped; each frame carries its route input).
-3. ``features``: the frozen encoder once per frame.
+3. ``features``: the frozen encoder once per frame; ``probe``: a linear probe on those features
+   against the teacher's risk cells, AUROC by distance band (``rsd_drive.train.probe``).
 4. ``train``: every arm x training seed (lambda = 0, lambda > 0, ego-status-only, frozen random
    encoder), resumable per run, with the open-loop scores and paired tests of the ablation.
 5. ``closedloop``: expert, constant velocity and every trained checkpoint on held-out seeds of
@@ -105,6 +106,17 @@ def cache_features(index: dict, train_yaml: Path) -> bool:
         _check(cli_main(['cache', str(index[split]), '--config', str(train_yaml)]),
                f'feature cache {split}')
     return True
+
+
+def probe_features(index: dict, model_cfg, train_cfg) -> dict:
+    from rsd_drive.train.cache import training_encoder
+    from rsd_drive.train.probe import format_probe, run_probe
+
+    encoder = training_encoder(model_cfg, train_cfg.encoder_seed)
+    result = run_probe(index['train'], index['val'], model_cfg, encoder)
+    table = format_probe(result)
+    print(table)
+    return {'table': table, 'result': result}
 
 
 def train_arms(out: Path, study: dict, model_cfg, train_cfg, encoder_cfg) -> dict:
@@ -284,6 +296,10 @@ def write_study_report(out: Path, state: dict, study: dict, encoder_desc: str) -
     labels = done.get('labels', {})
     if labels:
         lines += ['', f"Frames: {labels['frames']}; skipped: {labels['skipped']}"]
+    probe = done.get('probe', {})
+    if probe:
+        lines += ['', '## Do the frozen features see the hazards? (linear probe)', '',
+                  probe['table']]
     trained = done.get('train', {})
     if trained:
         lines += ['', '## Open loop (held-out drives)', '', trained['table'], '',
@@ -319,7 +335,7 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / 'study_config.yaml').write_text(yaml.safe_dump({'study': study}, sort_keys=False))
-    stages = Stages(out, total=6)
+    stages = Stages(out, total=7)
     labels = out / 'labels'
     index = {split: labels / split / 'index' for split in ('train', 'val')}
     encoder_cfg, encoder_desc = choose_encoder(study['encoder'])
@@ -334,12 +350,14 @@ def run(args) -> int:
                lambda: label_drives(bags, labels, train_yaml, index))
     stages.run('features', 'frozen encoder once per frame', lambda: cache_features(index,
                                                                                   train_yaml))
+    stages.run('probe', 'linear probe of the frozen features on the risk cells',
+               lambda: probe_features(index, model_cfg, train_cfg))
     trained = stages.run('train', f'arms x seeds {study["seeds"]}',
                          lambda: train_arms(out, study, model_cfg, train_cfg, encoder_cfg))
     stages.run('closedloop', 'closed loop on held-out seeds of every family',
                lambda: run_study_closed_loop(out, study, trained['arms']))
     stages.timings['total_this_run'] = round(time.monotonic() - t_start, 1)
-    print('\n=== [6/6] report: report.md and study.json (always rewritten)', flush=True)
+    print('\n=== [7/7] report: report.md and study.json (always rewritten)', flush=True)
     report = write_study_report(out, stages.state, study, encoder_desc)
     print(report.read_text())
     return 0

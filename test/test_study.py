@@ -24,11 +24,13 @@ def test_study_quick_runs_end_to_end_and_resumes(tmp_path, capsys):
     out = tmp_path / 'study'
     assert cli_main(['study', '--quick', '--out', str(out)]) == 0
     state = json.loads((out / 'state.json').read_text())
-    assert set(state['done']) == {'drives', 'labels', 'features', 'train', 'closedloop'}
+    assert set(state['done']) == {'drives', 'labels', 'features', 'probe', 'train',
+                                  'closedloop'}
     labels = state['done']['labels']
     assert labels['frames']['train'] > 0 and labels['frames']['val'] > 0
     report = (out / 'report.md').read_text()
-    for heading in ('## Stage times', '## Open loop', '## Closed loop', '## The claims'):
+    for heading in ('## Stage times', '## Do the frozen features', '## Open loop',
+                    '## Closed loop', '## The claims'):
         assert heading in report
     study = json.loads((out / 'study.json').read_text())
     claims = {(c['a'], c['b'], c.get('metric')): c for c in study['claims']}
@@ -47,5 +49,5 @@ def test_study_quick_runs_end_to_end_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert cli_main(['study', '--quick', '--out', str(out)]) == 0
     printed = capsys.readouterr().out
-    assert printed.count('already done') == 5
+    assert printed.count('already done') == 6
     assert {p: p.stat().st_mtime_ns for p in routes} == mtimes
