@@ -24,6 +24,8 @@ SUBCOMMANDS = {
     'replay': ('rsd_drive.ros.replay', 'play a bag into ROS 2 topics with /clock; record outputs'),
     'bench': ('rsd_drive.bench.cli', 'benchmarks: model | node | label | train'),
     'closedloop': ('rsd_drive.closedloop.cli', 'closed-loop driving in the scenario world'),
+    'dagger': ('rsd_drive.closedloop.dagger',
+               'DAgger drives: the checkpoint drives, the expert rollouts are the targets'),
     'demo': ('rsd_drive.demo', 'the end-to-end default: drives -> labels -> train -> node'),
     'study': ('rsd_drive.study', 'the whole experiment: arms x seeds, closed loop, claims'),
 }

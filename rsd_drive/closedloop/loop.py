@@ -106,16 +106,17 @@ def render_size(policy: Policy, cfg: ClosedLoopConfig) -> tuple:
 
 
 class RouteRunner:
-    """One route of one policy; ``run()`` -> (record, frames)."""
+    """One route of one policy; ``run()`` -> (record, frames). ``sim``: the simulation to drive
+    (None: a new one of (seed, family); a DAgger drive hands in its world's own)."""
 
     def __init__(self, policy: Policy, family: str, seed: int, cfg: ClosedLoopConfig,
-                 scenario_cfg, keep_frames: bool = True, on_frame=None):
+                 scenario_cfg, keep_frames: bool = True, on_frame=None, sim=None):
         from rsd_drive.scenario.sim import Simulation
         from rsd_drive.data.sync import OdometryHistory
 
         self.policy, self.family, self.seed, self.cfg = policy, family, int(seed), cfg
         self.scenario_cfg = scenario_cfg
-        self.sim = Simulation(self.seed, scenario_cfg, family)
+        self.sim = sim if sim is not None else Simulation(self.seed, scenario_cfg, family)
         self.dt = float(self.sim.dt)
         self.dt_ns = int(round(self.dt * 1e9))
         period = 1.0 / (cfg.plan_hz * self.dt)
@@ -196,7 +197,9 @@ class RouteRunner:
             return 'collision'
         return None
 
-    def _plan_step(self, step: int, stamp_ns: int) -> None:
+    def plan_step(self, step: int, stamp_ns: int) -> None:
+        """Observe, plan with the policy and hand the plan to the controller (a late plan: keep
+        following the last one)."""
         state = self.sim.state(velocities=True)
         obs = self.observe(stamp_ns, state)
         plan = self.policy.plan(obs)
@@ -212,6 +215,11 @@ class RouteRunner:
             self.frames.append(self._frame(state, obs))
         if self.on_frame is not None:
             self.on_frame(self, step)
+
+    def follow(self):
+        """The controller's EgoControl on the current plan for the ego now."""
+        ego = self.sim.ego
+        return _control(self.controller.control((ego.x, ego.y, ego.yaw, ego.v), self.sim.t))
 
     def _frame(self, state, obs) -> dict:
         from rsd_drive.scenario.render import render_camera
@@ -243,7 +251,7 @@ class RouteRunner:
                 if reason is not None:
                     break
                 if policy.kind == 'plan' and step % self.plan_every == 0:
-                    self._plan_step(step, stamp_ns)
+                    self.plan_step(step, stamp_ns)
                 if policy.kind == 'control':
                     if self.keep_frames and step % self.plan_every == 0:
                         state = sim.state(velocities=True)
@@ -252,8 +260,7 @@ class RouteRunner:
                         self.frames.append(self._frame(state, obs))
                     control = policy.control(sim)
                 else:
-                    control = _control(self.controller.control((ego.x, ego.y, ego.yaw, ego.v),
-                                                               sim.t))
+                    control = self.follow()
                 sim.step(control)
                 step += 1
         except PlannerFailure as e:
@@ -275,6 +282,7 @@ class RouteRunner:
 
 
 def _control(accel_curvature):
+    """(accel, curvature) -> the simulation's EgoControl."""
     from rsd_drive.scenario.sim import EgoControl
 
     accel, curvature = accel_curvature

@@ -86,6 +86,7 @@ class DatasetConfig:
     objects_topic: str = ''
     route_topic: str = ''
     noise_topic: str = ''
+    target_topic: str = ''
     extrinsics: dict = field(default_factory=dict)
     sync_queue_size: int = 10
     base_frame: str = 'base_link'
@@ -140,7 +141,7 @@ class DatasetConfig:
                 'odom_topic': self.odom_topic, 'odom_max_gap_s': self.odom_max_gap_s,
                 'intent_topic': self.intent_topic, 'tf_static_topic': self.tf_static_topic,
                 'objects_topic': self.objects_topic, 'route_topic': self.route_topic,
-                'noise_topic': self.noise_topic,
+                'noise_topic': self.noise_topic, 'target_topic': self.target_topic,
                 'extrinsics': dict(self.extrinsics),
                 'sync_queue_size': self.sync_queue_size, 'base_frame': self.base_frame}
 
@@ -224,6 +225,9 @@ class BagReader:
         self.has_intent_topic = False
         self.routes: list = []  # (stamp_ns, frame_id, [M, 2] polyline) sorted by stamp
         self.noise_intervals: list = []  # (start_ns, end_ns) of injected noise (scenario drives)
+        # frame stamp -> (waypoints [T, 2] in base_link, pose offsets [T] ns): recorded targets
+        # (a DAgger drive's expert rollouts from the visited states)
+        self.targets: dict = {}
         self.bad_messages: Counter = Counter()
         self.skipped: Counter = Counter()
         self._reader = None
@@ -341,6 +345,8 @@ class BagReader:
             wanted.add(cfg.route_topic)
         if cfg.noise_topic and self.topics.get(cfg.noise_topic, (None,))[0] == STRING_TYPE:
             wanted.add(cfg.noise_topic)
+        if cfg.target_topic and self.topics.get(cfg.target_topic, (None,))[0] == PATH_TYPE:
+            wanted.add(cfg.target_topic)
         for topic, t_ns, msg in self._messages(wanted):
             if topic == cfg.odom_topic:
                 try:
@@ -380,6 +386,8 @@ class BagReader:
                     self.routes.append((_msg_time_ns(msg, t_ns), *path_to_xy(msg)))
                 except MessageError as exc:
                     self.bad_messages[f'route:{exc.reason}'] += 1
+            elif topic == cfg.target_topic:
+                self._add_target(msg)
         self.intents.sort(key=lambda x: x[0])
         self.objects.sort(key=lambda x: x[0])
         self.routes.sort(key=lambda x: x[0])
@@ -404,6 +412,19 @@ class BagReader:
         if problems:
             raise MissingTopicsError(self.path, '; '.join(problems) +
                                      f'. The bag has: {self.describe_topics()}')
+
+    def _add_target(self, msg) -> None:
+        try:
+            frame, xy = path_to_xy(msg)
+        except MessageError as exc:
+            self.bad_messages[f'target:{exc.reason}'] += 1
+            return
+        if frame != self.config.base_frame:
+            self.bad_messages['target:frame'] += 1
+            return
+        t0 = stamp_to_ns(msg.header.stamp)
+        offsets = np.array([stamp_to_ns(p.header.stamp) - t0 for p in msg.poses], np.int64)
+        self.targets[t0] = (xy, offsets)
 
     # -- frames --------------------------------------------------------------------------------
     def frames(self, decode=True, include_skipped: bool = False):
@@ -493,6 +514,25 @@ class BagReader:
         stamps = [s for s, _ in self.intents]
         i = bisect.bisect_right(stamps, t_ns) - 1
         return self.intents[i][1] if i >= 0 else None
+
+    def target_at(self, t_ns: int, steps: int, frequency_hz: float):
+        """The target recorded for the frame at exactly ``t_ns`` ([steps, 2] in base_link: a
+        DAgger drive's expert rollout from the visited state), None when the bag records no
+        targets. Raises TargetError when it does but not for this stamp, or not at ``steps``
+        waypoints (k + 1) / frequency_hz apart: never the logged future instead."""
+        from rsd_drive.data.targets import TargetError
+
+        if not self.targets:
+            return None
+        if t_ns not in self.targets:
+            raise TargetError('future:no_expert_future', f'no {self.config.target_topic} '
+                                                         f'at {t_ns}')
+        xy, offsets = self.targets[t_ns]
+        want = np.round(np.arange(1, steps + 1) * 1e9 / frequency_hz).astype(np.int64)
+        if xy.shape != (steps, 2) or len(offsets) != steps or np.abs(offsets - want).max() > 1:
+            raise TargetError('future:expert_horizon', f'{len(offsets)} waypoints, not '
+                                                       f'{steps} at {frequency_hz} Hz')
+        return xy
 
     def noise_between(self, t0_ns: int, t1_ns: int) -> bool:
         """True when injected noise overlaps [t0_ns, t1_ns] (a frame whose targets it touches

@@ -77,19 +77,22 @@ def intent_from_heading(odometry: OdometryHistory, t0_ns: int, cfg: TargetConfig
 
 
 def build_targets(odometry: OdometryHistory, t0_ns: int, cfg: TargetConfig,
-                  intent_name: str | None = None) -> Targets:
+                  intent_name: str | None = None, future=None) -> Targets:
     """Past states, future waypoints, speed and intent at ``t0_ns``.
 
     ``intent_name``: the recorded intent at t0 (from the intent topic), None to derive it from
-    the heading change. Raises TargetError (reason ``past:<why>``/``future:<why>``) when the
-    odometry doesn't cover the past window or the future horizon.
+    the heading change. ``future``: a recorded target [future_steps, 2] in base_link at t0 (a
+    DAgger drive's expert rollout) instead of the logged odometry's future. Raises TargetError
+    (reason ``past:<why>``/``future:<why>``) when the odometry doesn't cover the past window or
+    the future horizon.
     """
     try:
         past = odometry.past_states(t0_ns, cfg.past_steps, cfg.frequency_hz)
     except SyncError as exc:
         raise TargetError(f'past:{exc.reason}', str(exc)) from exc
     try:
-        future = odometry.future_waypoints(t0_ns, cfg.future_steps, cfg.frequency_hz)
+        future = odometry.future_waypoints(t0_ns, cfg.future_steps, cfg.frequency_hz) \
+            if future is None else np.asarray(future, dtype=np.float64)
     except SyncError as exc:
         raise TargetError(f'future:{exc.reason}', str(exc)) from exc
     if not (np.all(np.isfinite(past)) and np.all(np.isfinite(future))):

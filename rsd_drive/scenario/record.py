@@ -20,6 +20,11 @@ Topics (names match ``config/dataset.yaml``; the camera topics exist per rig cam
     /scenario/info                        std_msgs/String JSON, once at the start: seed, family
                                           (the concrete one), requested_family, hazard (what the
                                           family placed, when it fired), expert collisions
+                                          (and ``driver``: who drove, where not the expert)
+    /expert/future                        nav_msgs/Path in base_link, one per frame at the frame
+                                          time, only in drives of a driver with expert rollouts
+                                          (``rsd-drive dagger``): the expert's future from the
+                                          visited state, the frame's planning target
 
 ``/scenario/objects`` also carries ``route``: the ego lane's centre line ahead of the ego (odom,
 80 m every 2 m), the map knowledge a leak-free teacher scores risk against.
@@ -62,6 +67,7 @@ INTENT_TOPIC = '/scenario/intent'
 INFO_TOPIC_JSON = '/scenario/info'
 ROUTE_TOPIC = '/route'
 NOISE_TOPIC = '/scenario/noise'
+EXPERT_FUTURE_TOPIC = '/expert/future'
 ODOM_FRAME, BASE_FRAME = 'odom', 'base_link'
 
 # Drives start at 2023-11-14 plus 1000 s per seed, so bags of different seeds never overlap.
@@ -270,6 +276,14 @@ def route_msg(stamp_ns: int, route_xy: np.ndarray):
     return path_message(TYPESTORE.types.__getitem__, route_xy, stamp_ns, ODOM_FRAME)
 
 
+def expert_future_msg(stamp_ns: int, waypoints: np.ndarray, frequency_hz: float):
+    """A frame's expert future [T, 2] as a nav_msgs/Path in base_link stamped at the frame."""
+    from rsd_drive.data.convert import path_message
+
+    return path_message(TYPESTORE.types.__getitem__, waypoints, stamp_ns, BASE_FRAME,
+                        frequency_hz)
+
+
 def noise_json(world: World, start_ns: int) -> str:
     intervals = [[start_ns + int(round(a * 1e9)), start_ns + int(round(b * 1e9))]
                  for a, b in world.noise_intervals()]
@@ -277,13 +291,15 @@ def noise_json(world: World, start_ns: int) -> str:
 
 
 def info_json(world: World) -> str:
-    return json.dumps(json_safe({'seed': world.seed, 'family': world.family,
-                                 'requested_family': world.requested_family,
-                                 'hazard': world.hazard, 'collisions': world.collisions}),
-                      separators=(',', ':'))
+    info = {'seed': world.seed, 'family': world.family,
+            'requested_family': world.requested_family, 'hazard': world.hazard,
+            'collisions': world.collisions}
+    if world.driver_info is not None:
+        info['driver'] = world.driver_info
+    return json.dumps(json_safe(info), separators=(',', ':'))
 
 
-def _add_topics(bag: _Bag, cameras, cfg: ScenarioConfig) -> list:
+def _add_topics(bag: _Bag, cameras, cfg: ScenarioConfig, expert_future: bool = False) -> list:
     """Register every topic of a drive; returns the image topic per camera."""
     bag.add(TF_STATIC_TOPIC, 'tf2_msgs/msg/TFMessage', qos=[TF_STATIC_QOS])
     bag.add(TF_TOPIC, 'tf2_msgs/msg/TFMessage')
@@ -300,13 +316,16 @@ def _add_topics(bag: _Bag, cameras, cfg: ScenarioConfig) -> list:
     bag.add(INFO_TOPIC_JSON, 'std_msgs/msg/String')
     bag.add(ROUTE_TOPIC, 'nav_msgs/msg/Path', qos=[TF_STATIC_QOS])
     bag.add(NOISE_TOPIC, 'std_msgs/msg/String', qos=[TF_STATIC_QOS])
+    if expert_future:
+        bag.add(EXPERT_FUTURE_TOPIC, 'nav_msgs/msg/Path')
     return image_topics
 
 
-def _record(path: Path, seed: int, cfg: ScenarioConfig, progress: bool,
-            family: str | None = None) -> DriveSummary:
-    world = World(seed, cfg, family)
+def record_world(path: Path, world: World, cfg: ScenarioConfig, progress: bool) -> DriveSummary:
+    """Render and write the drive of ``world`` into the bag ``path`` (not atomic by itself:
+    :func:`generate_drive` writes it into a temporary directory)."""
     cameras = [Camera(spec, cfg.image_width, cfg.image_height) for spec in cfg.cameras]
+    seed = world.seed
     start_ns = drive_start_ns(seed)
     offsets = world.camera_offsets_ns(cfg.n_frames, len(cameras))
     storage = StoragePlugin.MCAP if cfg.storage == 'mcap' else StoragePlugin.SQLITE3
@@ -317,7 +336,7 @@ def _record(path: Path, seed: int, cfg: ScenarioConfig, progress: bool,
     with writer, tqdm(total=cfg.n_frames, desc=path.name, unit='frame',
                       disable=not progress) as bar:
         bag = _Bag(writer)
-        image_topics = _add_topics(bag, cameras, cfg)
+        image_topics = _add_topics(bag, cameras, cfg, world.expert_futures is not None)
         for stamp, _, kind, k, c in _schedule(cfg, start_ns, offsets):
             t = (stamp - start_ns) * 1e-9
             if kind == 'tf_static':
@@ -343,6 +362,9 @@ def _record(path: Path, seed: int, cfg: ScenarioConfig, progress: bool,
                 bag.write(OBJECTS_TOPIC, stamp, string_msg(state.objects_json(stamp)))
                 bag.write(MARKERS_TOPIC, stamp, markers_msg(stamp, state, 2.0 / cfg.image_hz))
                 bag.write(INTENT_TOPIC, stamp, string_msg(intent))
+                if world.expert_futures is not None:
+                    bag.write(EXPERT_FUTURE_TOPIC, stamp, expert_future_msg(
+                        stamp, world.expert_future(t), world.expert_hz))
                 bar.update(1)
     size = sum(f.stat().st_size for f in path.iterdir())
     return DriveSummary(path=path, seed=int(seed), frames=cfg.n_frames, duration_s=cfg.duration_s,
@@ -352,13 +374,14 @@ def _record(path: Path, seed: int, cfg: ScenarioConfig, progress: bool,
 
 
 def generate_drive(out_path, seed: int, config: ScenarioConfig, progress: bool = True,
-                   family: str | None = None) -> DriveSummary:
+                   family: str | None = None, driver=None) -> DriveSummary:
     """Simulate, render and record one drive into the bag directory ``out_path``.
 
     The bag is written to a temporary directory beside ``out_path`` and renamed into place when
     complete; on any error (or Ctrl-C) the temporary directory is removed and nothing remains.
     Refuses to overwrite an existing ``out_path``. ``family``: the scenario family (None: the
-    config's ``family``).
+    config's ``family``); ``driver``: who drives the world (None: the expert, with the config's
+    noise injection; see :class:`~rsd_drive.scenario.world.World`).
     """
     out_path = Path(out_path)
     if out_path.exists():
@@ -368,7 +391,8 @@ def generate_drive(out_path, seed: int, config: ScenarioConfig, progress: bool =
                                 dir=out_path.parent))
     try:
         # The bag is built under its final name: the storage file inside is named after it.
-        summary = _record(tmp / out_path.name, seed, config, progress, family)
+        world = World(seed, config, family, driver)
+        summary = record_world(tmp / out_path.name, world, config, progress)
         os.rename(tmp / out_path.name, out_path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

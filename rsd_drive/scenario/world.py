@@ -6,6 +6,13 @@ stores the trajectories of the ego and of every agent at the simulation step. ``
 little after the frame time), so the recorder, the renderer and everything downstream see the
 same drive. The logged future is the expert's reaction to the hazards the cameras show.
 
+Who drives is a *driver*: an object with ``control(sim)`` (the control for the next step, None for
+the expert's own) and optionally ``begin(sim)`` (called once before the first step),
+``expert_futures`` / ``expert_hz`` (per recorded step, a target the recorder writes on
+``/expert/future``) and ``info()`` (recorded in ``/scenario/info``). The default,
+:class:`NoisyExpert`, is the expert plus the configured noise injection; another driver
+(``rsd_drive.closedloop.dagger``) drives without injected noise.
+
 Geometry (roads, boxes, ground) lives in :mod:`rsd_drive.scenario.road`; ``Boxes`` and
 ``WorldState`` are re-exported here for older imports.
 """
@@ -23,15 +30,32 @@ from rsd_drive.scenario.sim import EgoControl, Simulation
 TAIL_S = 0.1
 
 
+class NoisyExpert:
+    """The default driver: the expert, plus the injected noise (recovery data) where a burst is
+    (None elsewhere: the expert's own control, exactly as without noise)."""
+
+    def __init__(self, noise: list):
+        self.noise = noise
+
+    def control(self, sim: Simulation):
+        dk, da = noise_at(self.noise, sim.t)
+        if dk == 0.0 and da == 0.0:
+            return None
+        control = sim.expert_control()
+        return EgoControl(accel=control.accel + da, curvature=control.curvature + dk)
+
+
 class World:
     """The world of one recorded drive (see the module docstring).
 
     ``family``: None takes ``cfg.family``; ``self.family`` is the concrete family (``mixed``
     resolved by seed), ``self.hazard`` what the family placed and when it fired,
-    ``self.collisions`` the ego's contacts (empty for the expert).
+    ``self.collisions`` the ego's contacts (empty for the expert). ``driver``: who drives (None:
+    :class:`NoisyExpert` with ``cfg.noise``).
     """
 
-    def __init__(self, seed: int, cfg: ScenarioConfig, family: str | None = None):
+    def __init__(self, seed: int, cfg: ScenarioConfig, family: str | None = None,
+                 driver=None):
         self.seed, self.cfg = int(seed), cfg
         sim = Simulation(seed, cfg, family)
         self.family, self.requested_family = sim.family, sim.requested_family
@@ -42,9 +66,18 @@ class World:
         self._jitter_seed = sim.jitter_seed
         self.dt = sim.dt
         n = int(math.ceil((cfg.duration_s + TAIL_S) / sim.dt)) + 1
-        # injected noise (recovery data): bursts over the recorded time and its tail
-        self.noise = cfg.noise.bursts(seed, (n - 1) * sim.dt)
+        # injected noise (recovery data): bursts over the recorded time and its tail, only on
+        # the default driver's drives
+        self.driver = driver if driver is not None else \
+            NoisyExpert(cfg.noise.bursts(seed, (n - 1) * sim.dt))
+        self.noise = list(getattr(self.driver, 'noise', []))
+        if hasattr(self.driver, 'begin'):
+            self.driver.begin(sim)
         self._record(sim, n)
+        # per recorded step a target from that state (a DAgger driver's expert rollouts), or None
+        self.expert_futures = getattr(self.driver, 'expert_futures', None)
+        self.expert_hz = getattr(self.driver, 'expert_hz', None)
+        self.driver_info = self.driver.info() if hasattr(self.driver, 'info') else None
         self.hazard, self.collisions = dict(sim.hazard), list(sim.collision_log)
         self.agent_classes = [a.cls for a in sim.agents]
         self.agent_ids = np.array([a.id for a in sim.agents], np.int64)
@@ -66,7 +99,7 @@ class World:
         self.interaction = np.zeros(n)
         for i in range(n):
             if i:
-                sim.step(self._control(sim))
+                sim.step(self.driver.control(sim))
                 self.leader[i - 1] = -1 if sim.expert_leader is None else sim.expert_leader
                 self.interaction[i - 1] = sim.expert_interaction
             e = sim.ego
@@ -79,15 +112,6 @@ class World:
         self._ego[:, 2] = np.unwrap(self._ego[:, 2])
         if n_agents:
             self._yaw = np.unwrap(self._yaw, axis=0)
-
-    def _control(self, sim: Simulation):
-        """The expert's control at the current state, plus the injected noise there (None: the
-        expert's own, exactly as without noise)."""
-        dk, da = noise_at(self.noise, sim.t)
-        if dk == 0.0 and da == 0.0:
-            return None
-        control = sim.expert_control()
-        return EgoControl(accel=control.accel + da, curvature=control.curvature + dk)
 
     def noise_intervals(self) -> list:
         """[(t_start, t_end)] seconds of injected noise (empty without)."""
@@ -117,6 +141,12 @@ class World:
     def speed(self, t):
         """The ego's speed at t (arrays broadcast)."""
         return np.interp(t, self.sim_t, self._ego[:, 3])
+
+    def expert_future(self, t: float):
+        """The driver's target at the step nearest t ([T, 2] in base_link), None without."""
+        if self.expert_futures is None:
+            return None
+        return self.expert_futures.get(self._nearest(t))
 
     def _nearest(self, t: float) -> int:
         return int(np.clip(round(t / self.dt), 0, len(self.sim_t) - 1))

@@ -294,7 +294,11 @@ def label_bag(bag, spec: JobSpec, bag_id: str | None = None, progress=None) -> d
                 continue
             try:
                 intent = reader.intent_at(t0)
-                targets = build_targets(reader.odometry, t0, target_cfg, intent)
+                # DAgger drives (rsd-drive dagger): the target is the expert's rollout from the
+                # visited state recorded at this stamp (dataset.target_topic), not the logged
+                # future; the past states stay the visited odometry. None: the logged future.
+                expert = reader.target_at(t0, target_cfg.future_steps, target_cfg.frequency_hz)
+                targets = build_targets(reader.odometry, t0, target_cfg, intent, expert)
             except TargetError as exc:
                 chunk.skipped[f'targets:{exc.reason}'] += 1
                 continue
