@@ -261,7 +261,7 @@ def label_bag(bag, spec: JobSpec, bag_id: str | None = None, progress=None) -> d
                                 f'fresh output directory')
         if info.get('identity') == identity and info.get('backend') == backend \
                 and label_path.exists() and not info.get('failed_frames'):
-            info['status'], info['seconds'] = 'already_done', 0.0
+            info['status'], info['seconds'], info['teacher_stats'] = 'already_done', 0.0, {}
             if progress:
                 progress({'bag_id': bag_id, 'state': 'already_done',
                           'frames_done': info.get('frames_seen', 0),
