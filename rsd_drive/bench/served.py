@@ -130,8 +130,8 @@ def format_rows(rows: dict, latency_ms: float) -> str:
     lines += ['', f'rerun into the same OUT: {c["rerun_requests"]} requests; relabel with another '
                   f'grid sharing the cache: {c["relabel_requests"]} requests, '
                   f'{c["relabel_hits"]} hits, hit rate {c["hit_rate"]:.2f}', '',
-              '| fault (max_retries 1) | labelled | failed | recovered on rerun | left after rerun '
-              '| requests |', '|---|---|---|---|---|---|']
+              '| fault (max_retries 1) | labelled | failed | recovered on rerun '
+              '| left after rerun | requests |', '|---|---|---|---|---|---|']
     for r in rows['faults']:
         lines.append(f'| {r["fault"]} | {r["labelled"]} | {r["failed"]} | {r["recovered"]} | '
                      f'{r["left"]} | {r["requests"]} |')

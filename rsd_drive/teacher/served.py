@@ -248,7 +248,8 @@ class ServedChat:
         except httpx.HTTPError as exc:
             raise _Retry(type(exc).__name__) from None
         if resp.status_code in RETRY_STATUS:
-            raise _Retry(f'http_{resp.status_code}', retry_after_s(resp.headers.get('retry-after')))
+            raise _Retry(f'http_{resp.status_code}',
+                         retry_after_s(resp.headers.get('retry-after')))
         if resp.status_code != 200:  # 400, 401, 404...: asking again changes nothing
             raise TeacherUnavailable(f'http_{resp.status_code}')
         try:
