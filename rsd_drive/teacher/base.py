@@ -95,3 +95,14 @@ class Teacher:
     def describe(self) -> dict:
         return {'backend': self.name}
 
+
+
+class TeacherUnavailable(RuntimeError):
+    """The teacher could not answer about a frame for a reason that may pass (a served model
+    down, overloaded, timing out, answering garbage) after its retries: the job records the
+    frame by name and ``reason`` and does not commit its chunk as done, so the next run labels
+    it."""
+
+    def __init__(self, reason: str, detail: str = ''):
+        super().__init__(f'{reason}: {detail}' if detail else reason)
+        self.reason = reason

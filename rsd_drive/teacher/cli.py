@@ -31,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='teacher backend (default: teacher.backend of --config)')
     parser.add_argument('--model-dir', help='local model directory of the backend (vlm, '
                                             'detector+vlm: the VLM; clipseg: CLIPSeg)')
+    parser.add_argument('--served', metavar='BASE_URL',
+                        help='vlm, detector+vlm: ask the VLM behind this OpenAI-compatible '
+                             'server (e.g. http://127.0.0.1:8000/v1; teacher.runtime served, '
+                             'the rest from teacher.served of --config)')
+    parser.add_argument('--served-model', help='with --served: the served model name')
     parser.add_argument('--detector-dir', help='detector+vlm: local OWL-ViT/OWLv2 directory')
     parser.add_argument('--workers', type=int, help='bags labelled in parallel '
                                                     '(default: label.workers of --config)')
@@ -68,6 +73,10 @@ def build_spec(args, config: TeacherFile):
         teacher.backend = args.backend
     if args.model_dir:
         teacher.model_dir = args.model_dir
+    if args.served:
+        teacher.runtime, teacher.served.base_url = 'served', args.served
+    if args.served_model:
+        teacher.served.model = args.served_model
     if args.detector_dir:
         teacher.detector_dir = args.detector_dir
     dataset = DatasetConfig.from_yaml(args.dataset_config or label.dataset_config or None)
@@ -93,9 +102,32 @@ def format_summary(summary) -> str:
                     f'{k}={v}' for k, v in sorted(b[key].items())))
         if b['status'] == 'failed':
             lines.append(f'{"":<28} error: {b.get("error")}')
+        for f in (b.get('failed_frames') or [])[:5]:
+            lines.append(f'{"":<28} not labelled (next run retries): frame {f["seq"]} '
+                         f'@ {f["stamp_ns"]} ns: {f["reason"]}')
+    lines.extend(served_lines(summary))
     lines.append(f'{len(summary.bags)} bags, {summary.frames_labelled} frames labelled, '
                  f'{len(summary.failed)} failed, {summary.seconds:.1f} s')
     return '\n'.join(lines)
+
+
+def served_lines(summary) -> list:
+    """The served teacher's totals: requests sent, cache hits, tokens, seconds per frame."""
+    from collections import Counter
+
+    stats = Counter()
+    for b in summary.bags:
+        stats.update(b.get('teacher_stats') or {})
+    if not stats:
+        return []
+    frames = max(1, summary.frames_labelled)
+    failed = sum(len(b.get('failed_frames') or []) for b in summary.bags)
+    errors = ', '.join(f'{k[6:]}={v}' for k, v in sorted(stats.items())
+                       if k.startswith('error:')) or '-'
+    return [f'served teacher: {stats["requests"]} requests sent, {stats["cache_hits"]} cache '
+            f'hits, {stats["tokens_in"]} tokens in / {stats["tokens_out"]} out, '
+            f'{summary.seconds / frames:.3f} s per frame, {stats["retries"]} retries '
+            f'({errors}), {failed} frames left for the next run']
 
 
 def run(args) -> int:
@@ -128,4 +160,5 @@ def run(args) -> int:
     print(format_summary(summary))
     print(f'index: {Path(args.out) / "index"}   label bags: {Path(args.out) / "labels"}   '
           f'previews: {Path(args.out) / "previews"}')
-    return 1 if summary.failed else 0
+    incomplete = any(b.get('failed_frames') for b in summary.bags)
+    return 1 if summary.failed or incomplete else 0

@@ -11,6 +11,8 @@ from rsd_drive.data.targets import TargetConfig
 
 BACKENDS = ('scene-oracle', 'vlm', 'detector+vlm', 'clipseg')
 BOX_COORDS = ('auto', 'absolute', 'norm1000', 'norm1')
+RUNTIMES = ('in-process', 'served')
+IMAGE_FORMATS = ('png', 'jpeg')
 
 
 @dataclass
@@ -29,6 +31,45 @@ class VlmConfig:
             raise ValueError(f'vlm.box_coords must be one of {BOX_COORDS}')
         if self.max_new_tokens <= 0:
             raise ValueError('vlm.max_new_tokens must be positive')
+
+
+@dataclass
+class ServedConfig:
+    """The VLM behind an OpenAI-compatible chat-completions server (vLLM, SGLang, TGI,
+    llama.cpp): ``teacher.runtime: served`` (rsd_drive.teacher.served). The key is read from the
+    environment variable ``api_key_env`` at run time; it is never stored or logged."""
+
+    base_url: str = 'http://127.0.0.1:8000/v1'
+    model: str = 'Qwen/Qwen2.5-VL-7B-Instruct'
+    model_type: str = 'qwen2_5_vl'
+    api_key_env: str = ''
+    max_concurrency: int = 8
+    cluster_concurrency: int = 0
+    timeout_s: float = 120.0
+    max_retries: int = 4
+    backoff_s: float = 0.5
+    backoff_max_s: float = 20.0
+    retry_after_max_s: float = 60.0
+    min_pixels: int = 56 * 56
+    max_pixels: int = 28 * 28 * 16384
+    image_format: str = 'png'
+    jpeg_quality: int = 95
+    cache_dir: str = ''
+
+    def __post_init__(self):
+        if not self.base_url.startswith(('http://', 'https://')):
+            raise ValueError(f'served.base_url must be an http(s) URL, got {self.base_url!r}')
+        if not self.model:
+            raise ValueError('served.model must name the served model')
+        if self.max_concurrency <= 0 or self.cluster_concurrency < 0 or self.max_retries < 0:
+            raise ValueError('served.max_concurrency must be positive, cluster_concurrency and '
+                             'max_retries not negative')
+        if self.timeout_s <= 0 or self.backoff_s < 0 or self.backoff_max_s < 0:
+            raise ValueError('served.timeout_s must be positive, backoffs not negative')
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise ValueError('served: need 0 < min_pixels <= max_pixels')
+        if self.image_format not in IMAGE_FORMATS:
+            raise ValueError(f'served.image_format must be one of {IMAGE_FORMATS}')
 
 
 @dataclass
@@ -113,9 +154,11 @@ class TeacherConfig:
     detector_dir: str = ''
     device: str = 'cpu'
     dtype: str = 'float32'
+    runtime: str = 'in-process'
     cameras: list = field(default_factory=lambda: ['front'])
     unparsable_answer: str = 'skip'
     vlm: VlmConfig = field(default_factory=VlmConfig)
+    served: ServedConfig = field(default_factory=ServedConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     clipseg: ClipSegConfig = field(default_factory=ClipSegConfig)
     oracle: OracleConfig = field(default_factory=OracleConfig)
@@ -124,6 +167,9 @@ class TeacherConfig:
 
     def __post_init__(self):
         self.vlm = build_config(VlmConfig, self.vlm, 'teacher.vlm')
+        self.served = build_config(ServedConfig, self.served, 'teacher.served')
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f'teacher.runtime must be one of {RUNTIMES}, got {self.runtime!r}')
         self.detector = build_config(DetectorConfig, self.detector, 'teacher.detector')
         self.clipseg = build_config(ClipSegConfig, self.clipseg, 'teacher.clipseg')
         self.oracle = build_config(OracleConfig, self.oracle, 'teacher.oracle')

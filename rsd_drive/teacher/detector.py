@@ -3,13 +3,15 @@ transformers) proposes boxes; the VLM ranks them and gives each a risk and a rea
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 
 import numpy as np
 
 from rsd_drive.teacher.base import FrameContext, RiskyObject, Teacher, TeacherOutput
+from rsd_drive.teacher.answer_cache import image_digest
 from rsd_drive.teacher.hf import VisionChat, check_model_dir, torch_dtype
-from rsd_drive.teacher.parse import ParseError, extract_json, parse_rankings, to_image_box
-from rsd_drive.teacher.vlm import COORD_WORDS, camera_indices
+from rsd_drive.teacher.parse import answer_json, parse_rankings, to_image_box
+from rsd_drive.teacher.vlm import COORD_WORDS, camera_indices, make_chat
 
 DETECTOR_TYPES = ('owlvit', 'owlv2')
 
@@ -104,8 +106,44 @@ class DetectorVlmTeacher(Teacher):
         self.config = config
         self.detector = detector or OpenVocabularyDetector(config.detector_dir, config.device,
                                                            config.dtype)
-        self.chat = chat or VisionChat(config.model_dir, config.device, config.dtype)
+        self.chat = chat or make_chat(config)
         self.coords = self.chat.box_coords(config.vlm.box_coords)
+        self.prefetch_depth = self.chat.prefetch_frames(len(config.cameras)) \
+            if hasattr(self.chat, 'submit') else 0
+        self._proposals = OrderedDict()  # image digest -> proposals (prefetch, then label)
+
+    def proposals(self, image) -> list:
+        """The detector's proposals for ``image``, remembered for the frames asked ahead."""
+        cfg = self.config.detector
+        key = image_digest(image) if self.prefetch_depth else None
+        if key is not None and key in self._proposals:
+            return self._proposals[key]
+        found = self.detector.detect(image, cfg.queries, cfg.min_score, cfg.max_proposals)
+        if key is not None:
+            self._proposals[key] = found
+            while len(self._proposals) > 4 * (self.prefetch_depth + 1) * len(self.config.cameras):
+                self._proposals.popitem(last=False)
+        return found
+
+    def requests(self, frame):
+        """(camera index, proposals, prompt or None when there is nothing to rank)."""
+        for i in camera_indices(frame, self.config.cameras):
+            image, hw = frame.images[i], frame.image_hw[i]
+            proposals = self.proposals(image)
+            if not proposals:
+                yield i, proposals, None
+                continue
+            model_hw = self.chat.input_hw(image)
+            listing = '; '.join(
+                f'{k}: {label} {_to_model_coords(box, self.coords, hw, model_hw)}'
+                for k, (label, _score, box) in enumerate(proposals))
+            yield i, proposals, self.config.vlm.rank_prompt.format(
+                camera=frame.cameras[i], coords=COORD_WORDS[self.coords], candidates=listing)
+
+    def prefetch(self, frame) -> None:
+        for i, _proposals, prompt in self.requests(frame):
+            if prompt is not None:
+                self.chat.submit(frame.images[i], prompt, self.config.vlm.max_new_tokens)
 
     def describe(self) -> dict:
         return {'backend': self.name, 'detector_dir': str(self.detector.path),
@@ -115,28 +153,18 @@ class DetectorVlmTeacher(Teacher):
 
     def label(self, frame, context: FrameContext) -> TeacherOutput:
         cfg, out, answers, all_parsed = self.config, TeacherOutput(), {}, True
-        for i in camera_indices(frame, cfg.cameras):
-            camera, image, hw = frame.cameras[i], frame.images[i], frame.image_hw[i]
-            proposals = self.detector.detect(image, cfg.detector.queries,
-                                             cfg.detector.min_score, cfg.detector.max_proposals)
-            if not proposals:
+        for i, proposals, prompt in self.requests(frame):
+            camera, image = frame.cameras[i], frame.images[i]
+            if prompt is None:
                 answers[camera] = {'proposals': [], 'answer': ''}
                 continue
-            model_hw = self.chat.input_hw(image)
-            listing = '; '.join(
-                f'{k}: {label} {_to_model_coords(box, self.coords, hw, model_hw)}'
-                for k, (label, _score, box) in enumerate(proposals))
-            prompt = cfg.vlm.rank_prompt.format(camera=camera, coords=COORD_WORDS[self.coords],
-                                                candidates=listing)
             text, _ = self.chat.ask(image, prompt, cfg.vlm.max_new_tokens)
             answers[camera] = {'proposals': [{'id': k, 'label': lb, 'score': round(sc, 4),
                                               'box': [round(v, 1) for v in box]}
                                              for k, (lb, sc, box) in enumerate(proposals)],
                                'answer': text}
-            try:
-                data = extract_json(text)
-            except ParseError as exc:
-                out.rejected[exc.reason] += 1
+            data = answer_json(text, out.rejected)
+            if data is None:
                 all_parsed = False
                 continue
             scores, rejected = parse_rankings(data, len(proposals))

@@ -51,6 +51,14 @@ def smart_resize(height: int, width: int, factor: int = QWEN_FACTOR,
     return h_bar, w_bar
 
 
+def default_box_coords(model_type: str, setting: str) -> str:
+    """'auto' -> the convention of the model family (Qwen2.5-VL: absolute pixels of its input;
+    Qwen2-VL and most others: 0..1000); anything else as set."""
+    if setting != 'auto':
+        return setting
+    return 'absolute' if model_type == 'qwen2_5_vl' else 'norm1000'
+
+
 def torch_dtype(name: str):
     import torch
     return getattr(torch, DTYPES[name])
@@ -167,8 +175,4 @@ class VisionChat:
         return text, model_hw
 
     def box_coords(self, setting: str) -> str:
-        """'auto' -> the convention of the model family (Qwen2.5-VL: absolute pixels of its
-        input; Qwen2-VL and most others: 0..1000)."""
-        if setting != 'auto':
-            return setting
-        return 'absolute' if self.model_type == 'qwen2_5_vl' else 'norm1000'
+        return default_box_coords(self.model_type, setting)

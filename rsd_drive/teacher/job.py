@@ -25,7 +25,7 @@ import os
 import time
 import traceback
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +37,13 @@ from rsd_drive.data.index import ShardWriter, read_manifest
 from rsd_drive.data.route import route_in_base_link
 from rsd_drive.data.targets import TargetConfig, TargetError, build_targets, index_frame
 from rsd_drive.geometry import GridSpec
-from rsd_drive.teacher.base import FrameContext
+from rsd_drive.teacher.base import FrameContext, TeacherUnavailable
 from rsd_drive.teacher.config import TeacherConfig
 from rsd_drive.teacher.factory import build_teacher
 from rsd_drive.teacher.labelbag import LabelRecord, write_label_bag
 from rsd_drive.teacher.projection import teacher_grid
+from rsd_drive.teacher.served import (prefetched, share_concurrency, stats_since,
+                                      teacher_stats)
 
 
 @dataclass
@@ -82,7 +84,10 @@ def make_spec(out_dir, teacher: TeacherConfig, dataset: DatasetConfig, model_con
                    frequency_hz=model.frequency_hz)
     if model.route_points:  # the index holds the route input the model takes
         targets.update(route_points=model.route_points, route_spacing_m=model.route_spacing_m)
-    return JobSpec(out_dir=str(out_dir), teacher=teacher.to_dict(), dataset=dataset.to_dict(),
+    teacher_dict = teacher.to_dict()
+    if teacher.runtime == 'served' and not teacher.served.cache_dir:  # answers: OUT/answers
+        teacher_dict['served']['cache_dir'] = str(Path(out_dir).resolve() / 'answers')
+    return JobSpec(out_dir=str(out_dir), teacher=teacher_dict, dataset=dataset.to_dict(),
                    grid=model.grid.to_dict(), image_hw=hw, targets=targets,
                    chunk_frames=int(chunk_frames))
 
@@ -136,6 +141,7 @@ class _Chunk:
         self.skipped, self.rejected = Counter(), Counter()
         self.records, self.stamps, self.risk, self.future = [], [], [], []
         self.errors = []
+        self.failed = []  # frames the teacher could not answer (TeacherUnavailable): next run
 
     def commit(self, work: Path, cameras, backend: str) -> dict:
         spec = self.spec
@@ -157,7 +163,7 @@ class _Chunk:
                 'backend': backend, 'seq_start': self.seq_start, 'seq_end': self.seq_end,
                 'frames': len(self.stamps), 'skipped': dict(self.skipped),
                 'rejected': dict(self.rejected), 'errors': self.errors[:3],
-                'records': self.records}
+                'failed': self.failed, 'records': self.records}
         write_json_atomic(work / f'chunk-{self.k:05d}.json', info)
         return info
 
@@ -176,9 +182,25 @@ def _done_chunks(work: Path, index_dir: Path, identity: dict, backend: str) -> d
                                              f'{index_dir.parent} ({info.get("identity")}); '
                                              f'label it into a fresh output directory')
         if info.get('backend') == backend and info.get('shard') in shards \
-                and path.with_suffix('.npz').is_file():
+                and path.with_suffix('.npz').is_file() and not info.get('failed'):
             done[int(info['chunk'])] = info
     return done
+
+
+def _worth_asking(item, reader, target_cfg: TargetConfig, C: int, done) -> bool:
+    """Whether label_bag will ask the teacher about ``item``, for asking ahead: a wrong guess
+    costs one request (or a wasted one), never a label."""
+    if isinstance(item, SkippedFrame) or item.seq // C in done:
+        return False
+    t0 = item.stamp_ns
+    if reader.noise_between(t0, t0 + int(target_cfg.future_steps / target_cfg.frequency_hz
+                                         * 1e9)):
+        return False
+    try:
+        build_targets(reader.odometry, t0, target_cfg, reader.intent_at(t0))
+    except TargetError:
+        return False
+    return True
 
 
 def _preview(path: Path, frame, risk, objects, future, grid: GridSpec, title: str) -> None:
@@ -238,8 +260,8 @@ def label_bag(bag, spec: JobSpec, bag_id: str | None = None, progress=None) -> d
             raise BagError(bag, f'changed since it was labelled into {out}; label it into a '
                                 f'fresh output directory')
         if info.get('identity') == identity and info.get('backend') == backend \
-                and label_path.exists():
-            info['status'], info['seconds'] = 'already_done', 0.0
+                and label_path.exists() and not info.get('failed_frames'):
+            info['status'], info['seconds'], info['teacher_stats'] = 'already_done', 0.0, {}
             if progress:
                 progress({'bag_id': bag_id, 'state': 'already_done',
                           'frames_done': info.get('frames_seen', 0),
@@ -251,6 +273,7 @@ def label_bag(bag, spec: JobSpec, bag_id: str | None = None, progress=None) -> d
     target_cfg = TargetConfig(**spec.targets)
     dataset = DatasetConfig.from_dict(spec.dataset)
     teacher = get_teacher(spec)
+    stats_before = teacher_stats(teacher)
     with BagReader(bag, dataset) as reader:
         if teacher.needs_objects and not reader.objects:
             raise MissingTopicsError(
@@ -270,7 +293,9 @@ def label_bag(bag, spec: JobSpec, bag_id: str | None = None, progress=None) -> d
         def finish(c):
             done[c.k] = c.commit(work, dataset.camera_names, backend)
 
-        for item in reader.frames(decode=lambda seq: seq // C not in done, include_skipped=True):
+        frames = reader.frames(decode=lambda seq: seq // C not in done, include_skipped=True)
+        for item in prefetched(teacher, frames,
+                               lambda f: _worth_asking(f, reader, target_cfg, C, done)):
             k = item.seq // C
             if k in done:
                 if item.stamp_ns >= 0:
@@ -312,6 +337,9 @@ def label_bag(bag, spec: JobSpec, bag_id: str | None = None, progress=None) -> d
                 if teacher.needs_objects else None)
             try:
                 output = teacher.label(item, ctx)
+            except TeacherUnavailable as exc:  # may pass (server down): the next run labels it
+                chunk.failed.append({'seq': item.seq, 'stamp_ns': t0, 'reason': exc.reason})
+                continue
             except Exception as exc:  # noqa: BLE001 - a model failure on one frame: count it
                 chunk.skipped['teacher:error'] += 1
                 chunk.errors.append(f'frame {item.seq} ({t0}): {type(exc).__name__}: {exc}')
@@ -339,7 +367,7 @@ def label_bag(bag, spec: JobSpec, bag_id: str | None = None, progress=None) -> d
         bag_level = {k: v for k, v in reader.bad_messages.items()}
         extrinsics = dict(reader.extrinsics_source)
 
-    records, skipped, rejected, errors, labelled = [], Counter(), Counter(), [], 0
+    records, skipped, rejected, errors, labelled, failed = [], Counter(), Counter(), [], 0, []
     for k in sorted(done):
         info = done[k]
         arrays = np.load(work / f'chunk-{k:05d}.npz', allow_pickle=False)
@@ -353,6 +381,7 @@ def label_bag(bag, spec: JobSpec, bag_id: str | None = None, progress=None) -> d
         skipped.update(info['skipped'])
         rejected.update(info['rejected'])
         errors.extend(info.get('errors', []))
+        failed.extend(info.get('failed', []))
         labelled += int(info['frames'])
     write_label_bag(label_path, records, grid, target_cfg.frequency_hz)
     if best is not None:
@@ -363,7 +392,8 @@ def label_bag(bag, spec: JobSpec, bag_id: str | None = None, progress=None) -> d
         'backend': backend, 'frames_seen': seen, 'frames_labelled': labelled,
         'expected_frames': total, 'skipped': dict(skipped), 'bad_messages': bag_level,
         'rejected': dict(rejected), 'errors': errors[:5], 'extrinsics': extrinsics,
-        'label_bag': str(label_path), 'chunks': len(done),
+        'label_bag': str(label_path), 'chunks': len(done), 'failed_frames': failed,
+        'teacher_stats': stats_since(stats_before, teacher_stats(teacher)),
         'seconds': round(time.monotonic() - t_start, 3),
     }
     write_json_atomic(done_file, result)
@@ -531,7 +561,9 @@ def run_job(bags, spec: JobSpec, workers: int = 1, ray_address: str | None = Non
         elif workers <= 1 or len(bags) == 1:
             results = [label_bag_safe(b, spec, ids[b], progress=board.update) for b in bags]
         else:
-            results = _run_pool(bags, ids, spec, min(workers, len(bags)), board)
+            n = min(workers, len(bags))
+            spec = replace(spec, teacher=share_concurrency(spec.teacher, n))
+            results = _run_pool(bags, ids, spec, n, board)
     finally:
         board.close()
     summary = JobSummary(results, round(time.monotonic() - t_start, 3))

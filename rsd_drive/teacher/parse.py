@@ -69,6 +69,16 @@ def extract_json(text) -> object:
     raise ParseError('no_json', text[:80].replace('\n', ' '))
 
 
+def answer_json(text, rejected: Counter):
+    """The JSON of one answer (``extract_json``), or None with the reason counted in
+    ``rejected``: the one reading of an answer for every VLM backend and runtime."""
+    try:
+        return extract_json(text)
+    except ParseError as exc:
+        rejected[exc.reason] += 1
+        return None
+
+
 def _number(v):
     if isinstance(v, bool):
         return None

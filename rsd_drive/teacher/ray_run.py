@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
+
+from rsd_drive.teacher.served import share_concurrency
 
 # Set before Ray is imported (the driver) and in every worker (runtime_env).
 RAY_ENV = {'RAY_USAGE_STATS_ENABLED': '0'}
@@ -118,6 +121,9 @@ def run_ray(bags, ids, spec, address, board, *, label_fn, gpus_per_task: float =
     ray = import_ray(address)
     owns = connect(address, num_cpus=num_cpus)
     try:
+        # Tasks run at once: one per CPU; together they keep served.cluster_concurrency.
+        running = min(len(bags), max(1, int(ray.cluster_resources().get('CPU', 1))))
+        spec = replace(spec, teacher=share_concurrency(spec.teacher, running))
         relay = ray.remote(num_cpus=0)(ProgressRelay).remote()
         task = ray.remote(ray_task).options(num_cpus=1, num_gpus=gpus_per_task,
                                             max_retries=max_retries, retry_exceptions=False)
