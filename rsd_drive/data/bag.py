@@ -383,6 +383,12 @@ class BagReader:
         self.intents.sort(key=lambda x: x[0])
         self.objects.sort(key=lambda x: x[0])
         self.routes.sort(key=lambda x: x[0])
+        self._check_calibration(frame_ids, tf_links)
+
+    def _check_calibration(self, frame_ids: dict, tf_links: dict) -> None:
+        """Every camera's extrinsics (tf_static chain, else the dataset config) and the
+        odometry are there; MissingTopicsError naming what is not."""
+        cfg = self.config
         problems = []
         for cam in cfg.cameras:
             if cam.name not in self.K:
