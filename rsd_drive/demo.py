@@ -14,10 +14,6 @@ continues where it stopped.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -216,29 +212,19 @@ def run_node_on_bag(out: Path, checkpoint: Path, bag: Path, rate: float,
     """planner_node in its own process, the bag replayed into it with /clock, outputs recorded.
     The replay runs in lockstep with the node (bag time waits for each set's plan), so the stage
     passes however slow the machine is; ``threads``: ONNX Runtime threads (None: planner.yaml)."""
-    from rsd_drive.ros.planner_node import write_parameters
+    from rsd_drive.ros.launcher import PlannerNodeProcess
+    from rsd_drive.ros.planner_params import write_parameters
     from rsd_drive.ros.replay import replay
 
     extra = {} if threads is None else {'threads': int(threads)}
     params = write_parameters(out / 'planner_demo.yaml', model_dir=str(checkpoint),
                               backend='onnxruntime', **extra)
-    log = open(out / 'planner_node.log', 'w')
-    node = subprocess.Popen([sys.executable, '-m', 'rsd_drive.ros.planner_node', '--ros-args',
-                             '--params-file', str(params), '-p', 'use_sim_time:=true'],
-                            stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ))
+    (out / 'planner_node.log').unlink(missing_ok=True)
     record = out / 'node_outputs'
-    try:
+    with PlannerNodeProcess(params, log_path=out / 'planner_node.log', sim_time=True):
         summary = replay(bag, rate=rate, record=record, wait_s=60.0, tail_s=2.0, lockstep=True,
                          lockstep_timeout_s=60.0)
         print(summary.table())
-    finally:
-        node.send_signal(signal.SIGINT)
-        try:
-            node.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            node.kill()
-        log.close()
     outputs = read_outputs(record)
     print(f'    node published {len(outputs["paths"])} paths and {len(outputs["grids"])} risk '
           f'grids; log: {out / "planner_node.log"}')
