@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rsd_drive.hashing import file_sha256
 from rsd_drive.model.config import EncoderConfig
 
 CACHE_ENV = 'RSD_DRIVE_CACHE'
@@ -45,14 +46,6 @@ def default_cache_dir() -> Path:
         return Path(os.environ[CACHE_ENV]) / 'onnx'
     base = os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache'
     return Path(base) / 'rsd_drive' / 'onnx'
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 22), b''):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _tensor_names(graph) -> list:
@@ -154,7 +147,7 @@ def prepare_encoder_graph(path, output: str | None, cache_dir=None) -> tuple[Pat
             'static_batch': static[0], 'patch_size': _patch_size(graph)}
 
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    key = hashlib.sha256(f'{_file_digest(src)}|{output}|{CACHE_FORMAT}'.encode()).hexdigest()
+    key = hashlib.sha256(f'{file_sha256(src)}|{output}|{CACHE_FORMAT}'.encode()).hexdigest()
     entry = cache_dir / f'{src.stem}-{key[:16]}'
     if (entry / 'encoder.onnx').is_file():
         return entry / 'encoder.onnx', info
@@ -249,7 +242,7 @@ class OnnxFrozenEncoder(nn.Module):
     def fingerprint(self) -> str:
         """What this encoder computes: the source graph's hash and the tensor it is cut at
         (feature caches are keyed by it; its weights live in the graph, not in torch)."""
-        return f'onnx:{_file_digest(self.source_path)}:{self.output_name}'
+        return f'onnx:{file_sha256(self.source_path)}:{self.output_name}'
 
     @property
     def providers(self) -> list:
