@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from rsd_drive.hashing import file_sha256
 from rsd_drive.model.config import EncoderConfig
+from rsd_drive.model.frozen import FrozenTower
 
 CACHE_ENV = 'RSD_DRIVE_CACHE'
 CACHE_FORMAT = 'cut-v1'   # bump when the prepared graph changes shape or naming
@@ -203,7 +203,7 @@ def _providers(requested=None) -> list:
     return chosen
 
 
-class OnnxFrozenEncoder(nn.Module):
+class OnnxFrozenEncoder(FrozenTower):
     """Frozen ONNX vision backbone: images [B,3,H,W] in [0,1] -> patch tokens [B,P,C].
 
     ``hidden_size``, ``patch_size`` and ``token_grid`` describe the tokens like FrozenEncoder's;
@@ -232,8 +232,7 @@ class OnnxFrozenEncoder(nn.Module):
         probe_hw = self.native_hw or (self.patch_size * 16, self.patch_size * 16)
         tokens = self.encode_numpy(np.full((1, 3, *probe_hw), 0.5, np.float32))
         self._hidden_size = int(tokens.shape[-1])
-        self.requires_grad_(False)
-        self.eval()
+        self.freeze()
 
     @property
     def hidden_size(self) -> int:
@@ -247,12 +246,6 @@ class OnnxFrozenEncoder(nn.Module):
     @property
     def providers(self) -> list:
         return self.session.get_providers()
-
-    def train(self, mode: bool = True):  # noqa: D102 (frozen: eval whatever the parent asks)
-        return super().train(False)
-
-    def token_grid(self, image_hw) -> tuple[int, int]:
-        return image_hw[0] // self.patch_size, image_hw[1] // self.patch_size
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         try:
