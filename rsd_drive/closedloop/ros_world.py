@@ -163,7 +163,7 @@ class SimWorldNode:
         self.clock_pub.publish(Clock(clock=time_msg(t_ns)))
 
     def publish_odometry(self, t_ns: int, ego) -> None:
-        """The ego (sim EgoState) as Odometry: the quaternion of its yaw, the body twist."""
+        """The ego (scenario.sim.SimEgo) as Odometry: the quaternion of its yaw, the body twist."""
         from nav_msgs.msg import Odometry
 
         from rsd_drive.ros.messages import header, yaw_quaternion

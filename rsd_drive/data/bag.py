@@ -63,7 +63,7 @@ class MissingTopicsError(BagError):
 
 # -- configuration -------------------------------------------------------------------------------
 @dataclass
-class CameraSpec:
+class DatasetCamera:
     """One camera of the rig: topics, and whether its images are recorded compressed."""
 
     name: str
@@ -91,7 +91,8 @@ class DatasetConfig:
     base_frame: str = 'base_link'
 
     def __post_init__(self):
-        self.cameras = [c if isinstance(c, CameraSpec) else CameraSpec(**c) for c in self.cameras]
+        self.cameras = [c if isinstance(c, DatasetCamera) else DatasetCamera(**c)
+                        for c in self.cameras]
         names = [c.name for c in self.cameras]
         if not names:
             raise ValueError('dataset config lists no cameras')
