@@ -14,10 +14,10 @@ the output: [B, T, C] (the last gh*gw tokens are the patches; CLS/register token
 are dropped) or a feature map [B, C, gh, gw].
 
 Deployment: ``rsd_drive.deploy.onnx_merge`` exports everything after the encoder (the
-``RiskPlanner.plan`` graph) and joins it with the prepared encoder graph into one graph with the
-planner's inputs and outputs (``onnx.compose``); torch export of a planner whose encoder is an
-ONNX graph is refused (ONNX Runtime can't be traced: it would bake one image's features into the
-graph as constants). The model package never imports ``deploy``.
+``RiskPlanner.plan_from_features`` graph) and joins it with the prepared encoder graph into one
+graph with the planner's inputs and outputs (``onnx.compose``); torch export of a planner whose
+encoder is an ONNX graph is refused (ONNX Runtime can't be traced: it would bake one image's
+features into the graph as constants). The model package never imports ``deploy``.
 """
 from __future__ import annotations
 

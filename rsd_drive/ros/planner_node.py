@@ -157,7 +157,7 @@ class PlannerNode(LifecycleNode):
         self.backend = None
         self.odometry = self._new_odometry_history()
         self.sync = self._new_synchronizer()
-        self.planner = None
+        self.pipeline = None
         self.worker = None
         self.queue = LatestOnlyQueue()
         self.stopping = threading.Event()
@@ -269,7 +269,7 @@ class PlannerNode(LifecycleNode):
         if model_cameras is not None and list(model_cameras) != list(s.camera_names):
             raise ConfigError(f'camera_names {s.camera_names} differ from the camera order the '
                               f'model was trained with, {model_cameras} (deploy.json)')
-        self.planner = FramePlanner(self.backend, s.camera_names)
+        self.pipeline = FramePlanner(self.backend, s.camera_names)  # decode -> feeds -> infer
         self.odometry = self._new_odometry_history()
         warm = self.backend.warmup()
         for cam, cfg in s.cameras.items():
@@ -356,11 +356,11 @@ class PlannerNode(LifecycleNode):
         for pub in self.outputs:
             self.destroy_lifecycle_publisher(pub)
         self.outputs = []
-        if self.planner is not None:
-            self.planner.close()  # its decode threads
+        if self.pipeline is not None:
+            self.pipeline.close()  # its decode threads
         if self.backend is not None:
             self.backend.close()
-        self.backend = self.planner = None
+        self.backend = self.pipeline = None
         self.intrinsics_by_camera.clear()
         self.extrinsics_by_camera.clear()
 
@@ -595,8 +595,8 @@ class PlannerNode(LifecycleNode):
         with self.lock:
             self.route_status = route_status
         try:
-            plan, timings = self.planner.plan([r.msg for r in pending.items], calibs, past,
-                                              self.intent, route=route)
+            plan, timings = self.pipeline.plan([r.msg for r in pending.items], calibs, past,
+                                               self.intent, route=route)
         except FrameError as e:
             self._skip(e.reason, str(e))
             return
