@@ -14,10 +14,6 @@ continues where it stopped.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -216,29 +212,19 @@ def run_node_on_bag(out: Path, checkpoint: Path, bag: Path, rate: float,
     """planner_node in its own process, the bag replayed into it with /clock, outputs recorded.
     The replay runs in lockstep with the node (bag time waits for each set's plan), so the stage
     passes however slow the machine is; ``threads``: ONNX Runtime threads (None: planner.yaml)."""
-    from rsd_drive.ros.planner_node import write_parameters
+    from rsd_drive.ros.launcher import PlannerNodeProcess
+    from rsd_drive.ros.planner_params import write_parameters
     from rsd_drive.ros.replay import replay
 
     extra = {} if threads is None else {'threads': int(threads)}
     params = write_parameters(out / 'planner_demo.yaml', model_dir=str(checkpoint),
                               backend='onnxruntime', **extra)
-    log = open(out / 'planner_node.log', 'w')
-    node = subprocess.Popen([sys.executable, '-m', 'rsd_drive.ros.planner_node', '--ros-args',
-                             '--params-file', str(params), '-p', 'use_sim_time:=true'],
-                            stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ))
+    (out / 'planner_node.log').unlink(missing_ok=True)
     record = out / 'node_outputs'
-    try:
+    with PlannerNodeProcess(params, log_path=out / 'planner_node.log', sim_time=True):
         summary = replay(bag, rate=rate, record=record, wait_s=60.0, tail_s=2.0, lockstep=True,
                          lockstep_timeout_s=60.0)
         print(summary.table())
-    finally:
-        node.send_signal(signal.SIGINT)
-        try:
-            node.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            node.kill()
-        log.close()
     outputs = read_outputs(record)
     print(f'    node published {len(outputs["paths"])} paths and {len(outputs["grids"])} risk '
           f'grids; log: {out / "planner_node.log"}')
@@ -274,8 +260,54 @@ def _train_arms(out: Path, demo: dict, model_cfg, train_cfg, encoder_cfg) -> dic
             'checkpoint': deployed['checkpoint'], 'arm_checkpoints': by_seed}
 
 
-def run(args) -> int:
+def _label(bags: dict, labels: Path, index: dict, train_yaml: Path) -> dict:
+    """Stage 'labels': scene-oracle label bags and the training index of both splits."""
+    for split in ('train', 'val'):
+        _check(cli_main(['label', *bags[split], '--out', str(labels / split),
+                         '--backend', 'scene-oracle', '--model-config', str(train_yaml),
+                         '--workers', '2']), f'labeling {split}')
+    from rsd_drive.data.index import FrameIndex
+    return {s: len(FrameIndex(index[s])) for s in ('train', 'val')}
+
+
+def _cache_features(index: dict, train_yaml: Path) -> bool:
+    """Stage 'features': the frozen encoder once per frame of both splits."""
+    for split in ('train', 'val'):
+        _check(cli_main(['cache', str(index[split]), '--config', str(train_yaml)]),
+               f'feature cache {split}')
+    return True
+
+
+def _evaluate(checkpoint: Path, val_index: Path, out: Path) -> str:
+    """Stage 'evaluate': the deployed checkpoint on the held-out drives."""
+    from rsd_drive.train.evaluate import evaluate_checkpoint, format_report
+    report = evaluate_checkpoint(checkpoint, val_index, out=out / 'eval')
+    print(format_report(report))
+    return str(out / 'eval' / 'report.json')
+
+
+def _export(checkpoint: Path) -> str:
+    """Stage 'export': one ONNX graph, checked against torch."""
+    _check(cli_main(['export', str(checkpoint)]), 'export')
+    return str(checkpoint / 'deploy' / 'model.onnx')
+
+
+def _summarise(out: Path, stages: Stages, demo: dict, encoder_desc: str, index: dict, bags: dict,
+               val_bag: Path, node_result: dict, grid, t_start: float) -> dict:
+    """Stage 'summary': summary.png and report.md from the recorded node outputs."""
     from rsd_drive.demo_report import write_report, write_summary_png
+
+    outputs = read_outputs(Path(node_result['record']))
+    png = write_summary_png(out / 'summary.png', index['val'], val_bag.name, outputs, grid)
+    stages.timings['total_so_far'] = round(time.monotonic() - t_start, 1)
+    families = frame_families(index['val'], bags['family'])
+    md = write_report(out / 'report.md', out, stages.state, demo, encoder_desc, outputs,
+                      families)
+    return {'png': str(png), 'report': str(md)}
+
+
+def run(args) -> int:
+    """``make demo``: the stages in order (each resumable, see :class:`Stages`)."""
     from rsd_drive.model.pretrained import choose_encoder
 
     from rsd_drive.ros.dds import confine_dds_to_host
@@ -298,26 +330,11 @@ def run(args) -> int:
 
     bags = stages.run('drives', 'scenario drives per family (rosbag2 MCAP, 6 cameras)',
                       lambda: make_drives(drives, demo))
-
-    def label():
-        for split in ('train', 'val'):
-            _check(cli_main(['label', *bags[split], '--out', str(labels / split),
-                             '--backend', 'scene-oracle', '--model-config', str(train_yaml),
-                             '--workers', '2']), f'labeling {split}')
-        from rsd_drive.data.index import FrameIndex
-        return {s: len(FrameIndex(index[s])) for s in ('train', 'val')}
-
     frames = stages.run('labels', 'teacher (scene-oracle) risk grids, label bags, training index',
-                        label)
+                        lambda: _label(bags, labels, index, train_yaml))
     print(f'    frames: {frames}')
-
-    def cache():
-        for split in ('train', 'val'):
-            _check(cli_main(['cache', str(index[split]), '--config', str(train_yaml)]),
-                   f'feature cache {split}')
-        return True
-
-    stages.run('features', 'frozen encoder once per frame (fp16 feature cache)', cache)
+    stages.run('features', 'frozen encoder once per frame (fp16 feature cache)',
+               lambda: _cache_features(index, train_yaml))
     trained = stages.run(
         'train', f'arms over seeds {demo["seeds"]}: lambda=0, lambda={demo["risk_weight"]}, '
                  f'ego-status-only'
@@ -325,41 +342,19 @@ def run(args) -> int:
                  + '; paired t-tests',
         lambda: _train_arms(out, demo, model_cfg, train_cfg, encoder_cfg))
     checkpoint = Path(trained['checkpoint'])
-
-    def evaluate():
-        from rsd_drive.train.evaluate import evaluate_checkpoint, format_report
-        report = evaluate_checkpoint(checkpoint, index['val'], out=out / 'eval')
-        print(format_report(report))
-        return str(out / 'eval' / 'report.json')
-
     stages.run('evaluate', f'the deployed checkpoint (lambda={demo["risk_weight"]}, seed '
                            f'{demo["seeds"][0]}) on held-out drives: RFS, ADE, risk calibration',
-               evaluate)
+               lambda: _evaluate(checkpoint, index['val'], out))
     stages.run('closedloop', 'closed loop on held-out seeds (hook: rsd_drive.closedloop)',
                lambda: closed_loop_stage(out, demo, trained['arm_checkpoints']))
-
-    def export():
-        _check(cli_main(['export', str(checkpoint)]), 'export')
-        return str(checkpoint / 'deploy' / 'model.onnx')
-
-    stages.run('export', 'one ONNX graph, checked against torch', export)
-
+    stages.run('export', 'one ONNX graph, checked against torch', lambda: _export(checkpoint))
     val_bag = Path(bags['val'][int(demo['replay_drive'])])
     node_result = stages.run(
         'replay', f'replay {val_bag.name} through planner_node over DDS (ONNX Runtime), '
                   f'record its outputs', lambda: run_node_on_bag(out, checkpoint, val_bag,
                                                                  float(demo['replay_rate'])))
-
-    def summary():
-        outputs = read_outputs(Path(node_result['record']))
-        png = write_summary_png(out / 'summary.png', index['val'], val_bag.name, outputs,
-                                model_cfg.grid)
-        stages.timings['total_so_far'] = round(time.monotonic() - t_start, 1)
-        families = frame_families(index['val'], bags['family'])
-        md = write_report(out / 'report.md', out, stages.state, demo, encoder_desc, outputs,
-                          families)
-        return {'png': str(png), 'report': str(md)}
-
-    result = stages.run('summary', 'summary.png and report.md', summary)
+    result = stages.run('summary', 'summary.png and report.md',
+                        lambda: _summarise(out, stages, demo, encoder_desc, index, bags, val_bag,
+                                           node_result, model_cfg.grid, t_start))
     print(f'\nDone in {time.monotonic() - t_start:.0f} s: {result["png"]}, {result["report"]}')
     return 0

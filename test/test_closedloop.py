@@ -8,7 +8,7 @@ import pytest
 
 from rsd_drive.closedloop.config import ClosedLoopConfig, ControllerConfig, ScoringConfig
 from rsd_drive.closedloop.controller import Plan, PurePursuit, kinematic_step
-from rsd_drive.closedloop.metrics import (RouteTrace, aggregate, infraction_penalty,
+from rsd_drive.closedloop.scoring import (RouteTrace, aggregate, infraction_penalty,
                                           on_road_progress, score_route, unique_collisions)
 
 pytestmark = pytest.mark.timeout(600)

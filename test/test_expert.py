@@ -11,7 +11,7 @@ import pytest
 
 from rsd_drive.scenario.config import FAMILIES, ScenarioConfig
 from rsd_drive.scenario.expert import run_expert
-from rsd_drive.scenario.sim import (ACCEL_LIMIT, EgoControl, EgoState, Simulation,
+from rsd_drive.scenario.sim import (ACCEL_LIMIT, EgoControl, SimEgo, Simulation,
                                     resolve_family)
 from rsd_drive.scenario.world import World
 
@@ -118,7 +118,7 @@ def test_controls_are_clipped_and_steering_off_leaves_the_road():
     cfg = config(20.0)
     sim = Simulation(1, cfg, 'cruise')
     sim.step(EgoControl(accel=100.0, curvature=0.0))
-    assert isinstance(sim.ego, EgoState) and sim.ego.a == pytest.approx(ACCEL_LIMIT)
+    assert isinstance(sim.ego, SimEgo) and sim.ego.a == pytest.approx(ACCEL_LIMIT)
     for _ in range(int(6.0 / sim.dt)):
         sim.step(EgoControl(accel=0.0, curvature=5.0))  # clipped to curvature_max
         assert abs(sim.ego.yaw_rate) <= cfg.expert.curvature_max * sim.ego.v + 1e-9

@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -77,36 +75,6 @@ def add_arguments(parser) -> None:
 
 
 # -- the node and the inputs --------------------------------------------------------------------
-class _NodeProcess:
-    def __init__(self, params_file: Path):
-        env = dict(os.environ, PYTHONUNBUFFERED='1', RCUTILS_LOGGING_BUFFERED_STREAM='0')
-        self.proc = subprocess.Popen(
-            [sys.executable, '-m', 'rsd_drive.ros.planner_node', '--ros-args', '--params-file',
-             str(params_file)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True)
-        self.lines, self.active = [], threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip())
-            if 'active:' in line:
-                self.active.set()
-
-    def wait_active(self, timeout: float) -> None:
-        if not self.active.wait(timeout) or self.proc.poll() is not None:
-            raise RuntimeError('planner_node did not start:\n' + '\n'.join(self.lines[-30:]))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(2)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
 class _Peer:
     """Publishes camera frames and odometry, collects paths (receive times) and diagnostics."""
 
@@ -252,14 +220,15 @@ def _input_values(arrays) -> dict:
 
 def bench_config(peer: _Peer, cfg: BenchConfig, checkpoint: Path, work: Path, frames: int,
                  rate: float) -> dict:
-    from rsd_drive.ros.planner_node import write_parameters
+    from rsd_drive.ros.launcher import PlannerNodeProcess
+    from rsd_drive.ros.planner_params import write_parameters
 
     params = write_parameters(
         work / f'params_{cfg.cameras}_{cfg.backend}.yaml', _camera_specs(cfg),
         model_dir=str(checkpoint), backend=cfg.backend, precision='fp32', threads=0,
         odom_topic='/bench/odom', intent_topic='', max_input_age_s=2.0,
         diagnostics_period_s=0.5, latency_window=10 * frames, sync_slop_s=0.05)
-    node = _NodeProcess(params)
+    node = PlannerNodeProcess(params).start()
     try:
         node.wait_active(timeout=180)
         deadline = time.monotonic() + 10

@@ -203,13 +203,11 @@ def run_node_lockstep(bag: Path, reader, model_dir: Path, out: Path, threads: in
                       log=print) -> dict:
     """planner_node in its own process on the bag, replayed in lockstep over DDS (loopback):
     its own /diagnostics (latency_ms.* wall, latency_sim_ms.* sim) after the last set."""
-    import subprocess
-    import sys
-
     from rosbags.highlevel import AnyReader
 
     from rsd_drive.geometry import matrix_to_quaternion
-    from rsd_drive.ros.planner_node import write_parameters
+    from rsd_drive.ros.launcher import PlannerNodeProcess
+    from rsd_drive.ros.planner_params import write_parameters
     from rsd_drive.ros.replay import replay
 
     cfg = reader.config
@@ -228,23 +226,13 @@ def run_node_lockstep(bag: Path, reader, model_dir: Path, out: Path, threads: in
         odom_topic=cfg.odom_topic, intent_topic='', pad_short_history=True,
         reference_camera=cfg.reference_camera, sync_slop_s=cfg.sync_slop_s,
         diagnostics_period_s=0.5, latency_window=1000)
-    node_log = open(out / 'planner_node_bench.log', 'w')
-    node = subprocess.Popen([sys.executable, '-m', 'rsd_drive.ros.planner_node', '--ros-args',
-                             '--params-file', str(params), '-p', 'use_sim_time:=true'],
-                            stdout=node_log, stderr=subprocess.STDOUT)
+    (out / 'planner_node_bench.log').unlink(missing_ok=True)
     record = out / 'node_outputs'
-    try:
+    with PlannerNodeProcess(params, log_path=out / 'planner_node_bench.log', sim_time=True):
         summary = replay(bag, rate=1.0, record=record, wait_s=120.0, tail_s=1.0,
                          record_topics=['/planner_node/path', '/diagnostics'], lockstep=True,
                          lockstep_timeout_s=60.0, reference_topic=topic_of[cfg.reference_camera],
                          slop_s=cfg.sync_slop_s, progress=False)
-    finally:
-        node.send_signal(2)
-        try:
-            node.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            node.kill()
-        node_log.close()
     log(summary.table())
     from rclpy.serialization import deserialize_message
     from diagnostic_msgs.msg import DiagnosticArray

@@ -101,6 +101,8 @@ def format_table(r: dict) -> str:
 
 
 def add_arguments(parser) -> None:
+    from rsd_drive.train.config import add_override_arguments
+
     parser.add_argument('--config', default='config/train.yaml',
                         help='model: and train: sections (default: %(default)s)')
     parser.add_argument('--index', help='an existing index (default: random frames)')
@@ -108,8 +110,7 @@ def add_arguments(parser) -> None:
     parser.add_argument('--epochs', type=int, default=3)
     parser.add_argument('--repeats', type=int, default=2,
                         help='alternate the two modes this many times (medians)')
-    parser.add_argument('--batch-size', type=int, help='override train.batch_size')
-    parser.add_argument('--device', help='override train.device')
+    add_override_arguments(parser, ('batch_size', 'device'))
     parser.add_argument('--encoder-hidden', type=int,
                         help='random encoder width (e.g. 384 with 12 layers, 6 heads: ViT-S)')
     parser.add_argument('--encoder-layers', type=int, help='random encoder depth')
@@ -136,12 +137,10 @@ def _plot(result: dict, path: Path) -> None:
 
 def run(args) -> int:
     from rsd_drive.data.index import FrameIndex
-    from rsd_drive.train.config import load_config
+    from rsd_drive.train.config import apply_overrides, load_config
 
     model_cfg, train_cfg = load_config(args.config)
-    overrides = {k: v for k, v in (('batch_size', args.batch_size), ('device', args.device))
-                 if v is not None}
-    train_cfg = replace(train_cfg, **overrides)
+    train_cfg = apply_overrides(train_cfg, args, ('batch_size', 'device'))
     sizes = {k: v for k, v in (('hidden_size', args.encoder_hidden),
                                ('num_layers', args.encoder_layers),
                                ('num_heads', args.encoder_heads)) if v is not None}

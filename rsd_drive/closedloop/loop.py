@@ -23,7 +23,7 @@ import numpy as np
 
 from rsd_drive.closedloop.config import ClosedLoopConfig
 from rsd_drive.closedloop.controller import PurePursuit
-from rsd_drive.closedloop.metrics import RouteTrace, score_route
+from rsd_drive.closedloop.scoring import RouteTrace, score_route
 from rsd_drive.closedloop.policies import Observation, Policy
 from rsd_drive.data.convert import EgoState, yaw_from_quaternion
 from rsd_drive.data.targets import intent_index

@@ -135,7 +135,7 @@ class ModelPolicy(Policy):
         self.past_steps = int(cfg.past_steps)
         self.image_hw = (int(cfg.image_height), int(cfg.image_width))
         self.camera_names = list(camera_names or [])
-        self.planner = None
+        self.pipeline = None
         if self.camera_names:
             self.bind_cameras(self.camera_names)
 
@@ -143,7 +143,7 @@ class ModelPolicy(Policy):
         from rsd_drive.deploy.pipeline import FramePlanner
 
         self.camera_names = list(camera_names)
-        self.planner = FramePlanner(self.backend, self.camera_names)
+        self.pipeline = FramePlanner(self.backend, self.camera_names)
 
     @property
     def has_route_input(self) -> bool:
@@ -160,8 +160,8 @@ class ModelPolicy(Policy):
                                   self.config.route_spacing_m)
 
     def plan(self, obs: Observation) -> Plan:
-        feeds = self.planner.preprocess(obs.images, obs.calibrations, obs.past_states,
-                                        obs.intent, route=self.route_input(obs))
+        feeds = self.pipeline.preprocess(obs.images, obs.calibrations, obs.past_states,
+                                         obs.intent, route=self.route_input(obs))
         out = self.backend.infer(feeds)
         return Plan(obs.t, obs.pose, out['waypoints'][0], self.frequency_hz, out['risk'][0],
                     self.config.grid)

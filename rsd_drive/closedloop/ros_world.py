@@ -27,10 +27,6 @@ is restarted for the next route. Routes are laid out one after another on the RO
 """
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -41,6 +37,7 @@ from rsd_drive import INTENTS
 from rsd_drive.closedloop.controller import Plan
 from rsd_drive.closedloop.loop import PlannerFailure, encode_jpeg
 from rsd_drive.closedloop.policies import Policy, resolve_model_dir
+from rsd_drive.ros.launcher import PlannerNodeProcess
 
 WARMUP_START_NS = 1000 * 10**9   # ROS time of the warm-up frames (routes follow)
 PATH_TOPIC, GRID_TOPIC = '/planner_node/path', '/planner_node/risk_grid'
@@ -166,7 +163,7 @@ class SimWorldNode:
         self.clock_pub.publish(Clock(clock=time_msg(t_ns)))
 
     def publish_odometry(self, t_ns: int, ego) -> None:
-        """The ego (sim EgoState) as Odometry: the quaternion of its yaw, the body twist."""
+        """The ego (scenario.sim.SimEgo) as Odometry: the quaternion of its yaw, the body twist."""
         from nav_msgs.msg import Odometry
 
         from rsd_drive.ros.messages import header, yaw_quaternion
@@ -225,44 +222,6 @@ class SimWorldNode:
         self.rclpy.try_shutdown(context=self.context)
 
 
-class PlannerProcess:
-    """``planner_node`` in its own process (venv python, inherited environment), log to a file."""
-
-    def __init__(self, params_file, log_path):
-        self.log_path = Path(log_path)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log = open(self.log_path, 'a')
-        env = dict(os.environ, PYTHONUNBUFFERED='1', RCUTILS_LOGGING_BUFFERED_STREAM='0')
-        self.proc = subprocess.Popen(
-            [sys.executable, '-m', 'rsd_drive.ros.planner_node', '--ros-args', '--params-file',
-             str(params_file), '-p', 'use_sim_time:=true'],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def returncode(self):
-        return self.proc.poll()
-
-    def tail(self, n: int = 8) -> str:
-        try:
-            return ' | '.join(self.log_path.read_text().strip().splitlines()[-n:])
-        except OSError:
-            return ''
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGINT (clean shutdown), SIGKILL of this one process if it does not exit."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
-
-
 class RosPlannerPolicy(Policy):
     """A model policy whose plans come from ``planner_node`` over ROS 2 (see the module
     docstring); the closed loop calls ``begin_route`` / ``on_step`` / ``plan`` / ``end_route``."""
@@ -293,7 +252,7 @@ class RosPlannerPolicy(Policy):
 
     # -- the planner process -------------------------------------------------------------------
     def _params(self) -> Path:
-        from rsd_drive.ros.planner_node import write_parameters
+        from rsd_drive.ros.planner_params import write_parameters
 
         age = max(1.0, 2.0 / self.cfg.plan_hz)
         path = self.out / 'planner_closedloop.yaml'
@@ -317,7 +276,8 @@ class RosPlannerPolicy(Policy):
         model loaded)."""
         if self.world is None:
             self.world = SimWorldNode(self.rig.names, self.ros.compressed)
-        self.process = PlannerProcess(self._params(), self.out / 'planner_node.log')
+        self.process = PlannerNodeProcess(self._params(), log_path=self.out / 'planner_node.log',
+                                          sim_time=True).start()
         self.acked_intent = None
         self.routes_sent = 0
         self.odom_sent = self.lost_before = 0
@@ -455,7 +415,7 @@ class RosPlannerPolicy(Policy):
 
     def _stop_hung(self) -> None:
         if self.process is not None:
-            self.process.proc.kill()
+            self.process.kill()
             self._stop()
 
     def end_route(self, runner) -> None:
@@ -478,4 +438,3 @@ class _Standing:
     """The warm-up ego: at the origin, standing still."""
 
     x = y = yaw = v = yaw_rate = 0.0
-

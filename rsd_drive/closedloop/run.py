@@ -13,7 +13,7 @@ import numpy as np
 
 from rsd_drive.atomic import write_json_atomic
 from rsd_drive.closedloop.config import ClosedLoopConfig
-from rsd_drive.closedloop.metrics import summarize
+from rsd_drive.closedloop.scoring import summarize
 from rsd_drive.closedloop.policies import make_policy
 
 

@@ -63,7 +63,7 @@ class MissingTopicsError(BagError):
 
 # -- configuration -------------------------------------------------------------------------------
 @dataclass
-class CameraSpec:
+class DatasetCamera:
     """One camera of the rig: topics, and whether its images are recorded compressed."""
 
     name: str
@@ -92,7 +92,8 @@ class DatasetConfig:
     base_frame: str = 'base_link'
 
     def __post_init__(self):
-        self.cameras = [c if isinstance(c, CameraSpec) else CameraSpec(**c) for c in self.cameras]
+        self.cameras = [c if isinstance(c, DatasetCamera) else DatasetCamera(**c)
+                        for c in self.cameras]
         names = [c.name for c in self.cameras]
         if not names:
             raise ValueError('dataset config lists no cameras')
@@ -391,6 +392,12 @@ class BagReader:
         self.intents.sort(key=lambda x: x[0])
         self.objects.sort(key=lambda x: x[0])
         self.routes.sort(key=lambda x: x[0])
+        self._check_calibration(frame_ids, tf_links)
+
+    def _check_calibration(self, frame_ids: dict, tf_links: dict) -> None:
+        """Every camera's extrinsics (tf_static chain, else the dataset config) and the
+        odometry are there; MissingTopicsError naming what is not."""
+        cfg = self.config
         problems = []
         for cam in cfg.cameras:
             if cam.name not in self.K:

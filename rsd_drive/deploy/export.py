@@ -29,6 +29,7 @@ from rsd_drive.deploy.artifact import (DEPLOY_JSON, FORMAT, ONNX_NAME, DeployArt
                                        example_feeds, input_specs, is_artifact, output_specs,
                                        spec_to_json)
 from rsd_drive.deploy.torch_inputs import OPSET, example_inputs
+from rsd_drive.hashing import update_from_file
 from rsd_drive.model.spec import CONFIG_NAME, OUTPUT_NAMES, WEIGHTS_NAME, input_names
 
 DEPLOY_SUBDIR = 'deploy'
@@ -122,9 +123,7 @@ def checkpoint_fingerprint(checkpoint) -> str:
     h = hashlib.sha256()
     for path in checkpoint_files(checkpoint):
         h.update(str(path.relative_to(checkpoint)).encode())
-        with open(path, 'rb') as f:
-            for block in iter(lambda: f.read(1 << 20), b''):
-                h.update(block)
+        update_from_file(h, path)
     return h.hexdigest()
 
 

@@ -2,11 +2,11 @@
 
 Such an encoder runs in ONNX Runtime and can't be traced from torch, so the deployment graph is
 made from two pieces: :func:`export_heads_onnx` exports everything after the encoder (the
-``RiskPlanner.plan`` graph, input ``features``), and :func:`merge_with_planner_onnx` joins the
-prepared encoder graph (``rsd_drive.model.onnx_encoder.prepare_encoder_graph``) and the heads into
-one graph with the planner's inputs and outputs (``onnx.compose``), so the node and TensorRT always
-see a single model. Images enter as uint8 RGB [B,N,3,H,W]; the cast, the /255 and the encoder's
-mean/std normalisation are nodes of the graph.
+``RiskPlanner.plan_from_features`` graph, input ``features``), and :func:`merge_with_planner_onnx`
+joins the prepared encoder graph (``rsd_drive.model.onnx_encoder.prepare_encoder_graph``) and the
+heads into one graph with the planner's inputs and outputs (``onnx.compose``), so the node and
+TensorRT always see a single model. Images enter as uint8 RGB [B,N,3,H,W]; the cast, the /255 and
+the encoder's mean/std normalisation are nodes of the graph.
 
 This lives in ``deploy`` (it used to be in ``model.onnx_encoder``): deploy imports model, never
 the other way round.
@@ -27,19 +27,19 @@ from rsd_drive.model.spec import OUTPUT_NAMES, input_names
 
 
 def export_heads_onnx(model, out_path, batch_size: int = 1, opset: int | None = None) -> Path:
-    """Export ``model.plan`` (everything after the frozen encoder) with inputs
+    """Export ``model.plan_from_features`` (everything after the frozen encoder) with inputs
     ``features [B,N,P,C]`` + the planner's other inputs, outputs as the planner's; static shapes.
     Written atomically; a ``.json`` beside it records the input spec and the model config."""
     import torch
     from torch import nn
 
     class Heads(nn.Module):
-        def __init__(self, planner):
+        def __init__(self, model):
             super().__init__()
-            self.planner = planner
+            self.model = model
 
         def forward(self, features, *inputs):
-            return self.planner.plan(features, *inputs)
+            return self.model.plan_from_features(features, *inputs)
 
     out_path = Path(out_path)
     inputs = example_inputs(model.eval(), batch_size)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from rsd_drive.atomic import write_bytes_atomic
+from rsd_drive.hashing import file_sha256
 
 PRECISIONS = ('fp32', 'fp16')
 KEY_SCHEMA = 1
@@ -95,15 +96,6 @@ class EngineKey:
 
     def to_dict(self) -> dict:
         return {'schema': KEY_SCHEMA, **asdict(self)}
-
-
-def file_sha256(path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file, streamed (graphs can be hundreds of MB)."""
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(chunk), b''):
-            h.update(block)
-    return h.hexdigest()
 
 
 def onnx_sha256(onnx_path) -> str:

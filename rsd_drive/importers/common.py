@@ -53,7 +53,7 @@ class ImageItem:
 
 
 @dataclass
-class DriveSummary:
+class ImportSummary:
     """What :func:`write_drive` wrote."""
 
     images: int
@@ -213,7 +213,7 @@ class Messages:
 
 
 def write_drive(writer, ds, cameras, ego, images, objects, progress: bool, desc: str,
-                error_cls=ImporterError) -> DriveSummary:
+                error_cls=ImporterError) -> ImportSummary:
     """Write one drive in stamp order: /tf_static once (latched), odometry + /tf, every image
     (original bytes) with its CameraInfo, and the object frames as JSON in odom.
 
@@ -258,5 +258,5 @@ def write_drive(writer, ds, cameras, ego, images, objects, progress: bool, desc:
                 text = json.dumps({'stamp_ns': int(stamp), 'frame': ODOM_FRAME, 'objects': item},
                                   separators=(',', ':'))
                 writer.write(ds.objects_topic, stamp, m.string(text))
-    return DriveSummary(images=len(images), odometry=len(ego), object_frames=len(objects),
-                        duration_s=(last - first) * 1e-9)
+    return ImportSummary(images=len(images), odometry=len(ego), object_frames=len(objects),
+                         duration_s=(last - first) * 1e-9)

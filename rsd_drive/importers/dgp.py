@@ -290,28 +290,9 @@ def _parse_datum(d: dict, root: Path, cameras: dict, lidar_ext: dict, where: str
     return None
 
 
-def load_scene(scene_dir, scene: str | None = None, camera_names: dict | None = None,
-               wanted_cameras=None, time_scale='auto') -> DgpScene:
-    """Parse a DGP scene (calibration, samples, annotation paths) without reading images.
-
-    camera_names: DGP name -> our name (default: by yaw, see ``camera_names_by_yaw``).
-    wanted_cameras: our camera names to keep, in this order (default: all of the scene's).
-    """
-    scene_json = find_scene_json(scene_dir, scene)
-    root = scene_json.parent
-    doc = _read_json(scene_json)
-    try:
-        data = {d['key']: d for d in doc['data']}
-        samples_doc = doc['samples']
-    except (KeyError, TypeError) as e:
-        raise DgpError(f'{scene_json}: missing "data"/"samples" ({e})') from e
-    if not samples_doc:
-        raise DgpError(f'{scene_json}: scene has no samples')
-
-    calib_keys = {s.get('calibration_key') for s in samples_doc}
-    if len(calib_keys) != 1:
-        raise DgpError(f'{scene_json}: samples use {len(calib_keys)} calibrations; one expected')
-    calib_path = root / 'calibration' / f'{calib_keys.pop()}.json'
+def _read_calibration(calib_path: Path) -> tuple[dict, dict]:
+    """The scene's calibration -> ({DGP name: DgpCamera} of its pinhole cameras, {DGP name:
+    sensor -> vehicle 4x4} of the others, e.g. the LiDARs)."""
     calib = _read_json(calib_path)
     all_cams = {}
     try:
@@ -328,7 +309,12 @@ def load_scene(scene_dir, scene: str | None = None, camera_names: dict | None = 
                      if float(i.get('fx', 0.0)) <= 0.0}
     except (KeyError, TypeError) as e:
         raise DgpError(f'{calib_path}: unexpected calibration layout ({e})') from e
+    return all_cams, lidar_ext
 
+
+def _select_cameras(all_cams: dict, camera_names, wanted_cameras, calib_path) -> tuple:
+    """Name the cameras (``camera_names`` or by yaw) and keep the wanted ones in order ->
+    ({DGP name: DgpCamera} kept, sorted DGP names skipped)."""
     names = dict(camera_names) if camera_names else camera_names_by_yaw(all_cams)
     unknown = set(names) - set(all_cams)
     if unknown:
@@ -341,7 +327,14 @@ def load_scene(scene_dir, scene: str | None = None, camera_names: dict | None = 
     by_name = {cam.name: cam for cam in all_cams.values()}
     cameras = {by_name[n].dgp_name: by_name[n] for n in order if n in by_name}
     skipped = sorted(c.dgp_name for c in all_cams.values() if c.dgp_name not in cameras)
+    return cameras, skipped
 
+
+def _read_samples(scene_json: Path, samples_doc, data: dict, cameras: dict,
+                  lidar_ext: dict) -> tuple[list, list]:
+    """-> ([(sample index, [DgpImage], DgpLidar | None)], every datum's raw stamp), stamps in
+    the scene's own clock units (scaled by the caller)."""
+    root = scene_json.parent
     raw_samples, raw_stamps = [], []
     for s_index, sample in enumerate(samples_doc):
         images, lidar = [], None
@@ -366,8 +359,11 @@ def load_scene(scene_dir, scene: str | None = None, camera_names: dict | None = 
         raw_samples.append((s_index, images, lidar))
     if not any(images for _, images, _ in raw_samples):
         raise DgpError(f'{scene_json}: no images of the kept cameras {list(cameras)}')
+    return raw_samples, raw_stamps
 
-    scale = choose_time_scale(raw_stamps, time_scale)
+
+def _scaled_samples(raw_samples, scale: float) -> list:
+    """Stamps in ns (``scale``: see choose_time_scale), samples in stamp order."""
     samples = []
     for s_index, images, lidar in raw_samples:
         for im in images:
@@ -376,12 +372,45 @@ def load_scene(scene_dir, scene: str | None = None, camera_names: dict | None = 
             lidar.stamp_ns = int(round(lidar.stamp_ns * scale))
         samples.append(DgpSample(s_index, images, lidar))
     samples.sort(key=lambda s: min(im.stamp_ns for im in s.images) if s.images else 0)
+    return samples
 
+
+def _read_labels(doc: dict, root: Path) -> dict:
+    """Class id -> name from the scene's ontologies."""
     labels = {}
     for key in set((doc.get('ontologies') or {}).values()):
         onto = _read_json(root / 'ontology' / f'{key}.json')
         labels.update({int(i['id']): str(i['name']) for i in onto.get('items', [])})
-    return DgpScene(scene_json, root, cameras, samples, labels, scale, skipped)
+    return labels
+
+
+def load_scene(scene_dir, scene: str | None = None, camera_names: dict | None = None,
+               wanted_cameras=None, time_scale='auto') -> DgpScene:
+    """Parse a DGP scene (calibration, samples, annotation paths) without reading images.
+
+    camera_names: DGP name -> our name (default: by yaw, see ``camera_names_by_yaw``).
+    wanted_cameras: our camera names to keep, in this order (default: all of the scene's).
+    """
+    scene_json = find_scene_json(scene_dir, scene)
+    root = scene_json.parent
+    doc = _read_json(scene_json)
+    try:
+        data = {d['key']: d for d in doc['data']}
+        samples_doc = doc['samples']
+    except (KeyError, TypeError) as e:
+        raise DgpError(f'{scene_json}: missing "data"/"samples" ({e})') from e
+    if not samples_doc:
+        raise DgpError(f'{scene_json}: scene has no samples')
+    calib_keys = {s.get('calibration_key') for s in samples_doc}
+    if len(calib_keys) != 1:
+        raise DgpError(f'{scene_json}: samples use {len(calib_keys)} calibrations; one expected')
+    calib_path = root / 'calibration' / f'{calib_keys.pop()}.json'
+    all_cams, lidar_ext = _read_calibration(calib_path)
+    cameras, skipped = _select_cameras(all_cams, camera_names, wanted_cameras, calib_path)
+    raw_samples, raw_stamps = _read_samples(scene_json, samples_doc, data, cameras, lidar_ext)
+    scale = choose_time_scale(raw_stamps, time_scale)
+    samples = _scaled_samples(raw_samples, scale)
+    return DgpScene(scene_json, root, cameras, samples, _read_labels(doc, root), scale, skipped)
 
 
 # -- ego motion and objects -----------------------------------------------------------------------

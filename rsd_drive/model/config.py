@@ -91,7 +91,8 @@ class ModelConfig:
     d_model, num_heads: width of the adapter/planner transformer.
     bev_size: the BEV query grid is bev_size x bev_size over the risk grid's extent.
     adapter_layers: cross-attention layers from BEV queries to camera tokens.
-    planner_layers: layers of the planner (ego queries attend to themselves and to BEV tokens).
+    planner_layers: ego-query blocks (``RiskPlanner.ego_blocks``: ego queries attend to
+        themselves and to BEV tokens).
     num_ego_queries: learnable ego queries fused with intent and past-state tokens.
     past_steps: past ego states (x, y, yaw, speed in the current base_link), 4 s at 4 Hz = 16.
     future_steps, frequency_hz: waypoints decoded by the GRU (20 at 4 Hz = 5 s).

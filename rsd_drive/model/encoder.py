@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from rsd_drive.model.config import EncoderConfig, read_preprocessor_normalisation
+from rsd_drive.model.frozen import FrozenTower
 
 
-class FrozenEncoder(nn.Module):
+class FrozenEncoder(FrozenTower):
     """Wraps a transformers vision model; maps images in [0, 1] to patch tokens [B, P, C]."""
 
     def __init__(self, vision_model: nn.Module, patch_size: int, image_mean, image_std):
@@ -28,18 +29,11 @@ class FrozenEncoder(nn.Module):
         self.register_buffer('std', torch.tensor(image_std).view(1, 3, 1, 1), persistent=False)
         params = inspect.signature(vision_model.forward).parameters
         self._interpolate_kw = 'interpolate_pos_encoding' in params
-        self.requires_grad_(False)
-        self.eval()
+        self.freeze()
 
     @property
     def hidden_size(self) -> int:
         return int(self.vision_model.config.hidden_size)
-
-    def train(self, mode: bool = True):  # noqa: D102 (frozen: eval whatever the parent asks)
-        return super().train(False)
-
-    def token_grid(self, image_hw) -> tuple[int, int]:
-        return image_hw[0] // self.patch_size, image_hw[1] // self.patch_size
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = (images - self.mean) / self.std

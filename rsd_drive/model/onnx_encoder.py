@@ -14,10 +14,10 @@ the output: [B, T, C] (the last gh*gw tokens are the patches; CLS/register token
 are dropped) or a feature map [B, C, gh, gw].
 
 Deployment: ``rsd_drive.deploy.onnx_merge`` exports everything after the encoder (the
-``RiskPlanner.plan`` graph) and joins it with the prepared encoder graph into one graph with the
-planner's inputs and outputs (``onnx.compose``); torch export of a planner whose encoder is an
-ONNX graph is refused (ONNX Runtime can't be traced: it would bake one image's features into the
-graph as constants). The model package never imports ``deploy``.
+``RiskPlanner.plan_from_features`` graph) and joins it with the prepared encoder graph into one
+graph with the planner's inputs and outputs (``onnx.compose``); torch export of a planner whose
+encoder is an ONNX graph is refused (ONNX Runtime can't be traced: it would bake one image's
+features into the graph as constants). The model package never imports ``deploy``.
 """
 from __future__ import annotations
 
@@ -29,9 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
+from rsd_drive.hashing import file_sha256
 from rsd_drive.model.config import EncoderConfig
+from rsd_drive.model.frozen import FrozenTower
 
 CACHE_ENV = 'RSD_DRIVE_CACHE'
 CACHE_FORMAT = 'cut-v1'   # bump when the prepared graph changes shape or naming
@@ -45,14 +46,6 @@ def default_cache_dir() -> Path:
         return Path(os.environ[CACHE_ENV]) / 'onnx'
     base = os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache'
     return Path(base) / 'rsd_drive' / 'onnx'
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 22), b''):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _tensor_names(graph) -> list:
@@ -154,7 +147,7 @@ def prepare_encoder_graph(path, output: str | None, cache_dir=None) -> tuple[Pat
             'static_batch': static[0], 'patch_size': _patch_size(graph)}
 
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    key = hashlib.sha256(f'{_file_digest(src)}|{output}|{CACHE_FORMAT}'.encode()).hexdigest()
+    key = hashlib.sha256(f'{file_sha256(src)}|{output}|{CACHE_FORMAT}'.encode()).hexdigest()
     entry = cache_dir / f'{src.stem}-{key[:16]}'
     if (entry / 'encoder.onnx').is_file():
         return entry / 'encoder.onnx', info
@@ -210,7 +203,7 @@ def _providers(requested=None) -> list:
     return chosen
 
 
-class OnnxFrozenEncoder(nn.Module):
+class OnnxFrozenEncoder(FrozenTower):
     """Frozen ONNX vision backbone: images [B,3,H,W] in [0,1] -> patch tokens [B,P,C].
 
     ``hidden_size``, ``patch_size`` and ``token_grid`` describe the tokens like FrozenEncoder's;
@@ -239,8 +232,7 @@ class OnnxFrozenEncoder(nn.Module):
         probe_hw = self.native_hw or (self.patch_size * 16, self.patch_size * 16)
         tokens = self.encode_numpy(np.full((1, 3, *probe_hw), 0.5, np.float32))
         self._hidden_size = int(tokens.shape[-1])
-        self.requires_grad_(False)
-        self.eval()
+        self.freeze()
 
     @property
     def hidden_size(self) -> int:
@@ -249,17 +241,11 @@ class OnnxFrozenEncoder(nn.Module):
     def fingerprint(self) -> str:
         """What this encoder computes: the source graph's hash and the tensor it is cut at
         (feature caches are keyed by it; its weights live in the graph, not in torch)."""
-        return f'onnx:{_file_digest(self.source_path)}:{self.output_name}'
+        return f'onnx:{file_sha256(self.source_path)}:{self.output_name}'
 
     @property
     def providers(self) -> list:
         return self.session.get_providers()
-
-    def train(self, mode: bool = True):  # noqa: D102 (frozen: eval whatever the parent asks)
-        return super().train(False)
-
-    def token_grid(self, image_hw) -> tuple[int, int]:
-        return image_hw[0] // self.patch_size, image_hw[1] // self.patch_size
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         try:

@@ -149,6 +149,23 @@ class RiskHead(nn.Module):
         return torch.sigmoid(x)[:, 0]
 
 
+# Trainable-weight names of earlier checkpoints -> today's (module attributes renamed, weights
+# unchanged): model.safetensors written before issue 18 still loads.
+LEGACY_KEY_PREFIXES = (('planner.', 'ego_blocks.'),)
+
+
+def rename_legacy_keys(state: dict) -> dict:
+    """``state`` with every key under an old prefix of LEGACY_KEY_PREFIXES renamed."""
+    out = {}
+    for key, value in state.items():
+        for old, new in LEGACY_KEY_PREFIXES:
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        out[key] = value
+    return out
+
+
 class RiskPlanner(nn.Module):
     def __init__(self, config: ModelConfig, encoder: FrozenEncoder | None = None, base_dir=None):
         super().__init__()
@@ -197,7 +214,9 @@ class RiskPlanner(nn.Module):
             self.register_buffer('plan_times', times, persistent=False)
         self.plan_pos = nn.Parameter(torch.zeros(c.num_ego_queries + 2 + bool(c.route_points),
                                                  d))
-        self.planner = nn.ModuleList(DecoderBlock(d, c.num_heads) for _ in range(c.planner_layers))
+        # ego queries + intent/past/route tokens attend to themselves and to the BEV tokens
+        self.ego_blocks = nn.ModuleList(DecoderBlock(d, c.num_heads)
+                                        for _ in range(c.planner_layers))
         self.plan_norm = nn.LayerNorm(d)
         self.decoder = GRUDecoder(d, d, c.future_steps, c.frequency_hz)
         self.risk_head = RiskHead(d, c.bev_size, c.grid.rows, c.grid.cols)
@@ -222,8 +241,8 @@ class RiskPlanner(nn.Module):
         pts = t[:, :, None, None, :] + ray_ego[:, :, :, None, :] * self.ray_depths[:, None]
         return self.ray_embed(pts.flatten(-2) / POSITION_SCALE)
 
-    def plan(self, features, intrinsics, cam_to_ego, past_states, intent, route=None,
-             route_valid=None):
+    def plan_from_features(self, features, intrinsics, cam_to_ego, past_states, intent,
+                           route=None, route_valid=None):
         """Everything after the frozen encoder (training on cached features starts here)."""
         B = features.shape[0]
         bev = self.bev_queries.expand(B, -1, -1)
@@ -256,7 +275,7 @@ class RiskPlanner(nn.Module):
             base = self.base_path(route, valid, speed)
         ego = torch.cat(tokens, dim=1)
         pos = self.plan_pos.expand(B, -1, -1)
-        for block in self.planner:
+        for block in self.ego_blocks:
             ego = block(ego, pos, bev, bev_pos)
         ctx = ego[:, :self.config.num_ego_queries].mean(dim=1)
         if route_token is not None:
@@ -297,8 +316,8 @@ class RiskPlanner(nn.Module):
         Returns waypoints [B,20,2] (base_link, metres) and risk [B,rows,cols] in [0, 1].
         The ego-status-only planner (``use_cameras: false``) never runs the encoder."""
         features = self.encode(images) if self.config.use_cameras else images[:, :, :1, :1, :1]
-        return self.plan(features, intrinsics, cam_to_ego, past_states, intent, route,
-                         route_valid)
+        return self.plan_from_features(features, intrinsics, cam_to_ego, past_states, intent,
+                                       route, route_valid)
 
     # -- parameters and checkpoints -------------------------------------------------------------
     def trainable_state_dict(self) -> dict:
@@ -345,6 +364,7 @@ class RiskPlanner(nn.Module):
             loaded = load_file(str(weights_file), device=str(map_location))
         except (SafetensorError, OSError, ValueError) as e:
             raise ValueError(f'{weights_file}: cannot read safetensors weights ({e})') from e
+        loaded = rename_legacy_keys(loaded)
         expected = self.trainable_state_dict()
         missing = sorted(set(expected) - set(loaded))
         unexpected = sorted(set(loaded) - set(expected))

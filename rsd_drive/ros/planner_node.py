@@ -48,140 +48,36 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import rclpy
 from nav_msgs.msg import OccupancyGrid, Odometry, Path as PathMsg
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.clock import Clock, ClockType
-from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data)
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 from diagnostic_msgs.msg import DiagnosticArray
 from visualization_msgs.msg import MarkerArray
 
-from rsd_drive import config_file
 from rsd_drive import INTENTS
 from rsd_drive.data.convert import (MessageError, camera_info_distortion,
                                     camera_info_to_intrinsics, check_image, odometry_to_state,
                                     path_to_xy, stamp_to_ns, transform_to_matrix)
 from rsd_drive.data.route import route_for_plan
 from rsd_drive.data.sync import FrameSynchronizer, OdometryHistory, SyncError
-from rsd_drive.deploy.pipeline import (NODE_STAGES, CameraCalibration, FrameError, FramePlanner,
-                                       LatencyStats)
+from rsd_drive.deploy.pipeline import CameraCalibration, FrameError, FramePlanner, LatencyStats
 from rsd_drive.geometry import extrinsics_to_matrix, intrinsics
 from rsd_drive.ros import messages
-
-EXTRINSICS_SOURCES = ('file', 'tf_static')
-T = Parameter.Type
-
-
-class ConfigError(ValueError):
-    """A parameter is missing or inconsistent; the message names it."""
-
-
-# name: (type, description); every one must be set by the parameters file (no code defaults).
-PARAMETERS = {
-    'camera_names': (T.STRING_ARRAY, 'cameras in the order the model sees them; each has '
-                                     'cameras.<name>.* parameters'),
-    'reference_camera': (T.STRING, 'camera whose stamps anchor synchronisation and the plan'),
-    'extrinsics_source': (T.STRING, 'file (cameras.<name>.extrinsics) or tf_static '
-                                    '(needs tf2_msgs)'),
-    'tf_static_topic': (T.STRING, 'tf2_msgs/TFMessage topic with base_frame -> camera frames'),
-    'odom_topic': (T.STRING, 'nav_msgs/Odometry of base_frame in odom_frame'),
-    'intent_topic': (T.STRING, "std_msgs/String with unknown|straight|left|right; '' = none"),
-    'default_intent': (T.STRING, 'intent used until one arrives on intent_topic'),
-    'route_topic': (T.STRING, "nav_msgs/Path: the navigation route in odom_frame (transient "
-                              "local); '' = none. Without a valid route the model plans from "
-                              'the intent alone (diagnostics say so)'),
-    'route_max_age_s': (T.DOUBLE, 'a route whose header stamp is older than this at a frame '
-                                  '(ROS time) is stale: intent only; 0 = a route never ages'),
-    'model_dir': (T.STRING, 'deploy artifact (model.onnx + deploy.json from rsd-drive export), '
-                            'read-only; a training checkpoint works for backend torch (and, with '
-                            'torch installed, is exported to <checkpoint>/deploy first)'),
-    'backend': (T.STRING, 'tensorrt | onnxruntime | torch'),
-    'precision': (T.STRING, 'fp32 | fp16 (fp16: tensorrt, or torch on CUDA)'),
-    'device': (T.STRING, 'auto | cpu | cuda'),
-    'engine_cache_dir': (T.STRING, "writable TensorRT engine cache; '' = $RSD_DRIVE_CACHE/engines "
-                                   'or ~/.cache/rsd_drive/engines'),
-    'autostart': (T.BOOL, 'configure and activate at start (no lifecycle manager needed); '
-                          'false: wait in unconfigured for ~/change_state'),
-    'build_only': (T.BOOL, 'prepare the backend (export ONNX, build the engine) and exit'),
-    'threads': (T.INTEGER, 'ONNX Runtime intra-op threads; 0 = runtime default'),
-    'sync_slop_s': (T.DOUBLE, 'other cameras must be within this of the reference stamp'),
-    'sync_queue_size': (T.INTEGER, 'messages kept per camera while waiting for a match'),
-    'max_input_age_s': (T.DOUBLE, 'no plan when a camera or the odometry is older than this '
-                                  '(ROS time); diagnostics ERROR'),
-    'odom_max_gap_s': (T.DOUBLE, 'odometry gaps longer than this are not interpolated'),
-    'pad_short_history': (T.BOOL, 'plan with less than the model\'s past window of odometry by '
-                                  'extrapolating the earliest state back at constant velocity '
-                                  '(start-up, short recordings); false: wait for full history'),
-    'odom_wait_s': (T.DOUBLE, 'how long the worker waits for odometry to reach a frame stamp'),
-    'base_frame': (T.STRING, 'vehicle frame (REP-105 base_link)'),
-    'odom_frame': (T.STRING, 'odometry frame (REP-105 odom)'),
-    'output_frame': (T.STRING, 'frame of path/grid/markers: base_frame or odom_frame'),
-    'diagnostics_period_s': (T.DOUBLE, 'period of /diagnostics (steady clock)'),
-    'latency_window': (T.INTEGER, 'frames in the rolling latency percentiles'),
-    'marker_risk_threshold': (T.DOUBLE, 'risk cells at or above this are drawn as markers'),
-}
-CAMERA_PARAMETERS = {
-    'image_topic': (T.STRING, 'Image or CompressedImage topic of this camera'),
-    'compressed': (T.BOOL, 'true: sensor_msgs/CompressedImage (JPEG/PNG); false: Image'),
-    'info_topic': (T.STRING, "CameraInfo topic; '' = use intrinsics and image_size"),
-}
-INTRINSICS_PARAMETERS = {  # declared only for cameras without info_topic
-    'intrinsics': (T.DOUBLE_ARRAY, '[fx, fy, cx, cy] in pixels, for images of image_size'),
-    'image_size': (T.INTEGER_ARRAY, '[width, height] the intrinsics refer to'),
-}
-EXTRINSICS_PARAMETERS = {  # declared only with extrinsics_source 'file'
-    'extrinsics': (T.DOUBLE_ARRAY, 'camera mount in base_frame: [x, y, z (m), yaw, pitch(, roll) '
-                                   '(rad)], yaw left-positive, pitch down-positive, roll about '
-                                   'the viewing axis (positive lifts the image\'s left side); or '
-                                   'the optical frame pose [x, y, z, qx, qy, qz, qw] (calibrated '
-                                   'rigs)'),
-}
-
-
-@dataclass
-class Settings:
-    """Every parameter, read once at start-up."""
-
-    camera_names: list
-    reference_camera: str
-    extrinsics_source: str
-    tf_static_topic: str
-    odom_topic: str
-    intent_topic: str
-    default_intent: str
-    route_topic: str
-    route_max_age_s: float
-    model_dir: str
-    backend: str
-    precision: str
-    device: str
-    engine_cache_dir: str
-    autostart: bool
-    build_only: bool
-    threads: int
-    sync_slop_s: float
-    sync_queue_size: int
-    max_input_age_s: float
-    odom_max_gap_s: float
-    odom_wait_s: float
-    pad_short_history: bool
-    base_frame: str
-    odom_frame: str
-    output_frame: str
-    diagnostics_period_s: float
-    latency_window: int
-    marker_risk_threshold: float
-    cameras: dict  # name -> {image_topic, compressed, info_topic, [intrinsics, image_size],
-    #                          [extrinsics]}
+from rsd_drive.ros.planner_diagnostics import DiagnosticsSnapshot, diagnostic_array
+# The parameter schema lives in planner_params; its names stay importable from here (callers of
+# planner_node.write_parameters, ConfigError, PARAMETERS, ...).
+from rsd_drive.ros.planner_params import (CAMERA_PARAMETERS, EXTRINSICS_PARAMETERS,  # noqa: F401
+                                          EXTRINSICS_SOURCES, INTRINSICS_PARAMETERS, PARAMETERS,
+                                          ConfigError, Settings, declare_parameter,
+                                          default_parameters_path, read_settings,
+                                          write_parameters)
 
 
 class LatestOnlyQueue:
@@ -233,7 +129,7 @@ class PlannerNode(LifecycleNode):
 
     def __init__(self, **kwargs):
         super().__init__('planner_node', **kwargs)
-        self.settings = self._read_settings()
+        self.settings = read_settings(partial(declare_parameter, self))
         self.sim_time = bool(self.get_parameter('use_sim_time').value)
         s = self.settings
         self.max_age_ns = int(s.max_input_age_s * 1e9)
@@ -261,7 +157,7 @@ class PlannerNode(LifecycleNode):
         self.backend = None
         self.odometry = self._new_odometry_history()
         self.sync = self._new_synchronizer()
-        self.planner = None
+        self.pipeline = None
         self.worker = None
         self.queue = LatestOnlyQueue()
         self.stopping = threading.Event()
@@ -275,52 +171,6 @@ class PlannerNode(LifecycleNode):
                                                         reliability=ReliabilityPolicy.RELIABLE))
         self.create_timer(s.diagnostics_period_s, self._publish_diagnostics,
                           clock=Clock(clock_type=ClockType.STEADY_TIME))
-
-    # -- parameters ---------------------------------------------------------------------------
-    def _declare(self, name: str, spec) -> object:
-        ptype, description = spec
-        self.declare_parameter(name, ptype, ParameterDescriptor(description=description))
-        try:
-            return self.get_parameter(name).value
-        except ParameterUninitializedException as e:
-            raise ConfigError(f'parameter {name!r} is not set; every parameter of planner_node '
-                              f'is in config/planner.yaml (--params-file)') from e
-
-    def _read_settings(self) -> Settings:
-        values = {name: self._declare(name, spec) for name, spec in PARAMETERS.items()}
-        values['camera_names'] = list(values['camera_names'])
-        names = values['camera_names']
-        if not names or len(set(names)) != len(names):
-            raise ConfigError(f'camera_names must be unique and non-empty, got {names}')
-        if values['reference_camera'] not in names:
-            raise ConfigError(f"reference_camera {values['reference_camera']!r} not in "
-                              f'camera_names {names}')
-        if values['extrinsics_source'] not in EXTRINSICS_SOURCES:
-            raise ConfigError(f'extrinsics_source must be one of {EXTRINSICS_SOURCES}')
-        if values['output_frame'] not in (values['base_frame'], values['odom_frame']):
-            raise ConfigError(f"output_frame {values['output_frame']!r} must be base_frame "
-                              f"{values['base_frame']!r} or odom_frame {values['odom_frame']!r}")
-        if values['max_input_age_s'] <= 0 or values['sync_slop_s'] <= 0:
-            raise ConfigError('max_input_age_s and sync_slop_s must be positive')
-        cameras = {}
-        for cam in names:
-            prefix = f'cameras.{cam}.'
-            cfg = {k: self._declare(prefix + k, spec) for k, spec in CAMERA_PARAMETERS.items()}
-            if not cfg['info_topic']:
-                cfg.update({k: list(self._declare(prefix + k, spec))
-                            for k, spec in INTRINSICS_PARAMETERS.items()})
-                if len(cfg['intrinsics']) != 4 or len(cfg['image_size']) != 2:
-                    raise ConfigError(f'{prefix}intrinsics needs [fx, fy, cx, cy] and '
-                                      f'{prefix}image_size [width, height]')
-            if values['extrinsics_source'] == 'file':
-                cfg['extrinsics'] = list(self._declare(prefix + 'extrinsics',
-                                                       EXTRINSICS_PARAMETERS['extrinsics']))
-                if len(cfg['extrinsics']) not in (5, 6, 7):
-                    raise ConfigError(f'{prefix}extrinsics needs [x, y, z, yaw, pitch], '
-                                      f'[x, y, z, yaw, pitch, roll] or '
-                                      f'[x, y, z, qx, qy, qz, qw]')
-            cameras[cam] = cfg
-        return Settings(cameras=cameras, **values)
 
     @staticmethod
     def _intent_index(text: str, source: str) -> int:
@@ -419,7 +269,7 @@ class PlannerNode(LifecycleNode):
         if model_cameras is not None and list(model_cameras) != list(s.camera_names):
             raise ConfigError(f'camera_names {s.camera_names} differ from the camera order the '
                               f'model was trained with, {model_cameras} (deploy.json)')
-        self.planner = FramePlanner(self.backend, s.camera_names)
+        self.pipeline = FramePlanner(self.backend, s.camera_names)  # decode -> feeds -> infer
         self.odometry = self._new_odometry_history()
         warm = self.backend.warmup()
         for cam, cfg in s.cameras.items():
@@ -506,11 +356,11 @@ class PlannerNode(LifecycleNode):
         for pub in self.outputs:
             self.destroy_lifecycle_publisher(pub)
         self.outputs = []
-        if self.planner is not None:
-            self.planner.close()  # its decode threads
+        if self.pipeline is not None:
+            self.pipeline.close()  # its decode threads
         if self.backend is not None:
             self.backend.close()
-        self.backend = self.planner = None
+        self.backend = self.pipeline = None
         self.intrinsics_by_camera.clear()
         self.extrinsics_by_camera.clear()
 
@@ -745,8 +595,8 @@ class PlannerNode(LifecycleNode):
         with self.lock:
             self.route_status = route_status
         try:
-            plan, timings = self.planner.plan([r.msg for r in pending.items], calibs, past,
-                                              self.intent, route=route)
+            plan, timings = self.pipeline.plan([r.msg for r in pending.items], calibs, past,
+                                               self.intent, route=route)
         except FrameError as e:
             self._skip(e.reason, str(e))
             return
@@ -805,113 +655,34 @@ class PlannerNode(LifecycleNode):
         except Exception as e:  # noqa: BLE001 - the context may already be shut down
             self.get_logger().debug(f'diagnostics snapshot not published ({e})')
 
+    def snapshot(self, state: str | None = None) -> DiagnosticsSnapshot:
+        """What the diagnostics report, taken under the lock (``state``: the state to report,
+        default the current one)."""
+        s = self.settings
+        now = self._now_ns()
+        state = state or self.lifecycle_state
+        with self.lock:
+            return DiagnosticsSnapshot(
+                node_name=self.get_name(), now_ns=now, state=state,
+                camera_names=list(s.camera_names), backend=s.backend, precision=s.precision,
+                output_frame=s.output_frame, route_topic=s.route_topic,
+                max_age_ns=self.max_age_ns,
+                device=self.backend.device if self.backend else 'none',
+                stale=self._stale_inputs(now),
+                ages={name: (None if name not in self.last_stamp_ns
+                             else (now - self.last_stamp_ns[name]) / 1e9)
+                      for name in list(s.camera_names) + ['odometry']},
+                counters=dict(self.counters), received=dict(self.received),
+                sync_drops=dict(self.sync.dropped), sync_emitted=self.sync.emitted,
+                latency=self.latency.summary(), plans=self.plans_published,
+                last_plan_ns=self.last_plan_ns, last_skip=self.last_skip,
+                route_status=self.route_status, intent=self.intent,
+                last_transition_error=self.last_transition_error)
+
     def _publish_diagnostics(self, state: str | None = None) -> None:
         """Every ``diagnostics_period_s`` (steady clock), right after the first plan since
         activation, and on deactivate / shutdown (``state``: the state the node goes to)."""
-        s = self.settings
-        now = self._now_ns()
-        with self.lock:
-            stale = self._stale_inputs(now)
-            counters = dict(self.counters)
-            received = dict(self.received)
-            sync_drops = dict(self.sync.dropped)
-            sync_emitted = self.sync.emitted
-            latency = self.latency.summary()
-            plans = self.plans_published
-            last_plan = self.last_plan_ns
-            last_skip = self.last_skip
-            route_status = self.route_status
-            ages = {name: (None if name not in self.last_stamp_ns
-                           else (now - self.last_stamp_ns[name]) / 1e9)
-                    for name in list(s.camera_names) + ['odometry']}
-        input_values = {}
-        for name, age in ages.items():
-            input_values[f'age_s.{name}'] = 'never' if age is None else f'{age:.3f}'
-            input_values[f'received.{name}'] = received.get(name, 0)
-        input_values.update({f'drops.{k}': v for k, v in sorted(counters.items())})
-        input_values.update({f'sync.{k}': v for k, v in sorted(sync_drops.items())})
-        input_values['sync.emitted'] = sync_emitted
-        input_values['intent'] = INTENTS[self.intent]
-        input_values['route'] = route_status if route_status == 'ok' else \
-            f'{route_status}: planning from the intent alone'
-        if s.route_topic:
-            input_values['received.route'] = received.get('route', 0)
-        state = state or self.lifecycle_state
-        active = state == 'active'
-        if not active:
-            in_level, in_msg = 'WARN', f'lifecycle state {state}: not subscribed'
-        elif stale:
-            in_level, in_msg = 'ERROR', 'stale inputs: ' + ', '.join(stale)
-        else:
-            in_level, in_msg = 'OK', 'all inputs fresh'
-
-        plan_values = {'backend': s.backend, 'precision': s.precision,
-                       'device': self.backend.device if self.backend else 'none',
-                       'plans_published': plans, 'output_frame': s.output_frame,
-                       'lifecycle_state': state}
-        if self.last_transition_error:
-            plan_values['last_transition_error'] = self.last_transition_error
-        plan_values['latency_clock'] = 'latency_ms: wall; latency_sim_ms: ROS (sim) time'
-        for stage, (p50, p99) in latency.items():
-            key = f'latency_sim_ms.{stage[:-4]}' if stage.endswith('_sim') else \
-                f'latency_ms.{stage}'
-            plan_values[f'{key}.p50'] = f'{p50 * 1e3:.2f}'
-            plan_values[f'{key}.p99'] = f'{p99 * 1e3:.2f}'
-        if 'inference' in latency:
-            node = sum(latency[st][0] for st in NODE_STAGES if st in latency)
-            plan_values['node_overhead_to_inference'] = f'{node / latency["inference"][0]:.3f}'
-        recent = last_plan is not None and now - last_plan <= self.max_age_ns
-        if not active:
-            plan_level = 'ERROR' if self.last_transition_error else 'WARN'
-            plan_msg = f'lifecycle state {state}: not planning' + (
-                f' ({self.last_transition_error})' if self.last_transition_error else '')
-        elif stale:
-            plan_level, plan_msg = 'ERROR', 'not planning: stale inputs: ' + ', '.join(stale)
-        elif recent:
-            plan_level = 'OK'
-            p50 = latency.get('total', (0.0, 0.0))[0]
-            plan_msg = f'planning; stamp-to-publish p50 {p50 * 1e3:.1f} ms'
-        else:
-            plan_level, plan_msg = 'WARN', f'no recent plan: {last_skip or "waiting for data"}'
-        hw = f'{s.backend}:{s.precision}'
-        array = messages.diagnostic_array(now, [
-            messages.diagnostic_status(f'{self.get_name()}: inputs', in_level, in_msg,
-                                       input_values, hw),
-            messages.diagnostic_status(f'{self.get_name()}: planning', plan_level, plan_msg,
-                                       plan_values, hw),
-        ])
-        self.diag_pub.publish(array)
-
-
-def default_parameters_path() -> Path | None:
-    """config/planner.yaml of a source checkout, or of the installed package's share dir."""
-    path = config_file('planner.yaml')
-    return path if path.is_file() else None
-
-
-def write_parameters(out_path, cameras: dict | None = None, base=None, **overrides) -> Path:
-    """A parameters file derived from config/planner.yaml, for tools that start the node
-    (benchmarks, tests): ``cameras`` (name -> cameras.<name>.* values, in model order) replaces
-    the camera list and the reference camera becomes the first one; ``overrides`` set top-level
-    parameters. The result still holds every parameter, so the node's own checks apply."""
-    import yaml
-
-    base = Path(base) if base else default_parameters_path()
-    if base is None:
-        raise FileNotFoundError('config/planner.yaml not found (source checkout or share dir)')
-    doc = yaml.safe_load(base.read_text())
-    params = doc['/**']['ros__parameters']
-    if cameras is not None:
-        params['camera_names'] = list(cameras)
-        params['reference_camera'] = next(iter(cameras))
-        params['cameras'] = {name: dict(cfg) for name, cfg in cameras.items()}
-    unknown = set(overrides) - set(PARAMETERS)
-    if unknown:
-        raise ValueError(f'unknown planner_node parameters: {sorted(unknown)}')
-    params.update(overrides)
-    out_path = Path(out_path)
-    out_path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return out_path
+        self.diag_pub.publish(diagnostic_array(self.snapshot(state)))
 
 
 def main(args=None) -> int:

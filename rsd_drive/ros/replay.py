@@ -273,6 +273,192 @@ class Lockstep:
                 'wait_p99_ms': pick(0.99) * 1e3, 'clock': 'wall'}
 
 
+class _Player:
+    """One replay's moving parts: the bag's publishers, ``/clock``, the optional recorder and
+    lockstep pacer, and the pacing state (where bag time and wall time were last tied)."""
+
+    def __init__(self, node, reader, connections, publishers, summary: ReplaySummary, *,
+                 rate: float, clock_hz: float, recorder=None, pacer=None):
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from rosgraph_msgs.msg import Clock
+
+        self.node, self.reader, self.summary = node, reader, summary
+        self.connections, self.publishers = connections, publishers
+        self.rate, self.period = rate, 1.0 / clock_hz
+        self.recorder, self.pacer = recorder, pacer
+        self._clock_cls = Clock
+        self.clock_pub = node.create_publisher(Clock, '/clock', QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+        self.start_ns, self.end_ns = reader.start_time, reader.end_time
+        self.sim_ns = self.start_ns
+        self.paced_bag_ns, self.paced_wall = self.start_ns, time.monotonic()
+        self.next_discovery = 0.0
+        self.stream = None
+        self.held = deque()  # lockstep: messages read ahead of an answer, [conn, t, raw, sent]
+        self.bar = None
+
+    def publish_clock(self, t_ns: int) -> None:
+        self.sim_ns = t_ns
+        msg = self._clock_cls()
+        msg.clock.sec, msg.clock.nanosec = divmod(int(t_ns), 1_000_000_000)
+        self.clock_pub.publish(msg)
+
+    def keep_clock(self) -> None:
+        self.publish_clock(self.sim_ns)
+
+    def camera_topics(self) -> list:
+        return camera_topics(self.connections)
+
+    def unmatched(self) -> list:
+        """Endpoints discovered in the graph that DDS has not matched with ours yet (a message
+        sent before the match is lost: e.g. the first odometry)."""
+        node = self.node
+        late = [t for t, pub in self.publishers.items()
+                if pub.get_subscription_count() < node.count_subscribers(t)]
+        if self.recorder:
+            late += [sub.topic_name for sub in self.recorder.subscriptions
+                     if sub.get_publisher_count() < node.count_publishers(sub.topic_name)]
+        return late
+
+    def wait_for_endpoints(self, wait_s: float, log) -> None:
+        """Up to ``wait_s``: every camera topic subscribed, every record topic seen, every
+        endpoint found matched by DDS (a node that is still starting would miss frames)."""
+        node, recorder, cameras = self.node, self.recorder, self.camera_topics()
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            self.publish_clock(self.start_ns)
+            missing = recorder.subscribe_discovered() if recorder else []
+            unheard = [t for t in cameras if node.count_subscribers(t) == 0]
+            if not missing and not unheard and not self.unmatched():
+                # Matched on our side; the other side matches from the same discovery round: a
+                # margin for it.
+                time.sleep(0.5)
+                return
+            time.sleep(0.05)
+        if recorder:
+            missing = recorder.subscribe_discovered()
+            if missing:
+                log(f'replay: not (yet) recording {missing}: no publisher seen')
+        unheard = [t for t in cameras if node.count_subscribers(t) == 0]
+        if unheard:
+            log(f'replay: no subscriber on {unheard} after {wait_s} s; playing anyway')
+        elif self.unmatched():
+            log(f'replay: endpoints on {sorted(set(self.unmatched()))} not matched after '
+                f'{wait_s} s (incompatible QoS?); playing anyway')
+
+    def advance_to(self, t_ns: int) -> None:
+        """Tick /clock at clock_hz until wall time reaches bag time t_ns."""
+        t_ns = max(t_ns, self.sim_ns)
+        target = self.paced_wall + (t_ns - self.paced_bag_ns) / 1e9 / self.rate
+        while True:
+            now = time.monotonic()
+            if now >= target:
+                break
+            self.publish_clock(self.paced_bag_ns + int((now - self.paced_wall) * self.rate * 1e9))
+            if self.recorder and now >= self.next_discovery:
+                self.recorder.subscribe_discovered()
+                self.next_discovery = now + 0.5
+            time.sleep(min(self.period, target - now))
+        self.publish_clock(t_ns)
+
+    def publish(self, item) -> None:
+        conn, _t, raw = item[:3]
+        self.publishers[conn.topic].publish(bytes(raw))
+        self.summary.published[conn.topic] += 1
+        self.bar.update(1)
+
+    def send_ahead(self, until_ns: int) -> None:
+        """What the node needs for a set that the bag holds after it (odometry reaching the set's
+        stamp, CameraInfo, ...): published now, images held back."""
+        for item in self.held:
+            if item[1] > until_ns:
+                return
+            if not item[3] and item[0].msgtype not in IMAGE_TYPES:
+                self.publish(item)
+                item[3] = True
+        while True:
+            nxt = next(self.stream, None)
+            if nxt is None:
+                return
+            item = [*nxt, False]
+            self.held.append(item)
+            if item[1] > until_ns:
+                return
+            if item[0].msgtype not in IMAGE_TYPES:
+                self.publish(item)
+                item[3] = True
+
+    def wait_for_set(self, stamp_ns: int, handled: int) -> None:
+        """Lockstep: hold bag time until the node answered the set, then pace from here."""
+        self.pacer.wait(stamp_ns, handled, self.keep_clock)
+        self.paced_bag_ns, self.paced_wall = self.sim_ns, time.monotonic()
+
+    def play(self, lead_s: float, tail_s: float, progress: bool, name: str) -> None:
+        """Publish every message at its bag time (lockstep: waiting on each camera set), then
+        keep the clock running ``tail_s`` past the end."""
+        from tqdm import tqdm
+
+        pacer = self.pacer
+        wall0 = time.monotonic()
+        self.paced_bag_ns, self.paced_wall = self.start_ns, wall0
+        self.next_discovery = wall0 + 0.5
+        n_total = sum(c.msgcount for c in self.connections)
+        self.bar = tqdm(total=n_total, desc=f'replay {name}', unit='msg', disable=not progress)
+        handled = pacer.mark() if pacer is not None else 0
+        self.stream = self.reader.messages(connections=self.connections)
+        while True:
+            item = self.held.popleft() if self.held else next(self.stream, None)
+            if item is None:
+                break
+            if len(item) == 4 and item[3]:
+                continue  # sent ahead already
+            conn, t_ns, raw = item[:3]
+            self.advance_to(t_ns)
+            data = bytes(raw)
+            self.publish((conn, t_ns, data))
+            if pacer is not None and conn.msgtype in IMAGE_TYPES:
+                for stamp in pacer.sets_completed_by(conn.topic, data, conn.msgtype):
+                    self.send_ahead(stamp + int(lead_s * 1e9))
+                    self.wait_for_set(stamp, handled)
+                handled = pacer.mark()
+        self.bar.close()
+        if pacer is not None:
+            for stamp in [s.stamp_ns for s in pacer.sync.flush()]:
+                self.wait_for_set(stamp, handled)
+            self.summary.lockstep = pacer.summary()
+        self.advance_to(self.end_ns + int(tail_s * 1e9))
+        self.summary.bag_seconds = (self.end_ns - self.start_ns) / 1e9
+        self.summary.wall_seconds = time.monotonic() - wall0
+
+
+def camera_topics(connections) -> list:
+    """The image topics among ``connections``, in first-seen order."""
+    return list(dict.fromkeys(c.topic for c in connections if c.msgtype in IMAGE_TYPES))
+
+
+def _open_publishers(node, reader, topics, summary: ReplaySummary):
+    """-> (connections to play, {topic: publisher}); topics of types not installed are listed
+    in ``summary.skipped``. ``/tf_static`` is latched (transient local), as ``ros2 bag`` does."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    connections, publishers = [], {}
+    for conn in reader.connections:
+        if topics and conn.topic not in topics:
+            continue
+        cls = message_class(conn.msgtype)
+        if cls is None:
+            summary.skipped[conn.topic] = f'{conn.msgtype} not installed'
+            continue
+        if conn.topic not in publishers:
+            latched = conn.topic in LATCHED_TOPICS
+            qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL if latched
+                             else DurabilityPolicy.VOLATILE)
+            publishers[conn.topic] = node.create_publisher(cls, conn.topic, qos)
+        connections.append(conn)
+    return connections, publishers
+
+
 def replay(bag, rate: float = 1.0, record=None, record_topics=DEFAULT_RECORD_TOPICS,
            topics=None, wait_s: float = 5.0, tail_s: float = 1.0, clock_hz: float = 100.0,
            progress: bool = True, log=print, lockstep: bool = False,
@@ -296,10 +482,7 @@ def replay(bag, rate: float = 1.0, record=None, record_topics=DEFAULT_RECORD_TOP
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from rosbags.highlevel import AnyReader
-    from rosgraph_msgs.msg import Clock
-    from tqdm import tqdm
 
     if rate <= 0:
         raise ValueError(f'rate must be positive, got {rate}')
@@ -317,155 +500,20 @@ def replay(bag, rate: float = 1.0, record=None, record_topics=DEFAULT_RECORD_TOP
     committed = False
     try:
         with AnyReader([bag]) as reader:
-            connections, publishers = [], {}
-            for conn in reader.connections:
-                if topics and conn.topic not in topics:
-                    continue
-                cls = message_class(conn.msgtype)
-                if cls is None:
-                    summary.skipped[conn.topic] = f'{conn.msgtype} not installed'
-                    continue
-                if conn.topic not in publishers:
-                    latched = conn.topic in LATCHED_TOPICS
-                    qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
-                                     durability=DurabilityPolicy.TRANSIENT_LOCAL if latched
-                                     else DurabilityPolicy.VOLATILE)
-                    publishers[conn.topic] = node.create_publisher(cls, conn.topic, qos)
-                connections.append(conn)
+            connections, publishers = _open_publishers(node, reader, topics, summary)
             if not connections:
                 raise ValueError(f'{bag}: no playable topics (skipped: {summary.skipped})')
-            clock_pub = node.create_publisher(Clock, '/clock', QoSProfile(
-                depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
-            start_ns, end_ns = reader.start_time, reader.end_time
-            sim_ns = [start_ns]
-
-            def publish_clock(t_ns: int) -> None:
-                sim_ns[0] = t_ns
-                msg = Clock()
-                msg.clock.sec, msg.clock.nanosec = divmod(int(t_ns), 1_000_000_000)
-                clock_pub.publish(msg)
-
+            player = _Player(node, reader, connections, publishers, summary, rate=rate,
+                             clock_hz=clock_hz)
             if record:
-                recorder = _Recorder(node, Path(record), record_topics, lambda: sim_ns[0])
-            camera_topics = list(dict.fromkeys(c.topic for c in connections
-                                               if c.msgtype in IMAGE_TYPES))
-            pacer = Lockstep(node, camera_topics, reference_topic, answer_topic,
-                             lockstep_timeout_s, slop_s) if lockstep else None
+                recorder = player.recorder = _Recorder(node, Path(record), record_topics,
+                                                       lambda: player.sim_ns)
+            if lockstep:
+                player.pacer = Lockstep(node, player.camera_topics(), reference_topic,
+                                        answer_topic, lockstep_timeout_s, slop_s)
             spinner.start()
-
-            def unmatched() -> list:
-                """Endpoints discovered in the graph that DDS has not matched with ours yet
-                (a message sent before the match is lost: e.g. the first odometry)."""
-                late = [t for t, pub in publishers.items()
-                        if pub.get_subscription_count() < node.count_subscribers(t)]
-                if recorder:
-                    late += [sub.topic_name for sub in recorder.subscriptions
-                             if sub.get_publisher_count() < node.count_publishers(sub.topic_name)]
-                return late
-
-            deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline:
-                publish_clock(start_ns)
-                missing = recorder.subscribe_discovered() if recorder else []
-                unheard = [t for t in camera_topics if node.count_subscribers(t) == 0]
-                if not missing and not unheard and not unmatched():
-                    # Matched on our side; the other side matches from the same discovery
-                    # round: a margin for it.
-                    time.sleep(0.5)
-                    break
-                time.sleep(0.05)
-            else:
-                if recorder:
-                    missing = recorder.subscribe_discovered()
-                    if missing:
-                        log(f'replay: not (yet) recording {missing}: no publisher seen')
-                unheard = [t for t in camera_topics if node.count_subscribers(t) == 0]
-                if unheard:
-                    log(f'replay: no subscriber on {unheard} after {wait_s} s; playing anyway')
-                elif unmatched():
-                    log(f'replay: endpoints on {sorted(set(unmatched()))} not matched after '
-                        f'{wait_s} s (incompatible QoS?); playing anyway')
-
-            period = 1.0 / clock_hz
-            wall0 = time.monotonic()
-            n_total = sum(c.msgcount for c in connections)
-            bar = tqdm(total=n_total, desc=f'replay {bag.name}', unit='msg', disable=not progress)
-            next_discovery = time.monotonic() + 0.5
-
-            paced = {'bag_ns': start_ns, 'wall': wall0}  # lockstep: where pacing restarts
-            handled = pacer.mark() if pacer is not None else 0
-
-            def advance_to(t_ns: int) -> None:
-                """Tick /clock at clock_hz until wall time reaches bag time t_ns."""
-                nonlocal next_discovery
-                t_ns = max(t_ns, sim_ns[0])
-                target = paced['wall'] + (t_ns - paced['bag_ns']) / 1e9 / rate
-                while True:
-                    now = time.monotonic()
-                    if now >= target:
-                        break
-                    publish_clock(paced['bag_ns'] + int((now - paced['wall']) * rate * 1e9))
-                    if recorder and now >= next_discovery:
-                        recorder.subscribe_discovered()
-                        next_discovery = now + 0.5
-                    time.sleep(min(period, target - now))
-                publish_clock(t_ns)
-
-            stream = reader.messages(connections=connections)
-            held = deque()  # lockstep: messages read ahead of a set's answer, [conn, t, raw, sent]
-
-            def publish(item) -> None:
-                conn, _t, raw = item[:3]
-                publishers[conn.topic].publish(bytes(raw))
-                summary.published[conn.topic] += 1
-                bar.update(1)
-
-            def send_ahead(until_ns: int) -> None:
-                """What the node needs for a set that the bag holds after it (odometry reaching
-                the set's stamp, CameraInfo, ...): published now, images held back."""
-                for item in held:
-                    if item[1] > until_ns:
-                        return
-                    if not item[3] and item[0].msgtype not in IMAGE_TYPES:
-                        publish(item)
-                        item[3] = True
-                while True:
-                    nxt = next(stream, None)
-                    if nxt is None:
-                        return
-                    item = [*nxt, False]
-                    held.append(item)
-                    if item[1] > until_ns:
-                        return
-                    if item[0].msgtype not in IMAGE_TYPES:
-                        publish(item)
-                        item[3] = True
-
-            while True:
-                item = held.popleft() if held else next(stream, None)
-                if item is None:
-                    break
-                if len(item) == 4 and item[3]:
-                    continue  # sent ahead already
-                conn, t_ns, raw = item[:3]
-                advance_to(t_ns)
-                data = bytes(raw)
-                publish((conn, t_ns, data))
-                if pacer is not None and conn.msgtype in IMAGE_TYPES:
-                    for stamp in pacer.sets_completed_by(conn.topic, data, conn.msgtype):
-                        send_ahead(stamp + int(lead_s * 1e9))
-                        pacer.wait(stamp, handled, lambda: publish_clock(sim_ns[0]))
-                        paced.update(bag_ns=sim_ns[0], wall=time.monotonic())
-                    handled = pacer.mark()
-            bar.close()
-            if pacer is not None:
-                for stamp in [s.stamp_ns for s in pacer.sync.flush()]:
-                    pacer.wait(stamp, handled, lambda: publish_clock(sim_ns[0]))
-                    paced.update(bag_ns=sim_ns[0], wall=time.monotonic())
-                summary.lockstep = pacer.summary()
-            advance_to(end_ns + int(tail_s * 1e9))
-            summary.bag_seconds = (end_ns - start_ns) / 1e9
-            summary.wall_seconds = time.monotonic() - wall0
+            player.wait_for_endpoints(wait_s, log)
+            player.play(lead_s, tail_s, progress, bag.name)
         committed = True
     finally:
         executor.shutdown(timeout_sec=1.0)

@@ -47,7 +47,7 @@ SEED_STREAMS = ('road', 'speed', 'traffic', 'pedestrians', 'scenery', 'jitter', 
 
 
 @dataclass
-class EgoState:
+class SimEgo:
     """The ego in the world (odom) frame: base_link position (m), yaw (rad, REP-103), speed
     (m/s, >= 0), longitudinal acceleration (m/s^2) and yaw rate (rad/s)."""
 
@@ -124,7 +124,7 @@ def idm_accel(v, v0, gap, dv, a_max: float, b: float, headway: float, s0: float)
 class Simulation:
     """The world of one drive, stepped in sim time (see the module docstring).
 
-    Public state: ``t`` (s), ``dt`` (s), ``ego`` (:class:`EgoState`), ``road``, ``family`` (the
+    Public state: ``t`` (s), ``dt`` (s), ``ego`` (:class:`SimEgo`), ``road``, ``family`` (the
     concrete family), ``requested_family``, ``agents``, ``scenery``, ``ground``, ``hazard`` (what
     the family placed and when it fired: a dict), ``route_length`` (m, the ego lane to the end of
     the road), ``collision_log`` (every contact of the ego since the start, once per contact, in
@@ -154,7 +154,7 @@ class Simulation:
         self._init_route()
         self._init_speed_plan(self.rngs['speed'])
         v_start = min(self.v_target(0.0), self.curve_limit(0.0))
-        self.ego = EgoState(0.0, 0.0, 0.0, v_start, 0.0, 0.0)
+        self.ego = SimEgo(0.0, 0.0, 0.0, v_start, 0.0, 0.0)
         self._ego_s, self._curvature = 0.0, float(self.road.lane_curvature(0.0, self.lane_d))
         self.ego.yaw_rate = self._curvature * v_start
         # Exclusions: (s_lo, s_hi) zones of the hazard that background traffic keeps out of.
@@ -409,7 +409,7 @@ class Simulation:
         dyaw = k * dist
         mid = e.yaw + 0.5 * dyaw
         x, y = e.x + dist * math.cos(mid), e.y + dist * math.sin(mid)
-        self.ego = EgoState(x, y, e.yaw + dyaw, v1, (v1 - e.v) / dt, k * v1)
+        self.ego = SimEgo(x, y, e.yaw + dyaw, v1, (v1 - e.v) / dt, k * v1)
         self._curvature = k
         self._ego_s, _ = self.road.locate(x, y, self._ego_s + dist)
 

@@ -266,11 +266,15 @@ def run_ablation(model_cfg, train_cfg, out, risk_weights=(0.0, 1.0), kinds=('l1'
     return result
 
 
+OVERRIDES = ('index', 'val_index', 'max_steps', 'epochs', 'device')  # train: fields set by flags
+
+
 def add_arguments(parser) -> None:
+    from rsd_drive.train.config import add_override_arguments
+
     parser.add_argument('--config', default='config/train.yaml',
                         help='YAML with model: and train: sections (default: %(default)s)')
-    parser.add_argument('--index', help='training index (overrides train.index)')
-    parser.add_argument('--val-index', help='validation index (overrides train.val_index)')
+    add_override_arguments(parser, ('index', 'val_index'))
     parser.add_argument('--out', required=True, help='ablation directory')
     parser.add_argument('--risk-weights', type=float, nargs='+', default=[0.0, 1.0],
                         help='lambda values (default: %(default)s)')
@@ -283,22 +287,17 @@ def add_arguments(parser) -> None:
                              '(frozen random tower like the configured one)')
     parser.add_argument('--arm-weight', type=float,
                         help='lambda of the extra arms (default: the largest --risk-weights)')
-    parser.add_argument('--max-steps', type=int, help='override train.max_steps of every run')
-    parser.add_argument('--epochs', type=int, help='override train.epochs of every run')
-    parser.add_argument('--device', help='override train.device')
+    add_override_arguments(parser, ('max_steps', 'epochs', 'device'))  # of every run
     parser.add_argument('--encoder-in-loop', action='store_true')
     parser.add_argument('--no-progress', action='store_true')
 
 
 def run(args) -> int:
-    from rsd_drive.train.config import load_config
+    from rsd_drive.train.config import apply_overrides, load_config
 
     try:
         model_cfg, train_cfg = load_config(args.config)
-        overrides = {k: v for k, v in (('index', args.index), ('val_index', args.val_index),
-                                       ('max_steps', args.max_steps), ('epochs', args.epochs),
-                                       ('device', args.device)) if v is not None}
-        train_cfg = replace(train_cfg, **overrides)
+        train_cfg = apply_overrides(train_cfg, args, OVERRIDES)
         result = run_ablation(model_cfg, train_cfg, args.out, args.risk_weights, args.kinds,
                               args.seeds, not args.no_progress, args.encoder_in_loop,
                               args.arms, args.arm_weight)

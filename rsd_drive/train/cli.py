@@ -12,24 +12,20 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import replace
+
+from rsd_drive.train.config import add_override_arguments, apply_overrides
+
+OVERRIDES = ('index', 'val_index', 'out', 'cache_dir', 'max_steps', 'epochs', 'seed', 'device')
 
 
 def add_arguments(parser) -> None:
     parser.add_argument('--config', default='config/train.yaml',
                         help='YAML with model: and train: sections (default: %(default)s)')
-    parser.add_argument('--index', help='training index (overrides train.index)')
-    parser.add_argument('--val-index', help='validation index (overrides train.val_index)')
-    parser.add_argument('--out', help='run directory (overrides train.out)')
-    parser.add_argument('--cache-dir', help='feature cache root (default: INDEX/features)')
+    add_override_arguments(parser, OVERRIDES)
     parser.add_argument('--resume', action='store_true',
                         help='continue the run in --out from its newest checkpoint')
     parser.add_argument('--encoder-in-loop', action='store_true',
                         help='run the frozen encoder every step instead of reading the cache')
-    parser.add_argument('--max-steps', type=int, help='override train.max_steps')
-    parser.add_argument('--epochs', type=int, help='override train.epochs')
-    parser.add_argument('--seed', type=int, help='override train.seed')
-    parser.add_argument('--device', help='override train.device (auto | cpu | cuda)')
     parser.add_argument('--dist-timeout', type=float, default=1800.0,
                         help='under torchrun: seconds a rank waits for the others (process group '
                              'timeout, default: %(default)s)')
@@ -58,12 +54,7 @@ def run(args) -> int:
 
     try:
         model_cfg, train_cfg = load_config(args.config)
-        overrides = {k: v for k, v in (('index', args.index), ('val_index', args.val_index),
-                                       ('out', args.out), ('cache_dir', args.cache_dir),
-                                       ('max_steps', args.max_steps), ('epochs', args.epochs),
-                                       ('seed', args.seed), ('device', args.device))
-                     if v is not None}
-        train_cfg = replace(train_cfg, **overrides)
+        train_cfg = apply_overrides(train_cfg, args, OVERRIDES)
         with process_group(resolve_device(train_cfg.device), args.dist_timeout):
             if int(os.environ.get('WORLD_SIZE', '1')) > 1 and not args.encoder_in_loop \
                     and not args.resume and train_cfg.index:

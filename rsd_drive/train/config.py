@@ -27,7 +27,8 @@ class TrainConfig:
     epochs, max_steps: length of the run; ``max_steps > 0`` wins over ``epochs``.
     batch_size: frames per optimizer step *per process* (DDP multiplies it by the world size).
     grad_clip: max global gradient norm (0 disables clipping).
-    risk_loss: 'l1' (RSD), 'mse' or 'kl'; risk_weight: lambda in L = L_plan + lambda * L_risk.
+    risk_loss: one of RISK_LOSS_KINDS (default kl_scale; l1 is RSD's, see README, Training
+        notes); risk_weight: lambda in L = L_plan + lambda * L_risk (default 0.2).
     route_dropout: the fraction of training frames whose route mask is switched off (models with
         the route input), so one checkpoint plans with and without a route.
     seed: initialisation of the trainable parts and the data order.
@@ -46,7 +47,7 @@ class TrainConfig:
         cache_dir: where frozen features are cached (default: ``<index>/features``).
     """
 
-    lr: float = 3e-4
+    lr: float = 1e-3
     weight_decay: float = 0.01
     betas: tuple = (0.9, 0.999)
     warmup_steps: int = 100
@@ -55,8 +56,8 @@ class TrainConfig:
     max_steps: int = 0
     batch_size: int = 16
     grad_clip: float = 1.0
-    risk_loss: str = 'l1'
-    risk_weight: float = 1.0
+    risk_loss: str = 'kl_scale'
+    risk_weight: float = 0.2
     route_dropout: float = 0.25
     seed: int = 0
     encoder_seed: int = 0
@@ -131,3 +132,32 @@ def save_config(path, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
     tmp = path.with_name(path.name + '.tmp')
     tmp.write_text(text)
     tmp.replace(path)
+
+
+# The command-line overrides of train: fields, one spelling for every CLI that loads a train
+# config (rsd-drive train, ablate, bench train): field -> argparse keywords (--field-name).
+OVERRIDE_FLAGS = {
+    'index': dict(help='training index (overrides train.index)'),
+    'val_index': dict(help='validation index (overrides train.val_index)'),
+    'out': dict(help='run directory (overrides train.out)'),
+    'cache_dir': dict(help='feature cache root (default: INDEX/features)'),
+    'max_steps': dict(type=int, help='override train.max_steps'),
+    'epochs': dict(type=int, help='override train.epochs'),
+    'seed': dict(type=int, help='override train.seed'),
+    'batch_size': dict(type=int, help='override train.batch_size'),
+    'device': dict(help='override train.device (auto | cpu | cuda)'),
+}
+
+
+def add_override_arguments(parser, fields) -> None:
+    """``--<field>`` (underscores as dashes) for each of ``fields``, from OVERRIDE_FLAGS."""
+    for name in fields:
+        parser.add_argument('--' + name.replace('_', '-'), **OVERRIDE_FLAGS[name])
+
+
+def apply_overrides(train_cfg: TrainConfig, args, fields) -> TrainConfig:
+    """``train_cfg`` with every one of ``fields`` that ``args`` sets (not None) replaced."""
+    from dataclasses import replace
+
+    values = {name: getattr(args, name) for name in fields}
+    return replace(train_cfg, **{k: v for k, v in values.items() if v is not None})

@@ -50,8 +50,8 @@ def model_outputs(model, batch, device, autocast_dtype=None):
             with torch.no_grad():
                 features = model.encode(get('images'))
         route = (get('route'), get('route_valid')) if 'route' in batch else (None, None)
-        return model.plan(features, get('intrinsics'), get('cam_to_ego'), get('past_states'),
-                          get('intent'), *route)
+        return model.plan_from_features(features, get('intrinsics'), get('cam_to_ego'),
+                                        get('past_states'), get('intent'), *route)
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """Start-up time and peak memory of planner_node, side by side in one run.
 
-    python -m rsd_drive.deploy.startup_bench \
+    python -m rsd_drive.bench.startup \
         --case 'artifact, vehicle venv=.venv-vehicle/bin/python:.:deploy.yaml' \
         --case 'checkpoint, main venv=.venv/bin/python:.:ckpt.yaml' --repeat 3
 
@@ -9,17 +9,14 @@ rsd_drive.ros.planner_node --ros-args --params-file PARAMS_FILE`` in CWD (so ano
 code can be measured with its own venv). Start-up is the time on this process's monotonic clock
 from spawning the process to the node's ``active:`` log line (configure + warm-up + activate
 done); peak RSS is the process's ``VmHWM`` (/proc, Linux) read at that moment; the node is then
-stopped with SIGINT. Prints a table with each case's median and its ratio to the first case.
+stopped by ``ros.launcher`` (SIGINT, then SIGTERM, then SIGKILL). Prints a table with each
+case's median and its ratio to the first case.
 """
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 
@@ -32,34 +29,17 @@ def peak_rss_mb(pid: int) -> float:
 
 def start_once(python: str, cwd: str, params: str, timeout: float = 600.0) -> tuple:
     """(seconds to 'active:', peak RSS MB at that point, last log lines)."""
-    env = dict(os.environ, PYTHONUNBUFFERED='1', RCUTILS_LOGGING_BUFFERED_STREAM='0')
+    from rsd_drive.ros.launcher import PlannerNodeProcess, node_environment
+
+    env = node_environment()
     # The ROS wheels' bootstrap put this venv's libraries on LD_LIBRARY_PATH; another venv's
     # python (other ROS release) must find its own.
     env['LD_LIBRARY_PATH'] = ':'.join(p for p in env.get('LD_LIBRARY_PATH', '').split(':')
                                       if p and not p.startswith(sys.prefix))
     env.pop('_ROS_WHEELS_BOOTSTRAP_COMPLETE', None)  # let the child's bootstrap run
-    cmd = [python, '-m', 'rsd_drive.ros.planner_node', '--ros-args', '--params-file',
-           str(Path(params).resolve())]
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    lines = []
-    try:
-        for line in proc.stdout:
-            lines.append(line.rstrip())
-            if 'active:' in line:
-                return time.monotonic() - t0, peak_rss_mb(proc.pid), lines[-3:]
-            if time.monotonic() - t0 > timeout:
-                break
-        raise RuntimeError(f'{cmd} never became active:\n' + '\n'.join(lines[-20:]))
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+    with PlannerNodeProcess(Path(params).resolve(), python=python, cwd=cwd, env=env) as node:
+        seconds = node.wait_active(timeout)
+        return seconds, peak_rss_mb(node.pid), node.lines()[-3:]
 
 
 def parse_case(text: str) -> tuple:
