@@ -154,6 +154,7 @@ class PlannerNode(LifecycleNode):
         self.last_skip = 'no frame yet'
         self.last_now_ns = 0
         self.odom_cond = threading.Condition(self.lock)
+        self.info_cond = threading.Condition()  # a first CameraInfo arrived
         self.backend = None
         self.odometry = self._new_odometry_history()
         self.sync = self._new_synchronizer()
@@ -445,7 +446,9 @@ class PlannerNode(LifecycleNode):
         except MessageError as e:
             self._count(f'{e.reason}:{camera}')
             return
-        self.intrinsics_by_camera[camera] = (K, hw, lens)
+        with self.info_cond:
+            self.intrinsics_by_camera[camera] = (K, hw, lens)
+            self.info_cond.notify_all()
 
     def _on_odometry(self, msg: Odometry) -> None:
         now = self._now_ns()
@@ -544,6 +547,20 @@ class PlannerNode(LifecycleNode):
             calibs.append(CameraCalibration(intr[0], intr[1], extr, *intr[2:]))
         return calibs, None
 
+    def _calibrations_waiting(self):
+        """The calibrations; a camera whose first CameraInfo is still on its way (it travels on
+        its own topic: a set can complete before it arrives) is waited for, up to
+        ``camera_info_wait_s``."""
+        deadline = time.monotonic() + self.settings.camera_info_wait_s
+        with self.info_cond:
+            while True:
+                calibs, missing = self._calibrations()
+                remaining = deadline - time.monotonic()
+                if calibs is not None or not missing.startswith('no_camera_info') \
+                        or remaining <= 0:
+                    return calibs, missing
+                self.info_cond.wait(remaining)
+
     def _past_states(self, t0_ns: int):
         """Past states at t0, waiting briefly when odometry has not reached t0 yet."""
         cfg = self.backend.config
@@ -582,7 +599,7 @@ class PlannerNode(LifecycleNode):
         if now - t0 > self.max_age_ns or stale:
             self._skip('stale', ', '.join(stale) or f'frame {(now - t0) / 1e9:.2f} s old')
             return
-        calibs, missing = self._calibrations()
+        calibs, missing = self._calibrations_waiting()
         if calibs is None:
             self._skip(missing)
             return

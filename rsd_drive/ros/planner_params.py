@@ -58,6 +58,8 @@ PARAMETERS = {
                                   'extrapolating the earliest state back at constant velocity '
                                   '(start-up, short recordings); false: wait for full history'),
     'odom_wait_s': (T.DOUBLE, 'how long the worker waits for odometry to reach a frame stamp'),
+    'camera_info_wait_s': (T.DOUBLE, "how long the worker waits for a camera's first CameraInfo "
+                                     'when a set completes before it (start-up)'),
     'base_frame': (T.STRING, 'vehicle frame (REP-105 base_link)'),
     'odom_frame': (T.STRING, 'odometry frame (REP-105 odom)'),
     'output_frame': (T.STRING, 'frame of path/grid/markers: base_frame or odom_frame'),
@@ -109,6 +111,7 @@ class Settings:
     max_input_age_s: float
     odom_max_gap_s: float
     odom_wait_s: float
+    camera_info_wait_s: float
     pad_short_history: bool
     base_frame: str
     odom_frame: str
