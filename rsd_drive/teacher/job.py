@@ -237,6 +237,167 @@ def _preview(path: Path, frame, risk, objects, future, grid: GridSpec, title: st
     plt.close(fig)
 
 
+def _already_done(bag: Path, out: Path, bag_id: str, identity: dict, backend: str,
+                  label_path: Path, progress) -> dict | None:
+    """The resume check: the result of an earlier run of this bag into ``out`` when it is
+    complete and current (None: label it); a different or changed bag is an error."""
+    done_file = out / 'work' / bag_id / 'done.json'
+    if not done_file.is_file():
+        return None
+    info = json.loads(done_file.read_text())
+    if info.get('identity', {}).get('path') != identity['path']:
+        raise BagError(bag, f'{out} already holds labels named {bag_id} of '
+                            f'{info.get("identity", {}).get("path")}; use another --out')
+    if info.get('identity') != identity:
+        raise BagError(bag, f'changed since it was labelled into {out}; label it into a '
+                            f'fresh output directory')
+    if info.get('backend') != backend or not label_path.exists() or info.get('failed_frames'):
+        return None
+    info['status'], info['seconds'], info['teacher_stats'] = 'already_done', 0.0, {}
+    if progress:
+        progress({'bag_id': bag_id, 'state': 'already_done',
+                  'frames_done': info.get('frames_seen', 0),
+                  'frames_total': info.get('frames_seen', 0)})
+    return info
+
+
+class _FrameLabeller:
+    """Labels one synchronised frame of a bag into its chunk: targets, route input, teacher,
+    BEV projection, index frame; keeps the riskiest frame for the preview."""
+
+    def __init__(self, spec: JobSpec, reader, teacher):
+        self.spec, self.reader, self.teacher = spec, reader, teacher
+        self.tcfg = spec.teacher_config
+        self.target_cfg = TargetConfig(**spec.targets)
+        self.horizon_ns = int(self.target_cfg.future_steps / self.target_cfg.frequency_hz * 1e9)
+        self.best = None
+
+    def _targets(self, t0: int):
+        reader, cfg = self.reader, self.target_cfg
+        intent = reader.intent_at(t0)
+        # DAgger drives (rsd-drive dagger): the target is the expert's rollout from the visited
+        # state recorded at this stamp (dataset.target_topic), not the logged future; the past
+        # states stay the visited odometry. None: the logged future.
+        expert = reader.target_at(t0, cfg.future_steps, cfg.frequency_hz)
+        return build_targets(reader.odometry, t0, cfg, intent, expert)
+
+    def _context(self, t0: int, targets):
+        reader, cfg = self.reader, self.target_cfg
+        ego = reader.odometry.at(t0)
+        route = route_in_base_link(reader.route_at(t0), (ego.x, ego.y, ego.yaw),
+                                   cfg.route_points, cfg.route_spacing_m)
+        ctx = FrameContext(
+            t0, (ego.x, ego.y, ego.yaw), targets.future, targets.init_speed, cfg.frequency_hz,
+            odometry=reader.odometry,
+            objects=reader.objects_at(t0, int(self.tcfg.oracle.max_age_s * 1e9))
+            if self.teacher.needs_objects else None)
+        return ctx, route
+
+    def label(self, item, chunk: '_Chunk') -> None:
+        t0 = item.stamp_ns
+        if self.reader.noise_between(t0, t0 + self.horizon_ns):
+            chunk.skipped['targets:injected_noise'] += 1  # not the expert's own correction
+            return
+        try:
+            targets = self._targets(t0)
+        except TargetError as exc:
+            chunk.skipped[f'targets:{exc.reason}'] += 1
+            return
+        ctx, route = self._context(t0, targets)
+        try:
+            output = self.teacher.label(item, ctx)
+        except TeacherUnavailable as exc:  # may pass (server down): the next run labels it
+            chunk.failed.append({'seq': item.seq, 'stamp_ns': t0, 'reason': exc.reason})
+            return
+        except Exception as exc:  # noqa: BLE001 - a model failure on one frame: count it
+            chunk.skipped['teacher:error'] += 1
+            chunk.errors.append(f'frame {item.seq} ({t0}): {type(exc).__name__}: {exc}')
+            return
+        self._keep(item, chunk, output, targets, route)
+
+    def _keep(self, item, chunk: '_Chunk', output, targets, route) -> None:
+        t0, spec = item.stamp_ns, self.spec
+        chunk.rejected.update(output.rejected)
+        if not output.parsed and self.tcfg.unparsable_answer == 'skip':
+            chunk.skipped['teacher:unparsable'] += 1
+            chunk.records.append({'stamp_ns': t0, 'seq': item.seq, 'labelled': False,
+                                  'answer': output.answer, 'objects': []})
+            return
+        risk, kept, rejected = teacher_grid(output, item, spec.grid_spec, self.tcfg.projection)
+        chunk.rejected.update(rejected)
+        chunk.writer.add(**index_frame(item, targets, risk, spec.image_hw, route))
+        objects = [o.to_dict() for o in kept]
+        chunk.records.append({'stamp_ns': t0, 'seq': item.seq, 'labelled': True,
+                              'answer': output.answer, 'objects': objects})
+        chunk.stamps.append(t0)
+        chunk.risk.append(risk)
+        chunk.future.append(targets.future)
+        score = float(risk.sum())
+        if self.best is None or score > self.best[0]:
+            self.best = (score, item, risk, objects, targets.future)
+
+
+def _merge_chunks(work: Path, done: dict) -> dict:
+    """Every finished chunk of a bag, in order: label records (risk and future from the chunk's
+    arrays) and the counters."""
+    merged = {'records': [], 'skipped': Counter(), 'rejected': Counter(), 'errors': [],
+              'labelled': 0, 'failed': []}
+    for k in sorted(done):
+        info = done[k]
+        arrays = np.load(work / f'chunk-{k:05d}.npz', allow_pickle=False)
+        by_stamp = {int(t): j for j, t in enumerate(arrays['stamps'])}
+        for rec in info['records']:
+            j = by_stamp.get(int(rec['stamp_ns'])) if rec['labelled'] else None
+            merged['records'].append(LabelRecord(
+                rec['stamp_ns'], rec['answer'], rec['objects'],
+                None if j is None else arrays['risk'][j].astype(np.float32),
+                None if j is None else arrays['future'][j]))
+        merged['skipped'].update(info['skipped'])
+        merged['rejected'].update(info['rejected'])
+        merged['errors'].extend(info.get('errors', []))
+        merged['failed'].extend(info.get('failed', []))
+        merged['labelled'] += int(info['frames'])
+    return merged
+
+
+def _label_chunks(bag, spec: JobSpec, bag_id: str, identity: dict, work: Path, reader,
+                  teacher, report) -> tuple[dict, int, '_FrameLabeller']:
+    """The per-frame loop over a bag: chunks already done are counted and passed over, the
+    others labelled frame by frame and committed one chunk at a time. -> (done chunks, frames
+    seen, the labeller)."""
+    tcfg, dataset = spec.teacher_config, DatasetConfig.from_dict(spec.dataset)
+    done = _done_chunks(work, Path(spec.out_dir) / 'index', identity, tcfg.backend)
+    C, labeller = spec.chunk_frames, _FrameLabeller(spec, reader, teacher)
+    chunk, seen = None, 0
+
+    def finish(c):
+        done[c.k] = c.commit(work, dataset.camera_names, tcfg.backend)
+
+    frames = reader.frames(decode=lambda seq: seq // C not in done, include_skipped=True)
+    for item in prefetched(teacher, frames,
+                           lambda f: _worth_asking(f, reader, labeller.target_cfg, C, done)):
+        k = item.seq // C
+        if k in done:
+            if item.stamp_ns >= 0:
+                seen += 1
+                report(seen)
+            continue
+        if chunk is None or chunk.k != k:
+            if chunk is not None:
+                finish(chunk)
+            chunk = _Chunk(k, spec, bag, bag_id, identity)
+        if item.stamp_ns >= 0:  # sync drops carry no stamp: they are not frames seen
+            seen += 1
+            report(seen)
+        if isinstance(item, SkippedFrame):
+            chunk.skipped[item.reason] += 1
+            continue
+        labeller.label(item, chunk)
+    if chunk is not None:
+        finish(chunk)
+    return done, seen, labeller
+
+
 def label_bag(bag, spec: JobSpec, bag_id: str | None = None, progress=None) -> dict:
     """Label one bag (resuming finished chunks). Returns the bag's result dict; raises BagError
     for unreadable bags and MissingTopicsError for bags without the needed topics."""
@@ -244,33 +405,16 @@ def label_bag(bag, spec: JobSpec, bag_id: str | None = None, progress=None) -> d
     bag = Path(bag).resolve()
     bag_id = bag_id or bag_ids([bag])[str(bag)]
     out = Path(spec.out_dir)
-    work, label_path, index_dir = out / 'work' / bag_id, out / 'labels' / bag_id, out / 'index'
-    tcfg = spec.teacher_config
-    backend = tcfg.backend
+    work, label_path = out / 'work' / bag_id, out / 'labels' / bag_id
+    backend = spec.teacher_config.backend
     if not bag.exists():
         raise BagError(bag, 'no such bag')
     identity = _bag_identity(bag)
-    done_file = work / 'done.json'
-    if done_file.is_file():
-        info = json.loads(done_file.read_text())
-        if info.get('identity', {}).get('path') != identity['path']:
-            raise BagError(bag, f'{out} already holds labels named {bag_id} of '
-                                f'{info.get("identity", {}).get("path")}; use another --out')
-        if info.get('identity') != identity:
-            raise BagError(bag, f'changed since it was labelled into {out}; label it into a '
-                                f'fresh output directory')
-        if info.get('identity') == identity and info.get('backend') == backend \
-                and label_path.exists() and not info.get('failed_frames'):
-            info['status'], info['seconds'], info['teacher_stats'] = 'already_done', 0.0, {}
-            if progress:
-                progress({'bag_id': bag_id, 'state': 'already_done',
-                          'frames_done': info.get('frames_seen', 0),
-                          'frames_total': info.get('frames_seen', 0)})
-            return info
+    info = _already_done(bag, out, bag_id, identity, backend, label_path, progress)
+    if info is not None:
+        return info
     work.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(work)  # one labeler per bag: leftovers of a killed one
-    grid, pcfg = spec.grid_spec, tcfg.projection
-    target_cfg = TargetConfig(**spec.targets)
     dataset = DatasetConfig.from_dict(spec.dataset)
     teacher = get_teacher(spec)
     stats_before = teacher_stats(teacher)
@@ -280,127 +424,37 @@ def label_bag(bag, spec: JobSpec, bag_id: str | None = None, progress=None) -> d
                 bag, f'the {backend} teacher needs ground-truth objects on '
                      f'{dataset.objects_topic or "(objects_topic unset)"}; the bag has: '
                      f'{reader.describe_topics()}')
-        done = _done_chunks(work, index_dir, identity, backend)
-        C = spec.chunk_frames
         total = reader.expected_frames
-        chunk, seen, best = None, 0, None
 
-        def report(state='running'):
+        def report(seen, state='running'):
             if progress:
                 progress({'bag_id': bag_id, 'state': state, 'frames_done': seen,
                           'frames_total': max(total, seen)})
 
-        def finish(c):
-            done[c.k] = c.commit(work, dataset.camera_names, backend)
-
-        frames = reader.frames(decode=lambda seq: seq // C not in done, include_skipped=True)
-        for item in prefetched(teacher, frames,
-                               lambda f: _worth_asking(f, reader, target_cfg, C, done)):
-            k = item.seq // C
-            if k in done:
-                if item.stamp_ns >= 0:
-                    seen += 1
-                    report()
-                continue
-            if chunk is None or chunk.k != k:
-                if chunk is not None:
-                    finish(chunk)
-                chunk = _Chunk(k, spec, bag, bag_id, identity)
-            if item.stamp_ns >= 0:  # sync drops carry no stamp: they are not frames seen
-                seen += 1
-                report()
-            if isinstance(item, SkippedFrame):
-                chunk.skipped[item.reason] += 1
-                continue
-            t0 = item.stamp_ns
-            horizon_ns = int(target_cfg.future_steps / target_cfg.frequency_hz * 1e9)
-            if reader.noise_between(t0, t0 + horizon_ns):
-                chunk.skipped['targets:injected_noise'] += 1  # not the expert's own correction
-                continue
-            try:
-                intent = reader.intent_at(t0)
-                # DAgger drives (rsd-drive dagger): the target is the expert's rollout from the
-                # visited state recorded at this stamp (dataset.target_topic), not the logged
-                # future; the past states stay the visited odometry. None: the logged future.
-                expert = reader.target_at(t0, target_cfg.future_steps, target_cfg.frequency_hz)
-                targets = build_targets(reader.odometry, t0, target_cfg, intent, expert)
-            except TargetError as exc:
-                chunk.skipped[f'targets:{exc.reason}'] += 1
-                continue
-            ego = reader.odometry.at(t0)
-            route = route_in_base_link(reader.route_at(t0), (ego.x, ego.y, ego.yaw),
-                                       target_cfg.route_points, target_cfg.route_spacing_m)
-            ctx = FrameContext(
-                t0, (ego.x, ego.y, ego.yaw), targets.future, targets.init_speed,
-                target_cfg.frequency_hz, odometry=reader.odometry,
-                objects=reader.objects_at(t0, int(tcfg.oracle.max_age_s * 1e9))
-                if teacher.needs_objects else None)
-            try:
-                output = teacher.label(item, ctx)
-            except TeacherUnavailable as exc:  # may pass (server down): the next run labels it
-                chunk.failed.append({'seq': item.seq, 'stamp_ns': t0, 'reason': exc.reason})
-                continue
-            except Exception as exc:  # noqa: BLE001 - a model failure on one frame: count it
-                chunk.skipped['teacher:error'] += 1
-                chunk.errors.append(f'frame {item.seq} ({t0}): {type(exc).__name__}: {exc}')
-                continue
-            chunk.rejected.update(output.rejected)
-            if not output.parsed and tcfg.unparsable_answer == 'skip':
-                chunk.skipped['teacher:unparsable'] += 1
-                chunk.records.append({'stamp_ns': t0, 'seq': item.seq, 'labelled': False,
-                                      'answer': output.answer, 'objects': []})
-                continue
-            risk, kept, rejected = teacher_grid(output, item, grid, pcfg)
-            chunk.rejected.update(rejected)
-            chunk.writer.add(**index_frame(item, targets, risk, spec.image_hw, route))
-            objects = [o.to_dict() for o in kept]
-            chunk.records.append({'stamp_ns': t0, 'seq': item.seq, 'labelled': True,
-                                  'answer': output.answer, 'objects': objects})
-            chunk.stamps.append(t0)
-            chunk.risk.append(risk)
-            chunk.future.append(targets.future)
-            score = float(risk.sum())
-            if best is None or score > best[0]:
-                best = (score, item, risk, objects, targets.future)
-        if chunk is not None:
-            finish(chunk)
+        done, seen, labeller = _label_chunks(bag, spec, bag_id, identity, work, reader,
+                                             teacher, report)
         bag_level = {k: v for k, v in reader.bad_messages.items()}
         extrinsics = dict(reader.extrinsics_source)
-
-    records, skipped, rejected, errors, labelled, failed = [], Counter(), Counter(), [], 0, []
-    for k in sorted(done):
-        info = done[k]
-        arrays = np.load(work / f'chunk-{k:05d}.npz', allow_pickle=False)
-        by_stamp = {int(t): j for j, t in enumerate(arrays['stamps'])}
-        for rec in info['records']:
-            j = by_stamp.get(int(rec['stamp_ns'])) if rec['labelled'] else None
-            records.append(LabelRecord(
-                rec['stamp_ns'], rec['answer'], rec['objects'],
-                None if j is None else arrays['risk'][j].astype(np.float32),
-                None if j is None else arrays['future'][j]))
-        skipped.update(info['skipped'])
-        rejected.update(info['rejected'])
-        errors.extend(info.get('errors', []))
-        failed.extend(info.get('failed', []))
-        labelled += int(info['frames'])
-    write_label_bag(label_path, records, grid, target_cfg.frequency_hz)
+    merged = _merge_chunks(work, done)
+    write_label_bag(label_path, merged['records'], spec.grid_spec,
+                    labeller.target_cfg.frequency_hz)
+    best = labeller.best
     if best is not None:
-        _preview(out / 'previews' / f'{bag_id}.png', best[1], best[2], best[3], best[4], grid,
-                 f'{bag_id}: frame {best[1].seq} @ {best[1].stamp_ns} ns, teacher {backend}')
+        _preview(out / 'previews' / f'{bag_id}.png', best[1], best[2], best[3], best[4],
+                 spec.grid_spec, f'{bag_id}: frame {best[1].seq} @ {best[1].stamp_ns} ns, '
+                                 f'teacher {backend}')
     result = {
         'bag': str(bag), 'bag_id': bag_id, 'status': 'ok', 'identity': identity,
-        'backend': backend, 'frames_seen': seen, 'frames_labelled': labelled,
-        'expected_frames': total, 'skipped': dict(skipped), 'bad_messages': bag_level,
-        'rejected': dict(rejected), 'errors': errors[:5], 'extrinsics': extrinsics,
-        'label_bag': str(label_path), 'chunks': len(done), 'failed_frames': failed,
+        'backend': backend, 'frames_seen': seen, 'frames_labelled': merged['labelled'],
+        'expected_frames': total, 'skipped': dict(merged['skipped']), 'bad_messages': bag_level,
+        'rejected': dict(merged['rejected']), 'errors': merged['errors'][:5],
+        'extrinsics': extrinsics, 'label_bag': str(label_path), 'chunks': len(done),
+        'failed_frames': merged['failed'],
         'teacher_stats': stats_since(stats_before, teacher_stats(teacher)),
         'seconds': round(time.monotonic() - t_start, 3),
     }
-    write_json_atomic(done_file, result)
-    report_state = {'bag_id': bag_id, 'state': 'done', 'frames_done': seen,
-                    'frames_total': max(total, seen)}
-    if progress:
-        progress(report_state)
+    write_json_atomic(work / 'done.json', result)
+    report(seen, 'done')
     return result
 
 
