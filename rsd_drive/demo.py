@@ -217,8 +217,9 @@ def run_node_on_bag(out: Path, checkpoint: Path, bag: Path, rate: float,
     from rsd_drive.ros.replay import replay
 
     extra = {} if threads is None else {'threads': int(threads)}
+    # the scenario drives record their navigation route on /route (config/dataset.yaml)
     params = write_parameters(out / 'planner_demo.yaml', model_dir=str(checkpoint),
-                              backend='onnxruntime', **extra)
+                              backend='onnxruntime', route_topic='/route', **extra)
     (out / 'planner_node.log').unlink(missing_ok=True)
     record = out / 'node_outputs'
     with PlannerNodeProcess(params, log_path=out / 'planner_node.log', sim_time=True):

@@ -97,3 +97,16 @@ def test_the_bag_records_the_route_and_the_index_its_route_input(labelled):
     steps = np.linalg.norm(np.diff(frame['route'], axis=0), axis=1)
     assert np.all(steps < 4.0 + 1e-3) and np.all(steps > 3.5)
     assert read_manifest(index_dir)['route'] == {'points': 16, 'spacing_m': 4.0}
+
+
+def test_replay_latches_the_recorded_route_as_ros2_bag_play_does(labelled):
+    """/route is recorded transient local: the replay offers it latched, so a node that starts
+    (or subscribes) after the route's one message still gets it; /odom stays volatile."""
+    from rosbags.rosbag2 import Reader
+
+    from rsd_drive.ros.replay import _recorded_latched
+
+    _, summary, _ = labelled
+    with Reader(summary.path) as reader:
+        latched = {c.topic: _recorded_latched(c) for c in reader.connections}
+    assert latched['/route'] and latched['/tf_static'] and not latched['/odom']

@@ -436,9 +436,17 @@ def camera_topics(connections) -> list:
     return list(dict.fromkeys(c.topic for c in connections if c.msgtype in IMAGE_TYPES))
 
 
+def _recorded_latched(conn) -> bool:
+    """Whether the bag recorded this topic's publisher as transient local."""
+    profiles = getattr(getattr(conn, 'ext', None), 'offered_qos_profiles', None) or []
+    return any(getattr(getattr(q, 'durability', None), 'name', '') == 'TRANSIENT_LOCAL'
+               for q in profiles)
+
+
 def _open_publishers(node, reader, topics, summary: ReplaySummary):
     """-> (connections to play, {topic: publisher}); topics of types not installed are listed
-    in ``summary.skipped``. ``/tf_static`` is latched (transient local), as ``ros2 bag`` does."""
+    in ``summary.skipped``. ``/tf_static`` and every topic recorded with a transient-local
+    offered QoS (the scenario drives' ``/route``) are latched, as ``ros2 bag play`` does."""
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
     connections, publishers = [], {}
@@ -450,7 +458,7 @@ def _open_publishers(node, reader, topics, summary: ReplaySummary):
             summary.skipped[conn.topic] = f'{conn.msgtype} not installed'
             continue
         if conn.topic not in publishers:
-            latched = conn.topic in LATCHED_TOPICS
+            latched = conn.topic in LATCHED_TOPICS or _recorded_latched(conn)
             qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL if latched
                              else DurabilityPolicy.VOLATILE)
