@@ -34,6 +34,13 @@ def node_environment(base=None, **extra) -> dict:
     return env
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default. A tool started in the background
+    of a non-interactive shell (``cmd &``, as a CI runner may start it) inherits SIGINT ignored,
+    and a process that starts with SIGINT ignored can never be stopped by it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class PlannerNodeProcess:
     """``planner_node`` in its own process; see the module docstring."""
 
@@ -63,7 +70,8 @@ class PlannerNodeProcess:
             out = subprocess.PIPE
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(self.command, cwd=self.cwd, env=self.env, stdout=out,
-                                     stderr=subprocess.STDOUT, text=True)
+                                     stderr=subprocess.STDOUT, text=True,
+                                     preexec_fn=_default_sigint)
         if self._log is None:
             threading.Thread(target=self._read, name='planner_node_output', daemon=True).start()
         return self
