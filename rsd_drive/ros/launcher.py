@@ -73,8 +73,17 @@ class PlannerNodeProcess:
                                      stderr=subprocess.STDOUT, text=True,
                                      preexec_fn=_default_sigint)
         if self._log is None:
-            threading.Thread(target=self._read, name='planner_node_output', daemon=True).start()
+            self._reader = threading.Thread(target=self._read, name='planner_node_output',
+                                            daemon=True)
+            self._reader.start()
         return self
+
+    def _output_complete(self, timeout: float = 5.0) -> None:
+        """After the process exited: wait until its last output lines have been read (the
+        reader thread ends at EOF), so an error message shows what it printed."""
+        reader = getattr(self, '_reader', None)
+        if reader is not None and self.proc.poll() is not None:
+            reader.join(timeout)
 
     def _read(self) -> None:
         for line in self.proc.stdout:
@@ -122,6 +131,7 @@ class PlannerNodeProcess:
                 return True
             left = deadline - time.monotonic()
             if left <= 0 or self.proc.poll() is not None:
+                self._output_complete()
                 return any(text in line for line in self.lines())
             with self._cond:
                 self._cond.wait(min(left, 0.05))
@@ -130,6 +140,7 @@ class PlannerNodeProcess:
         """Wait for the node's ``active:`` line -> seconds since spawn; RuntimeError with the
         log's end when it exits or times out first."""
         if not self.wait_for_log(ACTIVE_LINE, timeout) or self.proc.poll() is not None:
+            self._output_complete()
             raise RuntimeError(f'planner_node did not start ({" ".join(self.command)}):\n'
                                + self.tail(30, '\n'))
         return time.monotonic() - self.started_at
