@@ -121,6 +121,7 @@ def test_malformed_messages_are_dropped_counted_and_the_node_keeps_planning(
             now = time.time_ns()
             if kind == 'bad_stamp':
                 set_stamp(msg, now + int(case[3] * 1e9))
+                sent['bad_stamp_future' if case[3] > 0 else 'bad_stamp_past'] += 1
             else:
                 set_stamp(msg, now)
             if target == 'odometry':
@@ -154,6 +155,7 @@ def test_malformed_messages_are_dropped_counted_and_the_node_keeps_planning(
                                                    'published after the fuzzing')
         _, _, inputs = diagnostic_status(array, ': inputs')
         level, message, planning = diagnostic_status(array, ': planning')
+        valid_images = streamer.frames * len(CAMERAS)  # an upper bound: published by now
     finally:
         if streamer:
             streamer.stop()
@@ -174,7 +176,12 @@ def test_malformed_messages_are_dropped_counted_and_the_node_keeps_planning(
     assert 0 < counted('bad_size') <= sent['bad_size']
     assert 0 < counted('truncated_jpeg', 'decode_failed', 'empty_image') <= sent['bad_jpeg']
     assert 0 < drops.get('nan_odometry:odometry', 0) <= sent['nan_odometry']
-    assert 0 < counted('future_stamp', 'too_old') <= sent['bad_stamp']
+    # A stamp from the future comes only from the fuzzing. "Too old" also counts valid frames
+    # that waited behind the burst in a loaded node's queue longer than max_input_age_s (a CI
+    # run counted 367 against 365 bad stamps sent), so its bound includes the valid images.
+    assert 0 < counted('future_stamp') <= sent['bad_stamp_future']
+    assert 0 < counted('too_old')
+    assert counted('too_old') <= sent['bad_stamp_past'] + valid_images
     assert drops.get('truncated_jpeg:front_right', 0) > 0
     assert int(planning['plans_published']) > 0
 
