@@ -38,6 +38,7 @@ TIMING_TESTS = (
     'test/test_label_job.py::test_killed_with_sigkill_and_rerun_labels_every_frame_exactly_once',
     'test/test_ray_label.py',
     'test/test_closedloop_ros.py',
+    'test/test_soak.py',
     'test/test_pandaset_node.py',
     'test/test_planner_node_dgp.py',
 )

@@ -54,6 +54,8 @@ class ReplaySummary:
     skipped: dict = field(default_factory=dict)
     bag_seconds: float = 0.0
     wall_seconds: float = 0.0
+    passes: int = 0            # times the bag was played (loop_for_s)
+    set_waits: list = field(default_factory=list)  # lockstep: (monotonic end, s, answered)
     record_path: Path | None = None
     lockstep: dict | None = None  # see Lockstep.summary()
 
@@ -64,7 +66,9 @@ class ReplaySummary:
                          f'{self.recorded.get(topic, 0):>9}')
         for topic, why in sorted(self.skipped.items()):
             lines.append(f'{topic:<40} skipped: {why}')
-        lines.append(f'bag {self.bag_seconds:.2f} s played in {self.wall_seconds:.2f} s (wall)')
+        passes = f' ({self.passes} passes)' if self.passes > 1 else ''
+        lines.append(f'bag {self.bag_seconds:.2f} s played{passes} in {self.wall_seconds:.2f} s '
+                     f'(wall)')
         if self.lockstep:
             ls = self.lockstep
             lines.append(f'lockstep on {ls["answer_topic"]}: {ls["sets"]} camera sets, '
@@ -183,8 +187,10 @@ class Lockstep:
         self.cond = threading.Condition()
         self.answers = []          # header stamps (ns) of the node's answers, in arrival order
         self.waits = []            # wall seconds each set waited
+        self.wait_log = []         # (time.monotonic() at the end, seconds, answered) per set
         self.sets = self.answered = self.skipped = 0
-        self.timed_out = []        # set stamps given up on
+        self.timed_out = []        # set stamps given up on (this pass)
+        self.late_before = self.unanswered_before = 0  # ... of them, in earlier passes
         self.handled = 0           # the node's drop counters' sum, from its latest /diagnostics
         self.drops = {}            # ... and the counters themselves
         reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
@@ -255,11 +261,29 @@ class Lockstep:
                 keep_clock()
             else:
                 self.answered += 1
-        self.waits.append(time.monotonic() - t0)
+        end = time.monotonic()
+        self.waits.append(end - t0)
+        self.wait_log.append((end, end - t0, self._answered(stamp_ns)))
+
+    def new_pass(self) -> None:
+        """The bag starts over (``loop_for_s``): its stamps repeat, so the answers and the
+        synchroniser of the previous pass are forgotten."""
+        from rsd_drive.data.sync import FrameSynchronizer
+
+        old = self.sync
+        self.sync = FrameSynchronizer(old.cameras, old.reference, self.slop_ns, queue_size=100)
+        with self.cond:
+            late = sum(1 for t in self.timed_out if self._answered(t))
+            self.late_before += late
+            self.unanswered_before += len(self.timed_out) - late
+            self.timed_out.clear()
+            self.answers.clear()
 
     def summary(self) -> dict:
         with self.cond:
-            late = sum(1 for t in self.timed_out if self._answered(t))
+            late_now = sum(1 for t in self.timed_out if self._answered(t))
+            late = self.late_before + late_now
+            unanswered = self.unanswered_before + len(self.timed_out) - late_now
         waits = sorted(self.waits) or [0.0]
 
         def pick(q: float) -> float:
@@ -268,7 +292,7 @@ class Lockstep:
         return {'answer_topic': self.answer_topic, 'timeout_s': self.timeout_s,
                 'sets': self.sets, 'answered': self.answered, 'skipped': self.skipped,
                 'late': late,
-                'unanswered': len(self.timed_out) - late, 'node_drops': dict(self.drops),
+                'unanswered': unanswered, 'node_drops': dict(self.drops),
                 'wait_p50_ms': pick(0.5) * 1e3,
                 'wait_p99_ms': pick(0.99) * 1e3, 'clock': 'wall'}
 
@@ -393,17 +417,41 @@ class _Player:
         self.pacer.wait(stamp_ns, handled, self.keep_clock)
         self.paced_bag_ns, self.paced_wall = self.sim_ns, time.monotonic()
 
-    def play(self, lead_s: float, tail_s: float, progress: bool, name: str) -> None:
+    def play(self, lead_s: float, tail_s: float, progress: bool, name: str,
+             loop_for_s: float = 0.0) -> None:
         """Publish every message at its bag time (lockstep: waiting on each camera set), then
-        keep the clock running ``tail_s`` past the end."""
+        keep the clock running ``tail_s`` past the end. ``loop_for_s``: start the bag over
+        (``/clock`` jumps back to its start, as ``ros2 bag play --loop``) until that many wall
+        seconds have passed since the first pass began; ``summary.passes`` counts them."""
         from tqdm import tqdm
 
-        pacer = self.pacer
         wall0 = time.monotonic()
-        self.paced_bag_ns, self.paced_wall = self.start_ns, wall0
-        self.next_discovery = wall0 + 0.5
         n_total = sum(c.msgcount for c in self.connections)
-        self.bar = tqdm(total=n_total, desc=f'replay {name}', unit='msg', disable=not progress)
+        while True:
+            self.bar = tqdm(total=n_total, desc=f'replay {name}'
+                            + (f' pass {self.summary.passes + 1}' if loop_for_s else ''),
+                            unit='msg', disable=not progress)
+            self._play_pass(lead_s)
+            self.bar.close()
+            self.summary.passes += 1
+            if time.monotonic() - wall0 >= loop_for_s:
+                break
+            self.held.clear()
+            self.sim_ns = self.start_ns  # the clock jumps back with the next message
+            if self.pacer is not None:
+                self.pacer.new_pass()
+        if self.pacer is not None:
+            self.summary.lockstep = self.pacer.summary()
+            self.summary.set_waits = list(self.pacer.wait_log)
+        self.advance_to(self.end_ns + int(tail_s * 1e9))
+        self.summary.bag_seconds = (self.end_ns - self.start_ns) / 1e9
+        self.summary.wall_seconds = time.monotonic() - wall0
+
+    def _play_pass(self, lead_s: float) -> None:
+        """One pass over the bag, from its start."""
+        pacer = self.pacer
+        self.paced_bag_ns, self.paced_wall = self.start_ns, time.monotonic()
+        self.next_discovery = self.paced_wall + 0.5
         handled = pacer.mark() if pacer is not None else 0
         self.stream = self.reader.messages(connections=self.connections)
         while True:
@@ -421,14 +469,9 @@ class _Player:
                     self.send_ahead(stamp + int(lead_s * 1e9))
                     self.wait_for_set(stamp, handled)
                 handled = pacer.mark()
-        self.bar.close()
         if pacer is not None:
             for stamp in [s.stamp_ns for s in pacer.sync.flush()]:
                 self.wait_for_set(stamp, handled)
-            self.summary.lockstep = pacer.summary()
-        self.advance_to(self.end_ns + int(tail_s * 1e9))
-        self.summary.bag_seconds = (self.end_ns - self.start_ns) / 1e9
-        self.summary.wall_seconds = time.monotonic() - wall0
 
 
 def camera_topics(connections) -> list:
@@ -472,7 +515,7 @@ def replay(bag, rate: float = 1.0, record=None, record_topics=DEFAULT_RECORD_TOP
            progress: bool = True, log=print, lockstep: bool = False,
            answer_topic: str = DEFAULT_ANSWER_TOPIC, lockstep_timeout_s: float = 5.0,
            reference_topic: str | None = None, slop_s: float = 0.05,
-           lead_s: float = 0.25) -> ReplaySummary:
+           lead_s: float = 0.25, loop_for_s: float = 0.0) -> ReplaySummary:
     """Play ``bag`` into ROS 2 with ``/clock`` (see the module docstring).
 
     lockstep: pace bag time to the node instead of the wall clock (:class:`Lockstep`): after
@@ -486,6 +529,9 @@ def replay(bag, rate: float = 1.0, record=None, record_topics=DEFAULT_RECORD_TOP
         every record topic to appear and DDS to match the endpoints found (a node that is still
         starting would miss the first frames).
     tail_s: after the last message, keep the clock running and recording this long (bag time).
+    loop_for_s: play the bag again from its start (``/clock`` jumps back; planner_node then
+        starts its synchronisation and odometry history over) until this many wall seconds
+        have passed; 0 plays it once.
     """
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -521,7 +567,7 @@ def replay(bag, rate: float = 1.0, record=None, record_topics=DEFAULT_RECORD_TOP
                                         answer_topic, lockstep_timeout_s, slop_s)
             spinner.start()
             player.wait_for_endpoints(wait_s, log)
-            player.play(lead_s, tail_s, progress, bag.name)
+            player.play(lead_s, tail_s, progress, bag.name, loop_for_s=loop_for_s)
         committed = True
     finally:
         executor.shutdown(timeout_sec=1.0)
@@ -567,6 +613,9 @@ def add_arguments(parser) -> None:
                                                   'stamps anchor a set (default: the first)')
     parser.add_argument('--slop', type=float, default=0.05, metavar='S',
                         help='with --lockstep: sync slop of the camera sets (seconds)')
+    parser.add_argument('--loop-for', type=float, default=0.0, metavar='S',
+                        help='play the bag again from its start (/clock jumps back, as ros2 bag '
+                             'play --loop) until S wall seconds have passed (default: once)')
 
 
 def run(args) -> int:
@@ -575,7 +624,7 @@ def run(args) -> int:
                      tail_s=args.tail, clock_hz=args.clock_hz, progress=not args.no_progress,
                      lockstep=args.lockstep, answer_topic=args.answer_topic,
                      lockstep_timeout_s=args.deadline, reference_topic=args.reference_topic,
-                     slop_s=args.slop)
+                     slop_s=args.slop, loop_for_s=args.loop_for)
     print(summary.table())
     if summary.record_path:
         print(f'recorded {sum(summary.recorded.values())} messages into {summary.record_path}')
