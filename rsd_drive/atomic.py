@@ -60,3 +60,19 @@ def write_text_atomic(path, text: str) -> Path:
 
 def write_json_atomic(path, data, sort_keys: bool = False) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=1, sort_keys=sort_keys))
+
+
+def replace_dir(new, final) -> Path:
+    """Directory ``new`` (complete, beside ``final``) takes the place of ``final``: the old one is
+    renamed aside, the new one in, the old one deleted; a reader sees one or the other whole
+    (deploy artifacts; the index has its own exchange-based variant)."""
+    import shutil
+
+    new, final = Path(new), Path(final)
+    old = final.with_name(f'.{final.name}.old')
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.rename(final, old)
+    os.rename(new, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final

@@ -216,7 +216,9 @@ class OnnxRuntimeBackend(InferenceBackend):
         if threads:
             options.intra_op_num_threads = int(threads)
         self.session = ort.InferenceSession(str(self.onnx_path), options, providers=providers)
-        super().__init__(self.artifact.config, precision, self.session.get_providers()[0])
+        # the graph's own precision: 'int8' for a quantised artifact (rsd_drive.deploy.quantize)
+        super().__init__(self.artifact.config, self.artifact.meta.get('precision', precision),
+                         self.session.get_providers()[0])
         self._check_session()
 
     def _check_session(self) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rsd_drive.atomic import write_atomic, write_json_atomic
+from rsd_drive.atomic import replace_dir, write_atomic, write_json_atomic
 from rsd_drive.deploy.artifact import (DEPLOY_JSON, FORMAT, ONNX_NAME, DeployArtifact,
                                        example_feeds, input_specs, is_artifact, output_specs,
                                        spec_to_json)
@@ -188,6 +187,7 @@ def build_metadata(model, checkpoint, onnx_path: Path, cameras, diff) -> dict:
     return {
         'format': FORMAT,
         'exported_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+        'precision': 'fp32',
         'source_checkpoint': str(Path(checkpoint).resolve()),
         'fingerprint': checkpoint_fingerprint(checkpoint),
         'checkpoint_stat': checkpoint_stat(checkpoint),
@@ -230,22 +230,13 @@ def export_artifact(checkpoint, out_dir=None, cameras=None, check: bool = True,
         diff = check_against_torch(model, onnx_path) if check else None
         write_json_atomic(tmp / DEPLOY_JSON, build_metadata(model, checkpoint, onnx_path,
                                                             cameras, diff))
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     artifact = DeployArtifact.load(out_dir)
     logger(f'wrote {out_dir}/{ONNX_NAME} ({artifact.onnx_path.stat().st_size / 1e6:.1f} MB) and '
            f'{DEPLOY_JSON} (fingerprint {artifact.fingerprint[:12]})')
     return artifact
-
-
-def _replace_dir(new: Path, final: Path) -> None:
-    old = final.with_name(f'.{final.name}.old')
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.rename(final, old)
-    os.rename(new, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def artifact_staleness(checkpoint, deploy_dir) -> list[str]:
@@ -287,11 +278,40 @@ def add_arguments(parser) -> None:
                         help='camera order of the model (default: from the training index)')
     parser.add_argument('--no-check', action='store_true',
                         help='skip the ONNX Runtime vs torch comparison')
+    parser.add_argument('--precision', choices=('fp32', 'int8'), default='fp32',
+                        help='int8: the frozen encoder statically quantised (QDQ), calibrated '
+                             'on --calibration; heads fp32 (rsd_drive.deploy.quantize)')
+    parser.add_argument('--calibration', metavar='INDEX',
+                        help='with --precision int8: training index whose frames calibrate it')
+    parser.add_argument('--calibration-frames', type=int, default=32, metavar='N')
+
+
+def export_int8(checkpoint, out_dir, calibration, cameras=None, check: bool = True,
+                frames: int = 32, logger=print) -> DeployArtifact:
+    """The fp32 artifact (in a temporary directory beside ``out_dir``), then its int8 copy."""
+    from rsd_drive.deploy.quantize import quantize_artifact
+
+    checkpoint = Path(checkpoint)
+    out_dir = Path(out_dir) if out_dir else checkpoint / 'deploy_int8'
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f'.{out_dir.name}.fp32.') as tmp:
+        fp32 = export_artifact(checkpoint, Path(tmp) / 'deploy', cameras=cameras, check=check,
+                               logger=logger)
+        artifact = quantize_artifact(fp32.path, out_dir, calibration, calibrate_frames=frames,
+                                     logger=logger)
+    return artifact  # its deploy.json keeps the fp32 graph's check against torch
 
 
 def run(args) -> int:
-    artifact = export_artifact(args.checkpoint, args.out, cameras=args.cameras,
-                               check=not args.no_check)
+    if args.precision == 'int8':
+        if not args.calibration:
+            raise SystemExit('--precision int8 needs --calibration INDEX (a training index)')
+        artifact = export_int8(args.checkpoint, args.out, args.calibration, args.cameras,
+                               check=not args.no_check, frames=args.calibration_frames)
+        print(f'int8 vs fp32: {artifact.meta["check_against_fp32"]}')
+    else:
+        artifact = export_artifact(args.checkpoint, args.out, cameras=args.cameras,
+                                   check=not args.no_check)
     diff = artifact.meta['check_against_torch']
     if diff:
         print('ONNX Runtime vs torch, max abs difference: '
