@@ -54,7 +54,14 @@ def test_int8_artifact_quantises_the_encoder_only_and_matches_fp32(fp32_and_inde
                 assert is_encoder_node(user.name), user.name
     heads = [n for n in graph.graph.node if n.op_type == 'MatMul'
              and not is_encoder_node(n.name)]
-    assert heads and encoder_nodes(graph)
+    assert heads and encoder_nodes(graph, weights_only=False)
+    # only products with a constant operand: attention's query x key and weights x value stay fp32
+    source = onnx.load(str(fp32.onnx_path))
+    chosen, every = set(encoder_nodes(source)), set(encoder_nodes(source, weights_only=False))
+    activation_products = {n for n in every if n.endswith(('attention/MatMul',
+                                                           'attention/MatMul_1'))}
+    assert activation_products and chosen == every - activation_products
+    assert meta['quantization']['nodes'] == len(chosen)
 
     check_result = meta['check_against_fp32']
     assert check_result['waypoint_max_diff_m'] < 0.5

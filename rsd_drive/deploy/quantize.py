@@ -2,7 +2,8 @@
 
 ``rsd-drive export CKPT --precision int8 --calibration INDEX`` exports the fp32 artifact first,
 then :func:`quantize_artifact` rewrites its graph: every ``MatMul``/``Gemm``/``Conv`` of the
-encoder (nodes under ``encoder/``, the ViT's projections, MLPs and attention products) gets
+encoder with a constant operand (nodes under ``encoder/``: the ViT's patch embedding, query/key/
+value/output projections and MLPs; attention's activation x activation products stay fp32) gets
 ``QuantizeLinear``/``DequantizeLinear`` pairs, weights int8 per output channel, activations uint8
 per tensor with ranges calibrated (MinMax) on real frames of a training index (the images, camera
 geometry, ego history, intent and route the model sees). The heads (BEV adapter, RiskHead,
@@ -44,9 +45,15 @@ def is_encoder_node(name: str) -> bool:
     return bool(parts) and parts[0] == ENCODER_PREFIX.rstrip('/')
 
 
-def encoder_nodes(model, op_types=QUANTIZED_OPS) -> list[str]:
-    """Names of the encoder's matrix products in ``model`` (an onnx ModelProto)."""
-    return [n.name for n in model.graph.node if n.op_type in op_types and is_encoder_node(n.name)]
+def encoder_nodes(model, op_types=QUANTIZED_OPS, weights_only: bool = True) -> list[str]:
+    """Names of the encoder's matrix products in ``model`` (an onnx ModelProto). weights_only:
+    only products with a constant operand (projections, MLPs, patch embedding), not attention's
+    activation x activation products (query x key, weights x value), whose int8 error moved
+    a trained planner's waypoints by 0.8 m."""
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == 'Constant' for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type in op_types and is_encoder_node(n.name)
+            and (not weights_only or any(i in constants for i in n.input))]
 
 
 def frame_feeds(frame: dict, specs: dict) -> dict:
