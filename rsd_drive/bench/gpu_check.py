@@ -51,10 +51,10 @@ def _time(fn, feeds, iters: int, sync=None) -> dict:
 
 
 def _accuracy(out: dict, ref: dict) -> dict:
-    a, b = np.asarray(out['risk']).ravel(), np.asarray(ref['risk']).ravel()
-    pearson = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float('nan')
-    return {'waypoint_max_diff_m': float(np.abs(out['waypoints'] - ref['waypoints']).max()),
-            'risk_pearson': pearson}
+    from rsd_drive.deploy.quantize import agreement
+
+    got = agreement([(out, ref)])
+    return {k: got[k] for k in ('waypoint_max_diff_m', 'risk_pearson')}
 
 
 def build_model(work: Path, log=print) -> tuple:

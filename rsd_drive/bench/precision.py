@@ -80,16 +80,16 @@ def time_graphs(paths: dict, feeds_list: list, threads: int, repeats: int) -> di
 def run(args) -> int:
     from rsd_drive.data.index import FrameIndex
     from rsd_drive.deploy.export import export_artifact
-    from rsd_drive.deploy.quantize import compare_outputs, frame_feeds, quantize_artifact, \
-        split_frames
+    from rsd_drive.deploy.quantize import frame_feeds, quantize_artifact
 
     work = Path(args.work)
     fp32 = export_artifact(args.checkpoint, work / 'fp32', check=True)
-    int8 = quantize_artifact(fp32.path, work / 'int8', args.calibration)
+    int8 = quantize_artifact(fp32.path, work / 'int8', args.calibration,
+                             check_frames=args.frames)
+    # the export already compared int8 with fp32 on held-out frames: time on those same frames
+    accuracy = dict(int8.meta['check_against_fp32'])
     index = FrameIndex(args.calibration)
-    _, held_out = split_frames(len(index), 32, args.frames)  # the split quantize_artifact used
-    feeds_list = [frame_feeds(index[i], fp32.specs) for i in held_out]
-    accuracy = compare_outputs(fp32.onnx_path, int8.onnx_path, feeds_list)
+    feeds_list = [frame_feeds(index[i], fp32.specs) for i in accuracy.pop('frames_ids')]
     result = {'checkpoint': str(args.checkpoint), 'frames': len(feeds_list),
               'repeats': args.repeats, 'clock': 'wall (time.perf_counter), ms per graph run',
               'load_avg_start': os.getloadavg(), 'threads': {}}

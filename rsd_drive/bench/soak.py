@@ -246,7 +246,7 @@ def soak(bag: Path, model: Path, out_json: Path, minutes: float, work: Path,
                            tap.at(t_end), t0, t_end, window_s, minutes)
     finally:
         tap.close()
-    result.update(passes=summary.passes, lockstep={k: v for k, v in summary.lockstep.items()},
+    result.update(passes=summary.passes, lockstep=dict(summary.lockstep),
                   bag=str(bag), model=str(model), load_avg={'start': load_start,
                                                             'end': os.getloadavg()},
                   node_log=str(log_path))

@@ -111,9 +111,24 @@ class _Reader:
         self.pos = 0
 
 
+def agreement(pairs) -> dict:
+    """How far outputs are from a reference, over (outputs, reference) pairs of
+    {'waypoints', 'risk'} arrays: waypoint max abs difference (m, worst and mean of the per-pair
+    max) and the risk grids' Pearson correlation over all cells."""
+    wp_diff, risk_a, risk_b = [], [], []
+    for out, ref in pairs:
+        wp_diff.append(float(np.abs(np.asarray(out['waypoints']) - ref['waypoints']).max()))
+        risk_a.append(np.asarray(out['risk']).ravel())
+        risk_b.append(np.asarray(ref['risk']).ravel())
+    ra, rb = np.concatenate(risk_a), np.concatenate(risk_b)
+    pearson = float(np.corrcoef(ra, rb)[0, 1]) if ra.std() > 0 and rb.std() > 0 else float('nan')
+    return {'frames': len(wp_diff), 'waypoint_max_diff_m': max(wp_diff),
+            'waypoint_mean_of_max_diff_m': float(np.mean(wp_diff)),
+            'risk_pearson': pearson, 'risk_max_diff': float(np.abs(ra - rb).max())}
+
+
 def compare_outputs(fp32_onnx, other_onnx, feeds_list, threads: int = 0) -> dict:
-    """The other graph against fp32 on the same feeds: waypoint max abs difference (m) and the
-    risk grids' Pearson correlation (all cells of all frames), plus the worst per frame."""
+    """The other graph against fp32 on the same feeds (:func:`agreement`)."""
     import onnxruntime as ort
 
     def session(path):
@@ -123,18 +138,9 @@ def compare_outputs(fp32_onnx, other_onnx, feeds_list, threads: int = 0) -> dict
         return ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
 
     a, b = session(fp32_onnx), session(other_onnx)
-    wp_diff, risk_a, risk_b = [], [], []
-    for feeds in feeds_list:
-        wa, ra = a.run(['waypoints', 'risk'], feeds)
-        wb, rb = b.run(['waypoints', 'risk'], feeds)
-        wp_diff.append(float(np.abs(wa - wb).max()))
-        risk_a.append(ra.ravel())
-        risk_b.append(rb.ravel())
-    ra, rb = np.concatenate(risk_a), np.concatenate(risk_b)
-    pearson = float(np.corrcoef(ra, rb)[0, 1]) if ra.std() > 0 and rb.std() > 0 else float('nan')
-    return {'frames': len(feeds_list), 'waypoint_max_diff_m': max(wp_diff),
-            'waypoint_mean_of_max_diff_m': float(np.mean(wp_diff)),
-            'risk_pearson': pearson, 'risk_max_diff': float(np.abs(ra - rb).max())}
+    names = ['waypoints', 'risk']
+    return agreement((dict(zip(names, b.run(names, f))), dict(zip(names, a.run(names, f))))
+                     for f in feeds_list)
 
 
 def _index_fingerprint(index_dir: Path, ids) -> str:

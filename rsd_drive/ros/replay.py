@@ -186,8 +186,7 @@ class Lockstep:
         self.sync = FrameSynchronizer(image_topics, reference, self.slop_ns, queue_size=100)
         self.cond = threading.Condition()
         self.answers = []          # header stamps (ns) of the node's answers, in arrival order
-        self.waits = []            # wall seconds each set waited
-        self.wait_log = []         # (time.monotonic() at the end, seconds, answered) per set
+        self.wait_log = []         # (time.monotonic() at the end, seconds waited, answered)
         self.sets = self.answered = self.skipped = 0
         self.timed_out = []        # set stamps given up on (this pass)
         self.late_before = self.unanswered_before = 0  # ... of them, in earlier passes
@@ -261,9 +260,9 @@ class Lockstep:
                 keep_clock()
             else:
                 self.answered += 1
+            answered = self._answered(stamp_ns)
         end = time.monotonic()
-        self.waits.append(end - t0)
-        self.wait_log.append((end, end - t0, self._answered(stamp_ns)))
+        self.wait_log.append((end, end - t0, answered))
 
     def new_pass(self) -> None:
         """The bag starts over (``loop_for_s``): its stamps repeat, so the answers and the
@@ -284,7 +283,7 @@ class Lockstep:
             late_now = sum(1 for t in self.timed_out if self._answered(t))
             late = self.late_before + late_now
             unanswered = self.unanswered_before + len(self.timed_out) - late_now
-        waits = sorted(self.waits) or [0.0]
+        waits = sorted(w for _, w, _ in self.wait_log) or [0.0]
 
         def pick(q: float) -> float:
             return waits[min(len(waits) - 1, int(q * (len(waits) - 1) + 0.5))]
