@@ -10,10 +10,19 @@ distillation make it safer? One command runs it all, on the sizes of ``config/st
 3. ``features``: the frozen encoder once per frame; ``probe``: a linear probe on those features
    against the teacher's risk cells, AUROC by distance band (``rsd_drive.train.probe``).
 4. ``train``: every arm x training seed (lambda = 0, lambda > 0, ego-status-only, frozen random
-   encoder), resumable per run, with the open-loop scores and paired tests of the ablation.
-5. ``closedloop``: expert, constant velocity and every trained checkpoint on held-out seeds of
-   every family (resumable per route), the lambda > 0 arm also intent-only; the papers' claims
-   as paired tests, by training seed and by route.
+   encoder), resumable per run, with the open-loop scores and paired tests of the ablation;
+   with DAgger rounds, only the lambda > 0 arm of the first seed until the last round. DAgger
+   rounds (``dagger.rounds``; Ross et al. 2011): round r drives the previous round's
+   lambda > 0 checkpoint of the first training seed in the world (``rsd-drive dagger``, beta-mixed
+   with the expert) on new training seeds of every family (``dagger_r{r}``), labels those bags into
+   the same training index (``dagger_labels_r{r}``: every frame's target is the expert's rollout
+   from the visited state), caches their features (``dagger_features_r{r}``; the frames already
+   cached are reused) and trains again on the aggregate (``train_r{r}``: every arm x seed in the
+   last round, the next collector before it).
+5. ``closedloop``: expert, constant velocity and every trained checkpoint of the last round on
+   held-out seeds of every family (resumable per route; the lambda > 0 arm first), the
+   lambda > 0 arm also intent-only; the papers' claims as paired tests, by training seed and by
+   route.
 6. ``report``: ``report.md`` (+ the closed loop's PNGs and rollout GIFs) and ``study.json``.
 
 Each stage is skipped when done (``state.json``), so an interrupted study continues where it
@@ -41,6 +50,8 @@ CLAIMS = (('lambda>0', 'lambda=0', 'RSD: risk distillation (lambda > 0 vs lambda
           ('lambda>0', 'random encoder', 'FROST-Drive: pretrained vs frozen random encoder'),
           ('lambda>0', 'ego-status-only', 'cameras vs ego status only (both with the route)'))
 CAMERA_FAMILIES = ('ped_crossing', 'ped_occluded', 'stopped_vehicle')
+SEED_BLOCK = 100     # each family's seeds: seed0 + SEED_BLOCK * (its index in study.families) + i
+DAGGER_OFFSET = 10   # round r's DAgger drives: train_seed + SEED_BLOCK * k + DAGGER_OFFSET * r + i
 
 
 def merge(base: dict, over: dict) -> dict:
@@ -62,24 +73,52 @@ def load_study_config(path=None, quick: bool = False) -> dict:
 
 
 # -- stages ---------------------------------------------------------------------------------------
-def make_study_drives(drives: Path, study: dict) -> dict:
-    """{'train': [...], 'val': [...], 'family': {bag: family}}: training drives noise-injected,
-    held-out drives without noise; each family its own seed block."""
+def study_scenario(study: dict):
+    """The scenario config of the study's drives (its duration and camera rate), no noise."""
     from rsd_drive.scenario import ScenarioConfig
     from rsd_drive.scenario.config import NoiseConfig
 
     scen = ScenarioConfig.from_yaml(config_file('scenario.yaml'))
-    scen = replace(scen, duration_s=float(study['duration_s']),
-                   image_hz=float(study['image_hz']))
-    noisy = replace(scen, noise=replace(scen.noise, **(study.get('noise') or {})))
-    clean = replace(scen, noise=NoiseConfig())
+    return replace(scen, duration_s=float(study['duration_s']),
+                   image_hz=float(study['image_hz']), noise=NoiseConfig())
+
+
+def check_seed_blocks(study: dict) -> None:
+    """Training drives and every DAgger round's drives must fit in a family's seed block
+    without overlapping (their bags would share names and seeds)."""
+    dagger = study.get('dagger') or {}
+    rounds, drives = int(dagger.get('rounds', 0)), int(dagger.get('drives', 0))
+    problems = []
+    if int(study['train_drives']) > DAGGER_OFFSET:
+        problems.append(f"train_drives {study['train_drives']} > {DAGGER_OFFSET}")
+    if rounds and drives > DAGGER_OFFSET:
+        problems.append(f'dagger.drives {drives} > {DAGGER_OFFSET}')
+    if DAGGER_OFFSET * (rounds + 1) > SEED_BLOCK:
+        problems.append(f'dagger.rounds {rounds}: at most {SEED_BLOCK // DAGGER_OFFSET - 1}')
+    if rounds and not 0.0 <= float(dagger.get('beta', 0.3)) <= 1.0:
+        problems.append(f"dagger.beta {dagger['beta']} is not in [0, 1]")
+    if problems:
+        raise ValueError('study config: ' + '; '.join(problems))
+
+
+def dagger_seeds(study: dict, k: int, round_: int) -> list:
+    """The training seeds of family k's DAgger drives in round ``round_`` (>= 1)."""
+    first = int(study['train_seed']) + SEED_BLOCK * k + DAGGER_OFFSET * round_
+    return list(range(first, first + int(study['dagger']['drives'])))
+
+
+def make_study_drives(drives: Path, study: dict) -> dict:
+    """{'train': [...], 'val': [...], 'family': {bag: family}}: training drives noise-injected,
+    held-out drives without noise; each family its own seed block."""
+    clean = study_scenario(study)
+    noisy = replace(clean, noise=replace(clean.noise, **(study.get('noise') or {})))
     out = {'train': [], 'val': [], 'family': {}}
     for k, family in enumerate(study['families']):
         for split, seed0, count, cfg in (
                 ('train', study['train_seed'], study['train_drives'], noisy),
                 ('val', study['val_seed'], study['val_drives'], clean)):
             bags = generate_family_drives(drives / split / family, family,
-                                          int(seed0) + 100 * k, int(count), cfg)
+                                          int(seed0) + SEED_BLOCK * k, int(count), cfg)
             out[split] += [str(b) for b in bags]
             out['family'].update({str(b): family for b in bags})
     return out
@@ -101,8 +140,50 @@ def label_drives(bags: dict, labels: Path, train_yaml: Path, index: dict) -> dic
             'skipped': skipped}
 
 
-def cache_features(index: dict, train_yaml: Path) -> bool:
-    for split in ('train', 'val'):
+def dagger_drives(drives: Path, study: dict, round_: int, checkpoint: str) -> dict:
+    """Round ``round_``'s DAgger drives of ``checkpoint`` on new training seeds of every family
+    (no noise; beta-mixed with the expert). Returns the bags and, per drive, what the model
+    did (expert periods, collisions)."""
+    from rsd_drive.closedloop.dagger import run_dagger
+    from rsd_drive.scenario.record import read_drive_info
+
+    dagger, scen = study['dagger'], study_scenario(study)
+    bags, drives_info = [], []
+    for k, family in enumerate(study['families']):
+        seeds = dagger_seeds(study, k, round_)
+        paths = run_dagger(checkpoint, [family], ','.join(map(str, seeds)), drives,
+                           beta=float(dagger.get('beta', 0.3)), scenario_cfg=scen,
+                           backend='torch')
+        for path in paths:
+            info = read_drive_info(path) or {}
+            driver = info.get('driver', {})
+            drives_info.append({'bag': str(path), 'family': family,
+                                'collisions': len(info.get('collisions') or []),
+                                'expert_periods': driver.get('expert_periods'),
+                                'plan_periods': driver.get('plan_periods')})
+        bags += [str(p) for p in paths]
+    return {'checkpoint': str(checkpoint), 'bags': bags, 'drives': drives_info}
+
+
+def label_dagger(bags: list, labels: Path, train_yaml: Path, index: Path) -> dict:
+    """Label DAgger bags into the training index (their shards join the ones there)."""
+    from rsd_drive.data.index import FrameIndex, read_manifest
+
+    names = {Path(b).name for b in bags}
+    before = len(FrameIndex(index))
+    _check(cli_main(['label', *bags, '--out', str(labels), '--backend', 'scene-oracle',
+                     '--model-config', str(train_yaml), '--workers', '2']), 'labeling DAgger')
+    skipped = {}
+    for shard in read_manifest(index)['shards'].values():
+        if Path(shard.get('bag', '')).name in names:
+            for reason, n in shard.get('skipped', {}).items():
+                skipped[reason] = skipped.get(reason, 0) + n
+    after = len(FrameIndex(index))
+    return {'frames_added': after - before, 'frames': after, 'skipped': skipped}
+
+
+def cache_features(index: dict, train_yaml: Path, splits=('train', 'val')) -> bool:
+    for split in splits:
         _check(cli_main(['cache', str(index[split]), '--config', str(train_yaml)]),
                f'feature cache {split}')
     return True
@@ -119,16 +200,21 @@ def probe_features(index: dict, model_cfg, train_cfg) -> dict:
     return {'table': table, 'result': result}
 
 
-def train_arms(out: Path, study: dict, model_cfg, train_cfg, encoder_cfg) -> dict:
-    """Every arm x seed through the ablation (resumable per run)."""
+def train_arms(out: Path, study: dict, model_cfg, train_cfg, encoder_cfg,
+               name: str = 'ablation', collector_only: bool = False) -> dict:
+    """Every arm x seed through the ablation into ``out/name`` (resumable per run).
+    ``collector_only``: only the lambda > 0 arm of the first training seed (the policy that
+    drives the next DAgger round; the other arms are only needed after the last round)."""
     from rsd_drive.train.ablate import run_ablation
 
     arms = [a for a in study.get('arms', [])
             if a != 'random-encoder' or encoder_cfg.source != 'config']
-    result = run_ablation(model_cfg, train_cfg, out / 'ablation',
-                          risk_weights=(0.0, float(study['risk_weight'])),
-                          kinds=(train_cfg.risk_loss,), seeds=study['seeds'], arms=arms,
-                          arm_weight=float(study['risk_weight']))
+    weight = float(study['risk_weight'])
+    result = run_ablation(model_cfg, train_cfg, out / name,
+                          risk_weights=(weight,) if collector_only else (0.0, weight),
+                          kinds=(train_cfg.risk_loss,),
+                          seeds=study['seeds'][:1] if collector_only else study['seeds'],
+                          arms=[] if collector_only else arms, arm_weight=weight)
     print(result['table'])
     print(result['paired_table'])
     by_arm = {}
@@ -136,10 +222,38 @@ def train_arms(out: Path, study: dict, model_cfg, train_cfg, encoder_cfg) -> dic
         arm = LAMBDA_ARM if r['variant'].startswith('lambda=') and r['risk_weight'] > 0 \
             else r['variant']
         by_arm.setdefault(arm, {})[str(r['seed'])] = r['checkpoint']
-    return {'ablation': str(out / 'ablation' / 'ablation.json'), 'arms': by_arm,
+    return {'ablation': str(out / name / 'ablation.json'), 'arms': by_arm,
             'table': result['table'], 'paired_table': result['paired_table'],
             'calibration': {f"{r['variant']} s{r['seed']}": r['calibration']
                             for r in result['runs']}}
+
+
+def dagger_rounds(study: dict) -> int:
+    return int((study.get('dagger') or {}).get('rounds', 0))
+
+
+def run_dagger_rounds(stages, out: Path, study: dict, trained: dict, configs,
+                      train_yaml: Path) -> dict:
+    """DAgger rounds 1..R: the previous round's lambda > 0 checkpoint (first training seed)
+    drives, its bags are labelled into the training index and cached, every arm is trained
+    again on the aggregate. Returns the last round's ``train`` result."""
+    model_cfg, train_cfg, encoder_cfg = configs
+    index = Path(train_cfg.index)
+    for r in range(1, dagger_rounds(study) + 1):
+        checkpoint = trained['arms'][LAMBDA_ARM][str(study['seeds'][0])]
+        drives = stages.run(f'dagger_r{r}', f'DAgger round {r}: {Path(checkpoint).name} drives',
+                            lambda: dagger_drives(out / 'drives' / f'dagger_r{r}', study, r,
+                                                  checkpoint))
+        stages.run(f'dagger_labels_r{r}', f'DAgger round {r}: labels into the training index',
+                   lambda: label_dagger(drives['bags'], index.parent, train_yaml, index))
+        stages.run(f'dagger_features_r{r}', f'DAgger round {r}: features of the new frames',
+                   lambda: cache_features({'train': index}, train_yaml, ('train',)))
+        last = r == dagger_rounds(study)
+        trained = stages.run(f'train_r{r}', f'DAgger round {r}: '
+                             + ('arms x seeds' if last else 'the collector') + ' on the aggregate',
+                             lambda: train_arms(out, study, model_cfg, train_cfg, encoder_cfg,
+                                                f'ablation_r{r}', collector_only=not last))
+    return trained
 
 
 def policy_name(arm: str, seed, mode: str = '') -> str:
@@ -152,13 +266,13 @@ def closed_loop_policies(arms: dict, intent_only: bool) -> list:
     the lambda > 0 checkpoints intent-only."""
     out = [('expert', 'expert', 'expert', ''),
            ('constant-velocity', 'constant-velocity', 'constant velocity', '')]
-    for arm, by_seed in arms.items():
-        for seed, path in sorted(by_seed.items()):
+    # the deployed arm first: an interrupted closed loop has its numbers before the others'
+    for arm in sorted(arms, key=lambda a: a != LAMBDA_ARM):
+        for seed, path in sorted(arms[arm].items()):
             out.append((policy_name(arm, seed), path, arm, ''))
-    if intent_only:
-        for seed, path in sorted(arms.get(LAMBDA_ARM, {}).items()):
-            out.append((policy_name(LAMBDA_ARM, seed, 'intent'), path, LAMBDA_ARM + ' intent',
-                        'intent'))
+        if arm == LAMBDA_ARM and intent_only:
+            for seed, path in sorted(arms[arm].items()):
+                out.append((policy_name(arm, seed, 'intent'), path, arm + ' intent', 'intent'))
     return out
 
 
@@ -176,7 +290,8 @@ def run_study_closed_loop(out: Path, study: dict, arms: dict) -> dict:
         cfg = replace(base, route=False) if mode == 'intent' else base
         run_closed_loop(spec, cl['families'], cl['seeds'], out / 'closedloop', backend='torch',
                         name=name, progress=True, scenario_cfg=scen, cfg=cfg)
-    return {'policies': [[n, a, m] for n, _, a, m in policies]}
+    return {'policies': [[n, a, m] for n, _, a, m in policies],
+            'checkpoints': {n: spec for n, spec, _, _ in policies}}
 
 
 # -- the analysis ---------------------------------------------------------------------------------
@@ -279,6 +394,40 @@ def format_claims(claims: list) -> str:
     return '\n'.join(rows)
 
 
+def dagger_section(done: dict, r: int) -> list:
+    drives, labels = done.get(f'dagger_r{r}'), done.get(f'dagger_labels_r{r}')
+    if not drives:
+        return []
+    rows = ['| family | drives | with a collision | expert periods |', '|---|---|---|---|']
+    by_family = {}
+    for d in drives['drives']:
+        by_family.setdefault(d['family'], []).append(d)
+    for family, ds in by_family.items():
+        expert = sum(d['expert_periods'] or 0 for d in ds)
+        periods = sum(d['plan_periods'] or 0 for d in ds)
+        rows.append(f'| {family} | {len(ds)} | {sum(bool(d["collisions"]) for d in ds)} | '
+                    f'{expert}/{periods} |')
+    lines = ['', f'## DAgger round {r}', '',
+             f"`{drives['checkpoint']}` drove (beta-mixed with the expert); every frame's target "
+             "is the expert's rollout from the visited state.", '', *rows]
+    if labels:
+        lines += ['', f"Frames added to the training index: {labels['frames_added']} (now "
+                      f"{labels['frames']}); skipped: {labels['skipped']}"]
+    return lines
+
+
+def open_loop_sections(done: dict, study: dict) -> list:
+    """Round 0's open-loop table, then per DAgger round its drives and its table."""
+    lines = []
+    for r in range(dagger_rounds(study) + 1):
+        trained = done.get('train' if r == 0 else f'train_r{r}')
+        lines += dagger_section(done, r) if r else []
+        if trained:
+            title = 'Open loop (held-out drives)' + (f', after DAgger round {r}' if r else '')
+            lines += ['', f'## {title}', '', trained['table'], '', trained['paired_table']]
+    return lines
+
+
 def write_study_report(out: Path, state: dict, study: dict, encoder_desc: str) -> Path:
     from rsd_drive.closedloop.run import load_routes
 
@@ -300,10 +449,7 @@ def write_study_report(out: Path, state: dict, study: dict, encoder_desc: str) -
     if probe:
         lines += ['', '## Do the frozen features see the hazards? (linear probe)', '',
                   probe['table']]
-    trained = done.get('train', {})
-    if trained:
-        lines += ['', '## Open loop (held-out drives)', '', trained['table'], '',
-                  trained['paired_table']]
+    lines += open_loop_sections(done, study)
     if routes:
         lines += ['', '## Closed loop', '',
                   arm_family_table(routes, policies, study['closed_loop']['families']), '',
@@ -335,7 +481,8 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / 'study_config.yaml').write_text(yaml.safe_dump({'study': study}, sort_keys=False))
-    stages = Stages(out, total=7)
+    check_seed_blocks(study)
+    stages = Stages(out, total=7 + 4 * dagger_rounds(study))
     labels = out / 'labels'
     index = {split: labels / split / 'index' for split in ('train', 'val')}
     encoder_cfg, encoder_desc = choose_encoder(study['encoder'])
@@ -348,16 +495,22 @@ def run(args) -> int:
                       lambda: make_study_drives(out / 'drives', study))
     stages.run('labels', 'scene-oracle labels and the training index',
                lambda: label_drives(bags, labels, train_yaml, index))
-    stages.run('features', 'frozen encoder once per frame', lambda: cache_features(index,
-                                                                                  train_yaml))
+    stages.run('features', 'frozen encoder once per frame',
+               lambda: cache_features(index, train_yaml))
     stages.run('probe', 'linear probe of the frozen features on the risk cells',
                lambda: probe_features(index, model_cfg, train_cfg))
-    trained = stages.run('train', f'arms x seeds {study["seeds"]}',
-                         lambda: train_arms(out, study, model_cfg, train_cfg, encoder_cfg))
+    collector = dagger_rounds(study) > 0
+    trained = stages.run('train', 'the DAgger collector (lambda > 0, first seed)' if collector
+                         else f'arms x seeds {study["seeds"]}',
+                         lambda: train_arms(out, study, model_cfg, train_cfg, encoder_cfg,
+                                            collector_only=collector))
+    trained = run_dagger_rounds(stages, out, study, trained, (model_cfg, train_cfg, encoder_cfg),
+                                train_yaml)
     stages.run('closedloop', 'closed loop on held-out seeds of every family',
                lambda: run_study_closed_loop(out, study, trained['arms']))
     stages.timings['total_this_run'] = round(time.monotonic() - t_start, 1)
-    print('\n=== [7/7] report: report.md and study.json (always rewritten)', flush=True)
+    print(f'\n=== [{stages.total}/{stages.total}] report: report.md and study.json (always '
+          'rewritten)', flush=True)
     report = write_study_report(out, stages.state, study, encoder_desc)
     print(report.read_text())
     return 0

@@ -1,12 +1,14 @@
 """`rsd-drive study --quick`: the whole experiment (noise-injected drives with routes, labels,
-features, arms x seeds, closed loop with intent-only mode, the claims as paired tests, report)
-end to end on a tiny configuration, and a rerun that redoes nothing."""
+features, arms x seeds, a DAgger round, closed loop with intent-only mode, the claims as paired
+tests, report) end to end on a tiny configuration, and a rerun that redoes nothing."""
 import json
+from pathlib import Path
 
 import pytest
 
 from rsd_drive.cli import main as cli_main
-from rsd_drive.study import CLAIMS, load_study_config
+from rsd_drive.data.index import FrameIndex
+from rsd_drive.study import CLAIMS, check_seed_blocks, dagger_seeds, load_study_config
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -18,18 +20,55 @@ def test_quick_config_is_the_full_one_with_its_overrides():
     assert quick['train']['route_dropout'] == full['train']['route_dropout']  # merged, kept
     assert full['noise']['enabled'] and full['model']['route_points'] > 0
     assert len(full['closed_loop']['families']) == 7
+    assert full['dagger']['rounds'] >= 1 and quick['dagger']['drives'] == 1
+
+
+def test_dagger_seeds_are_new_training_seeds_of_each_family():
+    study = load_study_config()
+    check_seed_blocks(study)
+    k = len(study['families'])
+    train = {study['train_seed'] + 100 * f + i for f in range(k)
+             for i in range(study['train_drives'])}
+    held_out = {study['val_seed'] + 100 * f + i for f in range(k)
+                for i in range(study['val_drives'])}
+    dagger = [s for f in range(k) for r in range(1, study['dagger']['rounds'] + 1)
+              for s in dagger_seeds(study, f, r)]
+    assert len(set(dagger)) == len(dagger) == k * study['dagger']['rounds'] * \
+        study['dagger']['drives']
+    assert not set(dagger) & (train | held_out) and max(dagger) < study['val_seed']
+    with pytest.raises(ValueError, match='dagger.drives'):
+        check_seed_blocks(dict(study, dagger={'rounds': 1, 'drives': 11}))
+    with pytest.raises(ValueError, match='train_drives'):
+        check_seed_blocks(dict(study, train_drives=12))
 
 
 def test_study_quick_runs_end_to_end_and_resumes(tmp_path, capsys):
     out = tmp_path / 'study'
     assert cli_main(['study', '--quick', '--out', str(out)]) == 0
     state = json.loads((out / 'state.json').read_text())
-    assert set(state['done']) == {'drives', 'labels', 'features', 'probe', 'train',
-                                  'closedloop'}
-    labels = state['done']['labels']
+    done = state['done']
+    assert set(done) == {'drives', 'labels', 'features', 'probe', 'train', 'dagger_r1',
+                         'dagger_labels_r1', 'dagger_features_r1', 'train_r1', 'closedloop'}
+    labels = done['labels']
     assert labels['frames']['train'] > 0 and labels['frames']['val'] > 0
+    # round 1: round 0's lambda > 0 checkpoint of the first seed drove one drive per family on
+    # new seeds; its frames joined the training index, and round 1's arms trained on them
+    dagger = done['dagger_r1']
+    assert dagger['checkpoint'] == done['train']['arms']['lambda>0']['0']
+    assert [Path(b).name for b in dagger['bags']] == ['drive_0010', 'drive_0110']
+    added = done['dagger_labels_r1']
+    assert added['frames_added'] > 0
+    assert added['frames'] == labels['frames']['train'] + added['frames_added'] == \
+        len(FrameIndex(out / 'labels' / 'train' / 'index'))
+    assert (out / 'ablation_r1' / 'ablation.json').is_file()
+    # the closed loop drives round 1's checkpoints
+    assert done['closedloop']['policies'][2][0] == 'lambdagt0-s0'  # the deployed arm first
+    assert done['closedloop']['checkpoints']['lambdagt0-s0'] == \
+        done['train_r1']['arms']['lambda>0']['0'] != dagger['checkpoint']
+    assert (out / 'closedloop' / 'routes').is_dir()
     report = (out / 'report.md').read_text()
     for heading in ('## Stage times', '## Do the frozen features', '## Open loop',
+                    '## DAgger round 1', '## Open loop (held-out drives), after DAgger round 1',
                     '## Closed loop', '## The claims'):
         assert heading in report
     study = json.loads((out / 'study.json').read_text())
@@ -49,5 +88,5 @@ def test_study_quick_runs_end_to_end_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert cli_main(['study', '--quick', '--out', str(out)]) == 0
     printed = capsys.readouterr().out
-    assert printed.count('already done') == 6
+    assert printed.count('already done') == 10
     assert {p: p.stat().st_mtime_ns for p in routes} == mtimes
