@@ -98,6 +98,16 @@ def listening_addresses(pids):
 LOOPBACK = {'0100007F', '0000000000000000FFFF00000100007F'}  # 127.0.0.1, ::ffff:127.0.0.1
 
 
+def test_local_workers_run_at_the_driver_s_priority(ray_cluster):
+    """Ray's default worker niceness (15) starves a labeling job beside any busy process (the
+    sigkill test below once ran past its timeout beside a training run)."""
+    @ray_cluster.remote
+    def niceness():
+        return os.nice(0)
+
+    assert ray_cluster.get(niceness.remote(), timeout=120) == os.nice(0)
+
+
 def test_four_bags_on_two_ray_workers_give_the_pool_s_index(ray_cluster, tmp_path):
     lengths = {'drive0': 7, 'drive1': 5, 'drive2': 4, 'drive3': 3}
     bags = [write_drive(tmp_path / 'bags' / name, cameras=['front', 'back'], n_frames=n)

@@ -29,7 +29,10 @@ from rsd_drive.teacher.served import share_concurrency
 RAY_ENV = {'RAY_USAGE_STATS_ENABLED': '0'}
 # With Ray's "cluster" mode off, a local cluster takes 127.0.0.1 as its node address and binds
 # every server (GCS, raylet, workers, runtime-env agent) there instead of on all interfaces.
-LOCAL_ONLY_ENV = {'RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER': '0'}
+# Ray starts its workers at niceness 15 (RAY_worker_niceness): on a busy machine (a training run
+# beside the labeler) they then get a few percent of a core, and a labeling job crawls. The work
+# of a labeling job is in its workers, so a local cluster runs them at the driver's priority.
+LOCAL_ONLY_ENV = {'RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER': '0', 'RAY_worker_niceness': '0'}
 LOCAL_OBJECT_STORE_BYTES = 128 * 1024 ** 2  # only small dicts go through the object store
 PROGRESS_PERIOD_S = 0.25                      # a task reports its frame count at most this often
 FINAL_STATES = ('done', 'failed', 'already_done')
