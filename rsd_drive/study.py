@@ -124,8 +124,22 @@ def make_study_drives(drives: Path, study: dict) -> dict:
     return out
 
 
+def skipped_frames(index: Path, prefix: str = '', bag_names=None) -> dict:
+    """{prefix + reason: frames} summed over the index's shards (only those of the bags named
+    ``bag_names``, when given)."""
+    from rsd_drive.data.index import read_manifest
+
+    skipped = {}
+    for shard in read_manifest(index)['shards'].values():
+        if bag_names is not None and Path(shard.get('bag', '')).name not in bag_names:
+            continue
+        for reason, n in shard.get('skipped', {}).items():
+            skipped[prefix + reason] = skipped.get(prefix + reason, 0) + n
+    return skipped
+
+
 def label_drives(bags: dict, labels: Path, train_yaml: Path, index: dict) -> dict:
-    from rsd_drive.data.index import FrameIndex, read_manifest
+    from rsd_drive.data.index import FrameIndex
 
     for split in ('train', 'val'):
         _check(cli_main(['label', *bags[split], '--out', str(labels / split),
@@ -133,9 +147,7 @@ def label_drives(bags: dict, labels: Path, train_yaml: Path, index: dict) -> dic
                          '--workers', '2']), f'labeling {split}')
     skipped = {}
     for split in ('train', 'val'):
-        for shard in read_manifest(index[split])['shards'].values():
-            for reason, n in shard.get('skipped', {}).items():
-                skipped[f'{split}:{reason}'] = skipped.get(f'{split}:{reason}', 0) + n
+        skipped.update(skipped_frames(index[split], f'{split}:'))
     return {'frames': {s: len(FrameIndex(index[s])) for s in ('train', 'val')},
             'skipped': skipped}
 
@@ -167,19 +179,14 @@ def dagger_drives(drives: Path, study: dict, round_: int, checkpoint: str) -> di
 
 def label_dagger(bags: list, labels: Path, train_yaml: Path, index: Path) -> dict:
     """Label DAgger bags into the training index (their shards join the ones there)."""
-    from rsd_drive.data.index import FrameIndex, read_manifest
+    from rsd_drive.data.index import FrameIndex
 
-    names = {Path(b).name for b in bags}
     before = len(FrameIndex(index))
     _check(cli_main(['label', *bags, '--out', str(labels), '--backend', 'scene-oracle',
                      '--model-config', str(train_yaml), '--workers', '2']), 'labeling DAgger')
-    skipped = {}
-    for shard in read_manifest(index)['shards'].values():
-        if Path(shard.get('bag', '')).name in names:
-            for reason, n in shard.get('skipped', {}).items():
-                skipped[reason] = skipped.get(reason, 0) + n
     after = len(FrameIndex(index))
-    return {'frames_added': after - before, 'frames': after, 'skipped': skipped}
+    return {'frames_added': after - before, 'frames': after,
+            'skipped': skipped_frames(index, bag_names={Path(b).name for b in bags})}
 
 
 def cache_features(index: dict, train_yaml: Path, splits=('train', 'val')) -> bool:
@@ -235,8 +242,9 @@ def dagger_rounds(study: dict) -> int:
 def run_dagger_rounds(stages, out: Path, study: dict, trained: dict, configs,
                       train_yaml: Path) -> dict:
     """DAgger rounds 1..R: the previous round's lambda > 0 checkpoint (first training seed)
-    drives, its bags are labelled into the training index and cached, every arm is trained
-    again on the aggregate. Returns the last round's ``train`` result."""
+    drives, its bags are labelled into the training index and cached, and training runs again on
+    the aggregate (the next collector only; every arm x seed in round R). Returns the last
+    round's ``train`` result."""
     model_cfg, train_cfg, encoder_cfg = configs
     index = Path(train_cfg.index)
     for r in range(1, dagger_rounds(study) + 1):
