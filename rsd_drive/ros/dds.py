@@ -1,4 +1,4 @@
-"""Keep DDS on this host for tools that start their own nodes (demo, benchmarks)."""
+"""Keep DDS on this host for the ``rsd-drive`` command line (every subcommand) and tests."""
 import os
 
 from rsd_drive import config_file

@@ -166,7 +166,10 @@ class Lockstep:
     synchroniser the node runs (rsd_drive.data.sync), over the bag's image topics. A set the node
     handled without a plan (e.g. too little odometry history yet) shows in its ``/diagnostics``
     drop counters: when they grow, the wait ends too, counted as ``skipped``. (Plans are not
-    counted there: a plan's own path answers it, and its diagnostics arrive later.)"""
+    counted there: a plan's own path answers it, and its diagnostics arrive later. Nor are the
+    node's events that drop no set, ``EVENT_COUNTERS``: the time-jump reset at a new pass.)"""
+
+    EVENT_COUNTERS = ('time_jump_back',)
 
     def __init__(self, node, image_topics, reference_topic, answer_topic: str, timeout_s: float,
                  slop_s: float):
@@ -219,7 +222,8 @@ class Lockstep:
         if drops:
             with self.cond:
                 self.drops = drops
-                self.handled = max(self.handled, sum(drops.values()))
+                handled = sum(n for k, n in drops.items() if k not in self.EVENT_COUNTERS)
+                self.handled = max(self.handled, handled)
                 self.cond.notify_all()
 
     def mark(self) -> int:
