@@ -50,8 +50,8 @@ def main(argv=None) -> int:
 
     # Every subcommand that starts nodes (replay, bench, closedloop, demo, study) keeps DDS on this
     # host, with shared memory large enough for a camera set, unless FASTDDS_DEFAULT_PROFILES_FILE
-    # names another profile. (Without it, `rsd-drive bench soak` run from a shell lost camera sets
-    # on Fast DDS's default 512 KB shared-memory segment and waited 60 s on each.)
+    # names another profile. (Without it, on Fast DDS's defaults, `rsd-drive bench soak` run from
+    # a shell lost whole camera sets in some runs and the lockstep waited 60 s on each.)
     confine_dds_to_host()
     argv = sys.argv[1:] if argv is None else list(argv)
     parser, module = build_parser(argv)
