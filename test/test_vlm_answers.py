@@ -7,7 +7,8 @@ image its processor resized, ``smart_resize`` to multiples of 28), as Qwen2-VL g
 normalised (0..1), and fed to the ``vlm`` and ``detector+vlm`` backends through their injectable
 ``chat`` (and ``detector``) hook. The answer's box size comes from the real transformers image
 processor, whose size must equal our ``smart_resize``. Every object's risk must land within
-``NEAR_M`` of its annotated footprint in base_link. Skips only when ../shared/data is absent."""
+``NEAR_M`` of its annotated footprint in base_link. The same answers served by the stand-in
+server (``runtime: served``) give bit-identical grids. Skips only when ../shared/data is absent."""
 import json
 
 import numpy as np
@@ -310,3 +311,57 @@ def test_detector_vlm_ranks_real_proposals(drive, fmt):
     print(f'\ndetector+vlm {fmt:<8}: {len(d)} objects, contact point to footprint median '
           f'{np.median(d):.2f} m, max {d.max():.2f} m')
     assert len(d) >= 30 and d.max() <= NEAR_M
+
+
+def _ranking_answers(frame):
+    """detector+vlm: rank every listed proposal (risk by its id), whatever the model size."""
+    import re
+
+    def answers(image, prompt, model_hw):
+        listed = re.findall(r'(\d+): [^\[;]*\[([^\]]*)\]', prompt)
+        return qwen_text([{'id': int(k), 'risk': risk_of(int(k)), 'reason': 'ahead'}
+                          for k, _ in listed])
+    return answers
+
+
+@pytest.mark.parametrize('backend', ['vlm', 'detector+vlm'])
+def test_served_gives_the_in_process_grids_on_real_frames(drive, backend):
+    """Issue 21 on the real PandaSet frames: the same Qwen2.5-VL answers, once through the
+    in-process chat (the real transformers processor's size) and once through the stand-in
+    server on 127.0.0.1 (the image resized by the client, its size read back by the server), give
+    the same parsed objects and bit-identical grids, for ``vlm`` and ``detector+vlm``."""
+    from rsd_drive.bench.standin_vlm import StandInVlm
+    from rsd_drive.teacher.detector import DetectorVlmTeacher
+    from rsd_drive.teacher.served import ServedChat
+    from rsd_drive.teacher.vlm import VlmTeacher
+
+    frames, _, ego, objects = drive
+    budget = BUDGETS['1280_tokens']
+    cls = VlmTeacher if backend == 'vlm' else DetectorVlmTeacher
+    n_objects = 0
+    with StandInVlm() as server:
+        config = TeacherConfig(backend=backend, cameras=CAMERAS, runtime='served',
+                               vlm={'box_coords': 'absolute'}, detector={'max_proposals': 50},
+                               served={'base_url': server.url, 'model': 'stand-in',
+                                       'max_pixels': budget, 'timeout_s': 30.0,
+                                       'backoff_s': 0.01, 'backoff_max_s': 0.05})
+        for frame in frames:
+            visible = visible_objects(frame, ego, objects[frame.seq])
+            answers = _vlm_answers(visible, 'absolute', frame)[0] if backend == 'vlm' \
+                else _ranking_answers(frame)
+            server.answer = lambda prompt, image: answers(None, prompt, image.shape[:2])
+            kw = {} if backend == 'vlm' else {'detector': CannedDetector(frame, visible)}
+            local = cls(config, chat=CannedChat(budget, answers), **kw)
+            served = cls(config, chat=ServedChat(config.served), **kw)
+            context = FrameContext(frame.stamp_ns, (0, 0, 0), np.zeros((20, 2)), 0.0)
+            a, b = local.label(frame, context), served.label(frame, context)
+            assert a.parsed and b.parsed
+            assert [o.to_dict() for o in a.objects] == [o.to_dict() for o in b.objects]
+            ga = teacher_grid(a, frame, GRID, config.projection)[0]
+            gb = teacher_grid(b, frame, GRID, config.projection)[0]
+            assert np.array_equal(ga, gb)
+            n_objects += len(a.objects)
+        sent = server.image_hw
+    assert n_objects >= 30 and ga.max() > 0
+    # what the server saw is the processor's size of the 1920x1080 frames at this budget
+    assert sent == {CannedChat(budget, None).input_hw(frames[0].images[0])}, sent
