@@ -13,7 +13,7 @@ path on every node): the bags (read), the output directory (index, work, labels,
 teacher's model directories.
 
 ``address``: ``local`` starts a private single-machine cluster bound to 127.0.0.1 only (no
-dashboard, no usage statistics); ``auto`` joins the cluster that ``ray start`` runs on this
+dashboard, no usage statistics, no cloud-metadata lookups: ``no_egress_for_started_processes``); ``auto`` joins the cluster that ``ray start`` runs on this
 machine; ``HOST:PORT`` joins that cluster's head. If this process is already connected to Ray
 (``ray.is_initialized()``), that connection is used and left open.
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 
 from rsd_drive.teacher.served import share_concurrency
@@ -33,6 +34,14 @@ RAY_ENV = {'RAY_USAGE_STATS_ENABLED': '0'}
 # beside the labeler) they then get a few percent of a core, and a labeling job crawls. The work
 # of a labeling job is in its workers, so a local cluster runs them at the driver's priority.
 LOCAL_ONLY_ENV = {'RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER': '0', 'RAY_worker_niceness': '0'}
+# Ray's head starts its usage-statistics module even without a dashboard and with usage statistics
+# off, and that module asks the cloud metadata services (HTTP to 169.254.169.254, DNS for
+# metadata.google.internal) which cloud it runs on. A local cluster's own processes (GCS, raylet,
+# dashboard) are started with HTTP(S) pointed at a closed port on 127.0.0.1 (9, discard), so the
+# check fails at once without a packet leaving; Ray's gRPC between them is exempt (no_proxy), and
+# the workers get the driver's own proxy settings back (runtime_env), for a served VLM elsewhere.
+PROXY_KEYS = ('http_proxy', 'HTTP_PROXY', 'https_proxy', 'HTTPS_PROXY', 'no_proxy', 'NO_PROXY')
+NO_EGRESS_PROXY = 'http://127.0.0.1:9'
 LOCAL_OBJECT_STORE_BYTES = 128 * 1024 ** 2  # only small dicts go through the object store
 PROGRESS_PERIOD_S = 0.25                      # a task reports its frame count at most this often
 FINAL_STATES = ('done', 'failed', 'already_done')
@@ -61,9 +70,11 @@ def connect(address: str, num_cpus: int | None = None, num_gpus: int | None = No
     common = dict(runtime_env={'env_vars': dict(RAY_ENV)}, log_to_driver=False,
                   configure_logging=False)
     if address == 'local':
-        ray.init(address='local', num_cpus=num_cpus, num_gpus=num_gpus,
-                 _node_ip_address='127.0.0.1', include_dashboard=False,
-                 object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
+        with no_egress_for_started_processes() as mine:
+            common['runtime_env']['env_vars'].update(mine)
+            ray.init(address='local', num_cpus=num_cpus, num_gpus=num_gpus,
+                     _node_ip_address='127.0.0.1', include_dashboard=False,
+                     object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
         node_ip = ray.util.get_node_ip_address()
         if node_ip != '127.0.0.1':  # e.g. ray was imported before LOCAL_ONLY_ENV was set
             ray.shutdown()
@@ -72,6 +83,24 @@ def connect(address: str, num_cpus: int | None = None, num_gpus: int | None = No
     else:
         ray.init(address=address, **common)
     return True
+
+
+@contextmanager
+def no_egress_for_started_processes():
+    """Inside: processes started from here send HTTP(S) to a closed port on 127.0.0.1, except to
+    127.0.0.1 / localhost (see ``PROXY_KEYS``). Yields this process's own settings ('' where
+    unset), for the workers; restores them on exit."""
+    saved = {k: os.environ.get(k) for k in PROXY_KEYS}
+    os.environ.update({k: NO_EGRESS_PROXY for k in PROXY_KEYS[:4]})
+    os.environ.update({k: '127.0.0.1,localhost' for k in PROXY_KEYS[4:]})
+    try:
+        yield {k: v or '' for k, v in saved.items()}
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class ProgressRelay:
