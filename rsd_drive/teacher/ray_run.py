@@ -13,9 +13,10 @@ path on every node): the bags (read), the output directory (index, work, labels,
 teacher's model directories.
 
 ``address``: ``local`` starts a private single-machine cluster bound to 127.0.0.1 only (no
-dashboard, no usage statistics, no cloud-metadata lookups: ``no_egress_for_started_processes``); ``auto`` joins the cluster that ``ray start`` runs on this
-machine; ``HOST:PORT`` joins that cluster's head. If this process is already connected to Ray
-(``ray.is_initialized()``), that connection is used and left open.
+dashboard, no usage statistics, no cloud-metadata lookups: ``no_egress_for_started_processes``);
+``auto`` joins the cluster that ``ray start`` runs on this machine; ``HOST:PORT`` joins that
+cluster's head. If this process is already connected to Ray (``ray.is_initialized()``), that
+connection is used and left open.
 """
 from __future__ import annotations
 
