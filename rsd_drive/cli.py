@@ -23,7 +23,8 @@ SUBCOMMANDS = {
     'ablate': ('rsd_drive.train.ablate', 'lambda=0 vs lambda>0 (and loss choices) over seeds'),
     'export': ('rsd_drive.deploy.export', 'export a checkpoint: model.onnx + deploy.json'),
     'replay': ('rsd_drive.ros.replay', 'play a bag into ROS 2 topics with /clock; record outputs'),
-    'bench': ('rsd_drive.bench.cli', 'benchmarks: model | node | label | train | served | soak | precision'),
+    'bench': ('rsd_drive.bench.cli', 'benchmarks: model | node | label | label_soak | train | '
+                                     'served | soak | precision'),
     'closedloop': ('rsd_drive.closedloop.cli', 'closed-loop driving in the scenario world'),
     'dagger': ('rsd_drive.closedloop.dagger',
                'DAgger drives: the checkpoint drives, the expert rollouts are the targets'),

@@ -1,7 +1,7 @@
 """``rsd-drive bench WHAT``: dispatch to rsd_drive.bench.<WHAT> (add_arguments / run)."""
 import importlib
 
-BENCHES = ('model', 'node', 'label', 'train', 'served', 'soak', 'precision')
+BENCHES = ('model', 'node', 'label', 'label_soak', 'train', 'served', 'soak', 'precision')
 
 
 def add_arguments(parser) -> None:

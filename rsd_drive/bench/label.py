@@ -34,7 +34,7 @@ def add_arguments(parser) -> None:
     parser.add_argument('--work-dir', help='where drives and outputs go (default: a temp dir)')
 
 
-def _tiny_models(backend: str, root: Path) -> dict:
+def tiny_models(backend: str, root: Path) -> dict:
     from rsd_drive.teacher import tiny
 
     if backend == 'vlm':
@@ -135,7 +135,7 @@ def run(args) -> int:
     dataset = DatasetConfig.from_yaml()
     teacher = TeacherConfig(backend=args.backend, unparsable_answer='empty',
                             vlm={'max_new_tokens': args.max_new_tokens},
-                            **_tiny_models(args.backend, root / 'models'))
+                            **tiny_models(args.backend, root / 'models'))
     hw = _image_size(args.image_size)
     print(f'{len(bags)} bags, backend {args.backend}, {os.cpu_count()} CPUs, index images '
           f'{hw[0]}x{hw[1]}')
