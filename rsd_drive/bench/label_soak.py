@@ -110,20 +110,30 @@ def memory_summary(samples, t0: float) -> dict:
 
 
 def soak_runner(bag: Path, spec, runner: str, sample_s: float) -> dict:
-    """Label ``bag`` once with ``runner`` (a fresh output directory), memory sampled."""
+    """Label ``bag`` once with ``runner`` (a fresh output directory), memory sampled. A Ray
+    cluster is started before the samples and stopped after them, so they show labelling only."""
     from rsd_drive.teacher.job import run_job
 
     shutil.rmtree(spec.out_dir, ignore_errors=True)
-    with TreeSampler(sample_s) as sampler:
-        t0 = time.monotonic()
-        summary = run_job([str(bag)], spec, workers=1, show_progress=True,
-                          ray_address='local' if runner == 'ray' else None)
-        seconds = time.monotonic() - t0
-    result = {'runner': runner, 'frames': summary.frames_labelled, 'seconds': seconds,
-              'frames_per_s': summary.frames_labelled / seconds if seconds else 0.0,
-              'failed_bags': len(summary.failed), 'memory': memory_summary(sampler.samples, t0),
-              'samples': [{'t_s': round(t - t0, 2), **s} for t, s in sampler.samples]}
-    return result
+    ray = None
+    if runner == 'ray':
+        from rsd_drive.teacher.ray_run import connect, import_ray
+
+        ray = import_ray('local')
+        connect('local', num_cpus=1)
+    try:
+        with TreeSampler(sample_s) as sampler:
+            t0 = time.monotonic()
+            summary = run_job([str(bag)], spec, workers=1, show_progress=True,
+                              ray_address='local' if ray else None)
+            seconds = time.monotonic() - t0
+    finally:
+        if ray is not None:
+            ray.shutdown()
+    return {'runner': runner, 'frames': summary.frames_labelled, 'seconds': seconds,
+            'frames_per_s': summary.frames_labelled / seconds if seconds else 0.0,
+            'failed_bags': len(summary.failed), 'memory': memory_summary(sampler.samples, t0),
+            'samples': [{'t_s': round(t - t0, 2), **s} for t, s in sampler.samples]}
 
 
 def format_table(results) -> str:
