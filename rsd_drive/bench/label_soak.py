@@ -38,10 +38,13 @@ def add_arguments(parser) -> None:
                         help='teacher (model backends use tiny random models built here)')
     parser.add_argument('--sample-s', type=float, default=2.0, help='sampling period (wall)')
     parser.add_argument('--work', default='work_dirs/label_soak', help='working directory')
+    parser.add_argument('--warmup-s', type=float, default=WARMUP_S,
+                        help='growth is measured from this long after labelling starts')
 
 
 def tree_rss_mb(root_pid: int) -> tuple:
-    """(RSS of ``root_pid``, summed RSS of all its descendants, their count), in MB."""
+    """(RSS of ``root_pid``, {process name: summed RSS} of all its descendants, their count), in
+    MB."""
     children = {}
     for p in Path('/proc').iterdir():
         if p.name.isdigit():
@@ -55,7 +58,17 @@ def tree_rss_mb(root_pid: int) -> tuple:
         for c in children.get(todo.pop(), []):
             below.append(c)
             todo.append(c)
-    return rss_mb(root_pid), sum(rss_mb(pid) for pid in below), len(below)
+    by_name = {}
+    for pid in below:
+        by_name[process_name(pid)] = by_name.get(process_name(pid), 0.0) + rss_mb(pid)
+    return rss_mb(root_pid), by_name, len(below)
+
+
+def process_name(pid: int) -> str:
+    try:
+        return Path(f'/proc/{pid}/comm').read_text().strip()
+    except OSError:
+        return '?'
 
 
 def rss_mb(pid: int) -> float:
@@ -82,9 +95,10 @@ class TreeSampler:
 
     def _run(self) -> None:
         while True:
-            driver, below, n = tree_rss_mb(os.getpid())
-            self.samples.append((time.monotonic(), {'driver_mb': driver, 'below_mb': below,
-                                                    'processes_below': n}))
+            driver, by_name, n = tree_rss_mb(os.getpid())
+            self.samples.append((time.monotonic(), {
+                'driver_mb': driver, 'below_mb': sum(by_name.values()),
+                'processes_below': n, 'below_by_name_mb': by_name}))
             if self._stop.wait(self.period_s):
                 return
 
@@ -93,23 +107,27 @@ class TreeSampler:
         self._thread.join(timeout=10.0)
 
 
-def memory_summary(samples, t0: float) -> dict:
+def memory_summary(samples, t0: float, warmup_s: float = WARMUP_S) -> dict:
     """Start / after the first minute / end / max of each series, and the growth after it."""
     if not samples:
         raise RuntimeError('no memory samples')
-    steady = [s for t, s in samples if t >= t0 + WARMUP_S] or [samples[-1][1]]
+    steady = [s for t, s in samples if t >= t0 + warmup_s] or [samples[-1][1]]
     out = {}
     for key in ('driver_mb', 'below_mb'):
         series = [s[key] for _, s in samples]
         out[key] = {'start': series[0], 'after_1min': steady[0][key], 'end': series[-1],
                     'max': max(series), 'growth_after_1min': series[-1] - steady[0][key]}
     out['processes_below_max'] = max(s['processes_below'] for _, s in samples)
+    first, last = steady[0]['below_by_name_mb'], samples[-1][1]['below_by_name_mb']
+    out['below_growth_by_name_mb'] = {k: last.get(k, 0.0) - first.get(k, 0.0)
+                                      for k in sorted(set(first) | set(last))}
     out['flat'] = all(out[k]['growth_after_1min'] <= RSS_GROWTH_GOAL_MB
                       for k in ('driver_mb', 'below_mb'))
     return out
 
 
-def soak_runner(bag: Path, spec, runner: str, sample_s: float) -> dict:
+def soak_runner(bag: Path, spec, runner: str, sample_s: float,
+                warmup_s: float = WARMUP_S) -> dict:
     """Label ``bag`` once with ``runner`` (a fresh output directory), memory sampled. A Ray
     cluster is started before the samples and stopped after them, so they show labelling only."""
     from rsd_drive.teacher.job import run_job
@@ -132,7 +150,8 @@ def soak_runner(bag: Path, spec, runner: str, sample_s: float) -> dict:
             ray.shutdown()
     return {'runner': runner, 'frames': summary.frames_labelled, 'seconds': seconds,
             'frames_per_s': summary.frames_labelled / seconds if seconds else 0.0,
-            'failed_bags': len(summary.failed), 'memory': memory_summary(sampler.samples, t0),
+            'failed_bags': len(summary.failed),
+            'memory': memory_summary(sampler.samples, t0, warmup_s),
             'samples': [{'t_s': round(t - t0, 2), **s} for t, s in sampler.samples]}
 
 
@@ -198,7 +217,7 @@ def run(args) -> int:
     for runner in runners:
         spec = make_spec(work / f'out_{runner}', teacher, DatasetConfig.from_yaml(),
                          image_hw=(224, 224))
-        results.append(soak_runner(bag, spec, runner, args.sample_s))
+        results.append(soak_runner(bag, spec, runner, args.sample_s, args.warmup_s))
     out = {'bag': str(bag), 'backend': args.backend, 'goal_mb': RSS_GROWTH_GOAL_MB,
            'load_avg_end': os.getloadavg(), 'runs': results}
     write_json_atomic(Path(args.json), out)
