@@ -37,7 +37,7 @@ TIMING_TESTS = (
     'test/test_teacher_labeler_node.py',
     'test/test_label_job.py::test_killed_with_sigkill_and_rerun_labels_every_frame_exactly_once',
     'test/test_ray_label.py',
-    'test/test_ray_egress.py',
+    'test/test_egress.py',
     'test/test_label_soak.py',
     'test/test_closedloop_ros.py',
     'test/test_soak.py',
