@@ -17,6 +17,7 @@ from helpers_bags import START_NS, write_drive
 from test_label_job import write_dataset_yaml, write_teacher_yaml
 
 from rsd_drive.data.bag import DatasetConfig
+from rsd_drive.bench.label_soak import descendants
 from rsd_drive.data.index import FrameIndex, read_manifest
 from rsd_drive.teacher.config import TeacherConfig
 from rsd_drive.teacher.job import make_spec, run_job
@@ -56,23 +57,6 @@ def stamps_by_bag(out):
 
 def expected_stamps(n):
     return [FIRST_STAMP + k * 10**8 for k in range(n)]
-
-
-def _descendants(pid):
-    children = {}
-    for p in Path('/proc').iterdir():
-        if p.name.isdigit():
-            try:
-                ppid = int((p / 'stat').read_text().rsplit(')', 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(p.name))
-    found, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            found.append(c)
-            todo.append(c)
-    return found
 
 
 def listening_addresses(pids):
@@ -123,7 +107,7 @@ def test_four_bags_on_two_ray_workers_give_the_pool_s_index(ray_cluster, tmp_pat
     def on_progress(event):
         events.append(event)
         if not sockets:  # while the tasks run: what does the cluster listen on?
-            sockets.extend(listening_addresses([os.getpid(), *_descendants(os.getpid())]))
+            sockets.extend(listening_addresses([os.getpid(), *descendants(os.getpid())]))
 
     ray = run_job(bags, spec['ray'], workers=2, ray_address='local', show_progress=False,
                   on_progress=on_progress)
@@ -232,7 +216,7 @@ def test_killed_driver_then_rerun_resumes(tiny_vlm, tmp_path):
         assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
         assert read_manifest(out / 'index')['shards'], \
             'timed out after 240 s waiting for the first committed chunk (the moment to kill)'
-        cluster = _descendants(proc.pid)
+        cluster = descendants(proc.pid)
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=60)

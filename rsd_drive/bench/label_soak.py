@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 
 from rsd_drive.atomic import write_json_atomic
+from rsd_drive.bench.soak import ProcessSampler
 
 RSS_GROWTH_GOAL_MB = 5.0
 WARMUP_S = 60.0
@@ -42,9 +42,8 @@ def add_arguments(parser) -> None:
                         help='growth is measured from this long after labelling starts')
 
 
-def tree_rss_mb(root_pid: int) -> tuple:
-    """(RSS of ``root_pid``, {process name: summed RSS} of all its descendants, their count), in
-    MB."""
+def descendants(pid: int) -> list:
+    """Every process below ``pid`` (children, their children, ...), from /proc."""
     children = {}
     for p in Path('/proc').iterdir():
         if p.name.isdigit():
@@ -53,15 +52,22 @@ def tree_rss_mb(root_pid: int) -> tuple:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(p.name))
-    below, todo = [], [root_pid]
+    found, todo = [], [pid]
     while todo:
         for c in children.get(todo.pop(), []):
-            below.append(c)
+            found.append(c)
             todo.append(c)
+    return found
+
+
+def tree_sample(root_pid: int) -> dict:
+    """RSS (MB) of ``root_pid`` and of every process below it, summed and by process name."""
+    below = descendants(root_pid)
     by_name = {}
     for pid in below:
         by_name[process_name(pid)] = by_name.get(process_name(pid), 0.0) + rss_mb(pid)
-    return rss_mb(root_pid), by_name, len(below)
+    return {'driver_mb': rss_mb(root_pid), 'below_mb': sum(by_name.values()),
+            'processes_below': len(below), 'below_by_name_mb': by_name}
 
 
 def process_name(pid: int) -> str:
@@ -79,32 +85,6 @@ def rss_mb(pid: int) -> float:
     except OSError:
         pass
     return 0.0  # gone, or a kernel thread
-
-
-class TreeSampler:
-    """``tree_rss_mb`` of this process every ``period_s`` in a thread: [(monotonic, sample)]."""
-
-    def __init__(self, period_s: float):
-        self.period_s, self.samples = float(period_s), []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name='label_soak_sampler', daemon=True)
-
-    def __enter__(self) -> 'TreeSampler':
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while True:
-            driver, by_name, n = tree_rss_mb(os.getpid())
-            self.samples.append((time.monotonic(), {
-                'driver_mb': driver, 'below_mb': sum(by_name.values()),
-                'processes_below': n, 'below_by_name_mb': by_name}))
-            if self._stop.wait(self.period_s):
-                return
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10.0)
 
 
 def memory_summary(samples, t0: float, warmup_s: float = WARMUP_S) -> dict:
@@ -140,11 +120,14 @@ def soak_runner(bag: Path, spec, runner: str, sample_s: float,
         ray = import_ray('local')
         connect('local', num_cpus=1)
     try:
-        with TreeSampler(sample_s) as sampler:
+        sampler = ProcessSampler(os.getpid(), sample_s, sample=tree_sample).start()
+        try:
             t0 = time.monotonic()
             summary = run_job([str(bag)], spec, workers=1, show_progress=True,
                               ray_address='local' if ray else None)
             seconds = time.monotonic() - t0
+        finally:
+            sampler.stop()
     finally:
         if ray is not None:
             ray.shutdown()

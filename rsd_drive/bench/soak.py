@@ -60,10 +60,11 @@ def process_sample(pid: int) -> dict:
 
 
 class ProcessSampler:
-    """Samples a process every ``period_s`` in a thread: ``samples`` = [(monotonic, sample)]."""
+    """Samples a process every ``period_s`` in a thread: ``samples`` = [(monotonic, sample)];
+    ``sample(pid)`` is what is read (default :func:`process_sample`)."""
 
-    def __init__(self, pid: int, period_s: float):
-        self.pid, self.period_s = pid, float(period_s)
+    def __init__(self, pid: int, period_s: float, sample=process_sample):
+        self.pid, self.period_s, self.sample = pid, float(period_s), sample
         self.samples = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name='soak_sampler', daemon=True)
@@ -75,7 +76,7 @@ class ProcessSampler:
     def _run(self) -> None:
         while True:
             try:
-                self.samples.append((time.monotonic(), process_sample(self.pid)))
+                self.samples.append((time.monotonic(), self.sample(self.pid)))
             except (FileNotFoundError, ProcessLookupError):
                 return  # the process is gone
             if self._stop.wait(self.period_s):
