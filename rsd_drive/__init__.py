@@ -34,17 +34,22 @@ def build_config(cls, data, where: str):
     return cls(**data)
 
 
-def config_file(name: str):
-    """A file of the package's ``config/``: the source tree's, else the installed share directory
-    (colcon: via ament_index; pip: ``<prefix>/share/rsd_drive/config``)."""
+def share_path(*parts: str):
+    """A path of the package's data (``config/``, ``models/``): the source tree's, else the
+    installed share directory (colcon: via ament_index; pip: ``<prefix>/share/rsd_drive``)."""
     import sys
     from pathlib import Path
 
-    here = Path(__file__).resolve().parents[1] / 'config' / name
-    if here.is_file():
+    here = Path(__file__).resolve().parents[1].joinpath(*parts)
+    if here.exists():
         return here
     try:
         from ament_index_python.packages import get_package_share_directory
-        return Path(get_package_share_directory('rsd_drive')) / 'config' / name
+        return Path(get_package_share_directory('rsd_drive')).joinpath(*parts)
     except Exception:  # noqa: BLE001 - ament_index is optional; fall back to the pip layout
-        return Path(sys.prefix) / 'share' / 'rsd_drive' / 'config' / name
+        return Path(sys.prefix).joinpath('share', 'rsd_drive', *parts)
+
+
+def config_file(name: str):
+    """A file of the package's ``config/`` (see ``share_path``)."""
+    return share_path('config', name)

@@ -145,12 +145,33 @@ def _closed_loop_scenario(cl: dict):
     return replace(cfg, duration_s=float(cl['duration_s'])) if cl.get('duration_s') else cfg
 
 
+SHIPPED_POLICY = 'study-shipped'
+SHIPPED_ARM = 'models/study (shipped)'
+
+
+def shipped_checkpoint() -> tuple[Path | None, str]:
+    """(``models/study``, '') when the repository's shipped checkpoint is there and its encoder
+    resolves with the recorded hash, else (None, why not)."""
+    from rsd_drive import share_path
+    from rsd_drive.model.config import ModelConfig
+
+    path = share_path('models', 'study')
+    if not (path / 'config.yaml').is_file():
+        return None, f'no shipped checkpoint at {path}'
+    try:
+        ModelConfig.from_yaml(path / 'config.yaml').encoder.resolve_path(path)
+    except (OSError, ValueError) as e:
+        return None, f'{path}: {e}'
+    return path, ''
+
+
 def closed_loop_stage(out: Path, demo: dict, checkpoints: dict) -> dict:
     """CLOSED-LOOP STAGE: ``rsd_drive.closedloop.run_closed_loop`` drives expert, constant
-    velocity and the trained arms (each training seed's checkpoint, torch backend: the export
-    stage comes later) on held-out seeds in process; report.md gets the arms as mean ± sd over
-    the training seeds, and per policy and family. Skipped, with the reason in the report, when
-    disabled or when the closed-loop package is absent."""
+    velocity, the trained arms (each training seed's checkpoint, torch backend: the export
+    stage comes later) and the study's shipped checkpoint (``models/study``) on held-out seeds
+    in process; report.md gets the arms as mean ± sd over the training seeds, and per policy and
+    family. Skipped, with the reason in the report, when disabled or when the closed-loop package
+    is absent."""
     cl = demo.get('closed_loop') or {}
     if not cl.get('enabled', False):
         return {'skipped': 'closed_loop.enabled is false in config/demo.yaml'}
@@ -171,6 +192,11 @@ def closed_loop_stage(out: Path, demo: dict, checkpoints: dict) -> dict:
             policies[name] = str(path)
             names.append(name)
         arms[arm] = names
+    shipped, why_not = shipped_checkpoint()
+    if shipped is not None:
+        policies[SHIPPED_POLICY], arms[SHIPPED_ARM] = str(shipped), [SHIPPED_POLICY]
+    else:
+        print(f'    the shipped checkpoint is not scored: {why_not}', flush=True)
     families, seeds = list(cl['families']), ','.join(str(s) for s in cl['seeds'])
     scenario_cfg = _closed_loop_scenario(cl)
     summary = {}
@@ -182,7 +208,7 @@ def closed_loop_stage(out: Path, demo: dict, checkpoints: dict) -> dict:
     return {'table': table + '\n\n' + format_family_table(summary) + '\n\n' +
             format_summary_table(summary),
             'report': str(out / 'closedloop' / 'report.md'), 'families': families,
-            'seeds': list(cl['seeds'])}
+            'seeds': list(cl['seeds']), 'shipped': str(shipped) if shipped else why_not}
 
 
 def read_outputs(bag: Path) -> dict:

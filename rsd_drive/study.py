@@ -496,9 +496,10 @@ def source_commit() -> str | None:
         return None
 
 
-def ship_deployed(out: Path, state: dict, study: dict, dest: Path) -> Path:
+def ship_deployed(out: Path, state: dict, study: dict, dest: Path, extra=None) -> Path:
     """The deployed checkpoint as a portable heads-only directory ``dest`` (``models/study``),
     with the study's closed-loop summary of it and the claims in its provenance.json."""
+    from rsd_drive.deploy.export import training_cameras
     from rsd_drive.model.portable import make_portable
 
     done = state.get('done', {})
@@ -514,8 +515,8 @@ def ship_deployed(out: Path, state: dict, study: dict, dest: Path) -> Path:
                                                           DEPLOYED_POLICY + '-intent',
                                                           'expert', 'constant-velocity')
                                   if p in summary},
-                  'claims': claims}
-    path = make_portable(checkpoint, dest, provenance)
+                  'claims': claims, **(extra or {})}
+    path = make_portable(checkpoint, dest, provenance, cameras=training_cameras(checkpoint))
     print(f'shipped {checkpoint} -> {path}/ (heads only; encoder by package and SHA-256)')
     return path
 

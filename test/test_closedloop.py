@@ -216,12 +216,24 @@ def test_run_closed_loop_writes_report_and_resumes(tmp_path):
     arms = format_arms_table(summary, {'baselines': ['expert', 'constant-velocity']})
     ds = [summary[p]['all']['driving_score'] for p in ('expert', 'constant-velocity')]
     assert f'| baselines | 2 | {np.mean(ds):.2f} ± {np.std(ds, ddof=1):.2f} |' in arms
-    # A rerun skips finished routes: their records are not rewritten.
+    # A rerun skips finished routes: their records are not rewritten, nor are GIFs whose
+    # route did not change; a rerun route's GIF is.
     record = route_paths(tmp_path, 'expert', 'lead_brake', 0)['json']
     before = record.stat().st_mtime_ns
+    gifs = {g: g.stat().st_mtime_ns for g in (tmp_path / 'rollouts').glob('*.gif')}
     run_closed_loop('expert', ['lead_brake'], '0-1', tmp_path, cfg=cfg, scenario_cfg=scenario(),
                     progress=False)
     assert record.stat().st_mtime_ns == before
+    assert {g: g.stat().st_mtime_ns for g in gifs} == gifs
+    sources = json.loads((tmp_path / 'rollouts' / 'sources.json').read_text())
+    assert set(sources) == {g.name for g in gifs}
+    for seed in (0, 1):  # the expert's routes are rerun: its GIFs are rewritten, no other
+        for key in ('json', 'frames'):
+            route_paths(tmp_path, 'expert', 'lead_brake', seed)[key].unlink()
+    run_closed_loop('expert', ['lead_brake'], '0-1', tmp_path, cfg=cfg, scenario_cfg=scenario(),
+                    progress=False)
+    for gif, mtime in gifs.items():
+        assert (gif.stat().st_mtime_ns != mtime) == gif.name.startswith('expert-'), gif.name
 
 
 def test_cli_closedloop(tmp_path, capsys):

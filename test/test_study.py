@@ -8,7 +8,9 @@ import pytest
 
 from rsd_drive.cli import main as cli_main
 from rsd_drive.data.index import FrameIndex
-from rsd_drive.study import CLAIMS, check_seed_blocks, dagger_seeds, load_study_config
+from rsd_drive.model import RiskPlanner
+from rsd_drive.study import (CLAIMS, DEPLOYED_POLICY, check_seed_blocks, dagger_seeds,
+                             load_study_config)
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -86,7 +88,17 @@ def test_study_quick_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert list((out / 'closedloop' / 'rollouts').glob('*.gif'))
     mtimes = {p: p.stat().st_mtime_ns for p in routes}
     capsys.readouterr()
-    assert cli_main(['study', '--quick', '--out', str(out)]) == 0
+    shipped = tmp_path / 'models' / 'study'
+    assert cli_main(['study', '--quick', '--out', str(out), '--ship', str(shipped)]) == 0
     printed = capsys.readouterr().out
     assert printed.count('already done') == 10
     assert {p: p.stat().st_mtime_ns for p in routes} == mtimes
+    # --ship: the deployed checkpoint (round 1's lambda > 0, first seed), heads only, with its
+    # closed-loop numbers; it loads on its own
+    deployed = Path(done['train_r1']['arms']['lambda>0']['0'])
+    provenance = json.loads((shipped / 'provenance.json').read_text())
+    assert provenance['source_checkpoint'] == str(deployed.resolve())
+    assert provenance['closed_loop'][DEPLOYED_POLICY]['all']['routes'] == 1
+    assert (shipped / 'model.safetensors').read_bytes() == \
+        (deployed / 'model.safetensors').read_bytes()
+    RiskPlanner.from_pretrained(shipped)

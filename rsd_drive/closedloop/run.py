@@ -76,23 +76,40 @@ def evaluate_route(policy, family: str, seed: int, cfg: ClosedLoopConfig, scenar
     return record
 
 
+GIF_SOURCES = 'sources.json'  # rollouts/: which frames file each GIF was written from
+
+
 def write_outputs(out: Path, cfg: ClosedLoopConfig) -> dict:
-    """report.json, report.md and the best/worst GIF per policy from every route in ``out``."""
+    """report.json, report.md and the best/worst GIF per policy from every route in ``out``.
+    A GIF is rewritten only when its route changed (another route became the best or worst, or
+    the route was rerun): ``rollouts/sources.json`` records each GIF's frames file and mtime, so
+    calling this after every policy does not redo every other policy's GIFs."""
     from rsd_drive.closedloop.report import best_and_worst, write_gif, write_report
 
     routes = load_routes(out)
     summary = summarize(routes)
-    gifs = {}
+    rollouts = Path(out) / 'rollouts'
+    try:
+        written = json.loads((rollouts / GIF_SOURCES).read_text())
+    except (OSError, ValueError):
+        written = {}
+    gifs, sources = {}, {}
     for policy in sorted({r['policy'] for r in routes}):
         mine = [r for r in routes if r['policy'] == policy]
         best, worst = best_and_worst(mine)
         for tag, r in (('best', best), ('worst', worst)):
             frames = route_paths(out, policy, r['family'], r['seed'])['frames']
-            if frames.is_file():
-                gif = Path(out) / 'rollouts' / f'{safe_label(policy)}-{tag}.gif'
+            if not frames.is_file():
+                continue
+            gif = rollouts / f'{safe_label(policy)}-{tag}.gif'
+            source = [str(frames.relative_to(out)), frames.stat().st_mtime_ns]
+            if written.get(gif.name) != source or not gif.is_file():
                 write_gif(frames, gif, fps=cfg.plan_hz * 2)
-                gifs[f"{policy} {tag} ({r['family']}/{r['seed']}, DS "
-                     f"{r['driving_score']:.2f})"] = str(gif.relative_to(out))
+            sources[gif.name] = source
+            gifs[f"{policy} {tag} ({r['family']}/{r['seed']}, DS "
+                 f"{r['driving_score']:.2f})"] = str(gif.relative_to(out))
+    if sources:
+        write_json_atomic(rollouts / GIF_SOURCES, sources)
     write_report(out, routes, summary, cfg.to_dict(), gifs)
     return summary
 

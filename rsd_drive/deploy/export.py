@@ -145,15 +145,20 @@ def _versions() -> dict:
 
 
 def training_cameras(checkpoint) -> list | None:
-    """The camera order of the training index named by the checkpoint's train.yaml, if any. A
-    relative index path is what the trainer was given in its working directory: it is tried
-    from here, then from each directory above the checkpoint (a run tree moved or exported from
-    elsewhere still finds its index)."""
+    """The camera order a portable checkpoint records (``provenance.json``), else that of the
+    training index named by the checkpoint's train.yaml, if any. A relative index path is what
+    the trainer was given in its working directory: it is tried from here, then from each
+    directory above the checkpoint (a run tree moved or exported from elsewhere still finds its
+    index)."""
     import yaml
 
     from rsd_drive.data.index import MANIFEST, read_manifest
+    from rsd_drive.model.portable import recorded_cameras
 
     checkpoint = Path(checkpoint).resolve()
+    recorded = recorded_cameras(checkpoint)
+    if recorded:
+        return recorded
     train_yaml = checkpoint / 'train.yaml'
     if not train_yaml.is_file():
         return None

@@ -62,10 +62,21 @@ def portable_config(checkpoint: Path) -> tuple[ModelConfig, str | None]:
     return cfg, None
 
 
-def make_portable(checkpoint, out, provenance: dict | None = None) -> Path:
+def recorded_cameras(checkpoint) -> list | None:
+    """The camera order a portable checkpoint's provenance.json records, else None."""
+    try:
+        names = json.loads((Path(checkpoint) / PROVENANCE_NAME).read_text()).get('cameras')
+    except (OSError, ValueError, AttributeError):
+        return None
+    return [str(n) for n in names] if isinstance(names, list) and names else None
+
+
+def make_portable(checkpoint, out, provenance: dict | None = None,
+                  cameras: list | None = None) -> Path:
     """Write ``out``: config.yaml (encoder by package and SHA-256), the heads' model.safetensors
     (and an encoder stored inside the checkpoint, as the random one's ``encoder/``),
-    provenance.json. Checks that the result loads
+    provenance.json (with ``cameras``, the camera order export writes into deploy.json: a
+    copy has no training index to read it from). Checks that the result loads
     and that it stays under ``MAX_MB``; ``out`` is replaced whole or not at all."""
     from rsd_drive.model.planner import RiskPlanner
 
@@ -85,7 +96,7 @@ def make_portable(checkpoint, out, provenance: dict | None = None) -> Path:
         record = {'source_checkpoint': str(checkpoint.resolve()),
                   'weights_sha256': file_sha256(tmp / WEIGHTS_NAME),
                   'encoder': {'path': cfg.encoder.path, 'sha256': cfg.encoder.sha256},
-                  **(provenance or {})}
+                  'cameras': list(cameras) if cameras else None, **(provenance or {})}
         (tmp / PROVENANCE_NAME).write_text(json.dumps(record, indent=1, default=str) + '\n')
         size_mb = sum(p.stat().st_size for p in tmp.rglob('*') if p.is_file()) / 2 ** 20
         if size_mb > MAX_MB:
