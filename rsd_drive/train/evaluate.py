@@ -62,7 +62,7 @@ def predict(model, loader, device, autocast_dtype=None, progress: bool = False) 
     was_training = model.training
     model.eval()
     out = {k: [] for k in ('frame', 'waypoints', 'risk', 'future', 'risk_target', 'init_speed',
-                           'intent')}
+                           'intent', 'past_speed')}
     try:
         for batch in tqdm(loader, desc='predict', unit='batch', disable=not progress,
                           dynamic_ncols=True, leave=False):
@@ -74,6 +74,7 @@ def predict(model, loader, device, autocast_dtype=None, progress: bool = False) 
             out['init_speed'].append(batch['init_speed'].numpy())
             out['intent'].append(batch['intent'].numpy())
             out['frame'].append(batch['frame'].numpy())
+            out['past_speed'].append(batch['past_states'][..., 3].numpy())
     finally:
         model.train(was_training)
     return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in out.items()}
@@ -140,6 +141,45 @@ def summarise(pred: dict, frequency: float) -> dict:
         report['per_intent'][name] = {'frames': int(mask.sum()),
                                       **_group_means(per_sample, mask)}
     return report
+
+
+BRAKE_HORIZON_S = 2.0   # braking is read off the speed 2 s ahead
+BRAKE_DROP = 2.0        # m/s: the expert brakes when its speed then is this much below now
+ONSET_PAST_DROP = 0.3   # m/s over the last second: less than this and braking has not begun
+PLANNED_BRAKE = 1.0     # m/s: a plan "brakes" when its speed at the horizon drops this much
+
+
+def segment_speeds(traj, frequency: float) -> np.ndarray:
+    """[M, T] speed along each waypoint segment (from base_link's origin), m/s."""
+    traj = np.asarray(traj, dtype=np.float64)
+    points = np.concatenate([np.zeros((len(traj), 1, 2)), traj], axis=1)
+    return np.linalg.norm(np.diff(points, axis=1), axis=-1) * frequency
+
+
+def braking(pred: dict, frequency: float) -> dict:
+    """Does the plan brake where the expert does, and does it start to? Frames split by the
+    logged future and past: ``onset`` (the expert's speed 2 s ahead is >= 2 m/s below now, and
+    it has slowed < 0.3 m/s over the last second: only the scene can tell), ``braking`` (it will
+    and it already is: the ego history tells), ``no_brake``. Per group: frames, the expert's
+    and the plan's mean speed change at 2 s, and the share of plans that drop >= 1 m/s."""
+    k = int(round(BRAKE_HORIZON_S * frequency)) - 1
+    v0 = np.asarray(pred['init_speed'], dtype=np.float64).reshape(-1)
+    expert = segment_speeds(pred['future'], frequency)[:, k] - v0
+    planned = segment_speeds(pred['waypoints'], frequency)[:, k] - v0
+    past = np.asarray(pred['past_speed'], dtype=np.float64)
+    slowed = past[:, -1] - past[:, -1 - int(round(frequency))]
+    will = expert <= -BRAKE_DROP
+    groups = {'onset': will & (slowed > -ONSET_PAST_DROP),
+              'braking': will & (slowed <= -ONSET_PAST_DROP), 'no_brake': ~will}
+    out = {}
+    for name, mask in groups.items():
+        n = int(mask.sum())
+        out[name] = {'frames': n,
+                     'expert_dv': float(expert[mask].mean()) if n else None,
+                     'planned_dv': float(planned[mask].mean()) if n else None,
+                     'planned_brakes': float((planned[mask] <= -PLANNED_BRAKE).mean())
+                     if n else None}
+    return out
 
 
 def calibration(pred: dict) -> dict:
@@ -392,6 +432,7 @@ def evaluate_checkpoint(checkpoint, index, out=None, batch_size: int = 16, devic
     report['overall']['model']['plan_loss'] = float(losses['plan'].mean())
     report['overall']['model']['risk_l1'] = float(losses['risk'].mean())
     report['calibration'] = calibration(pred)
+    report['braking'] = braking(pred, cfg.frequency_hz)
     per_sample = sample_metrics(pred, cfg.frequency_hz)
     report['per_frame'] = per_frame(pred, per_sample)
     if out is None:
@@ -444,6 +485,14 @@ def format_report(report: dict) -> str:
                       f'{thr["threshold"]:.2f} finds teacher >= {thr["risky"]:g} cells with '
                       f'precision {thr["precision"]:.2f}, recall {thr["recall"]:.2f}, '
                       f'F1 {thr["f1"]:.2f}']
+    if report.get('braking'):
+        lines += ['', f'| braking (speed change at {BRAKE_HORIZON_S:g} s) | frames | expert m/s '
+                      f'| plan m/s | plans dropping >= {PLANNED_BRAKE:g} m/s |',
+                  '|---|---|---|---|---|']
+        for name, g in report['braking'].items():
+            if g['frames']:
+                lines.append(f"| {name} | {g['frames']} | {g['expert_dv']:+.2f} | "
+                             f"{g['planned_dv']:+.2f} | {g['planned_brakes']:.2f} |")
     return '\n'.join(lines)
 
 
