@@ -472,7 +472,9 @@ def write_study_report(out: Path, state: dict, study: dict, encoder_desc: str) -
 
 
 # -- the deployed checkpoint ----------------------------------------------------------------------
-DEPLOYED_POLICY = policy_name(LAMBDA_ARM, 0)
+def deployed_policy(study: dict, mode: str = '') -> str:
+    """The closed-loop policy name of the deployed checkpoint (see ``deployed_checkpoint``)."""
+    return policy_name(LAMBDA_ARM, study['seeds'][0], mode)
 
 
 def deployed_checkpoint(done: dict, study: dict) -> str:
@@ -511,8 +513,8 @@ def ship_deployed(out: Path, state: dict, study: dict, dest: Path, extra=None) -
     provenance = {'study': str(out), 'arm': LAMBDA_ARM, 'seed': study['seeds'][0],
                   'dagger_round': dagger_rounds(study), 'source_commit': source_commit(),
                   'study_config': study,
-                  'closed_loop': {p: summary[p] for p in (DEPLOYED_POLICY,
-                                                          DEPLOYED_POLICY + '-intent',
+                  'closed_loop': {p: summary[p] for p in (deployed_policy(study),
+                                                          deployed_policy(study, 'intent'),
                                                           'expert', 'constant-velocity')
                                   if p in summary},
                   'claims': claims, **(extra or {})}

@@ -9,7 +9,7 @@ import pytest
 from rsd_drive.cli import main as cli_main
 from rsd_drive.data.index import FrameIndex
 from rsd_drive.model import RiskPlanner
-from rsd_drive.study import (CLAIMS, DEPLOYED_POLICY, check_seed_blocks, dagger_seeds,
+from rsd_drive.study import (CLAIMS, check_seed_blocks, dagger_seeds, deployed_policy,
                              load_study_config)
 
 pytestmark = pytest.mark.timeout(900)
@@ -95,10 +95,11 @@ def test_study_quick_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert {p: p.stat().st_mtime_ns for p in routes} == mtimes
     # --ship: the deployed checkpoint (round 1's lambda > 0, first seed), heads only, with its
     # closed-loop numbers; it loads on its own
-    deployed = Path(done['train_r1']['arms']['lambda>0']['0'])
+    checkpoint = Path(done['train_r1']['arms']['lambda>0']['0'])
     provenance = json.loads((shipped / 'provenance.json').read_text())
-    assert provenance['source_checkpoint'] == str(deployed.resolve())
-    assert provenance['closed_loop'][DEPLOYED_POLICY]['all']['routes'] == 1
+    assert provenance['source_checkpoint'] == str(checkpoint.resolve())
+    deployed = deployed_policy(load_study_config(quick=True))
+    assert provenance['closed_loop'][deployed]['all']['routes'] == 1
     assert (shipped / 'model.safetensors').read_bytes() == \
-        (deployed / 'model.safetensors').read_bytes()
+        (checkpoint / 'model.safetensors').read_bytes()
     RiskPlanner.from_pretrained(shipped)

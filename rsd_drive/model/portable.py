@@ -18,9 +18,8 @@ from pathlib import Path
 from rsd_drive.atomic import replace_dir
 from rsd_drive.hashing import file_sha256
 from rsd_drive.model.config import PACKAGE_PREFIX, ModelConfig
+from rsd_drive.model.spec import CONFIG_NAME, WEIGHTS_NAME
 
-CONFIG_NAME = 'config.yaml'
-WEIGHTS_NAME = 'model.safetensors'
 PROVENANCE_NAME = 'provenance.json'
 MAX_MB = 25.0
 
@@ -49,11 +48,11 @@ def portable_config(checkpoint: Path) -> tuple[ModelConfig, str | None]:
     enc = cfg.encoder
     if enc.source == 'config':
         return cfg, None
-    if not enc.path.startswith(PACKAGE_PREFIX) and not Path(enc.path).is_absolute() \
+    if not enc.in_package and not Path(enc.path).is_absolute() \
             and '..' not in Path(enc.path).parts:
         return cfg, enc.path  # save_pretrained's encoder/ of a config-built encoder
     path = enc.resolve_path(checkpoint)
-    ref = enc.path if enc.path.startswith(PACKAGE_PREFIX) else package_reference(path)
+    ref = enc.path if enc.in_package else package_reference(path)
     if ref is None or not path.is_file():
         raise ValueError(f'{checkpoint}: its encoder {path} is not a file of an installed Python '
                          f'package, so a copy of the checkpoint could not find it elsewhere '

