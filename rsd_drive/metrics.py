@@ -33,6 +33,34 @@ def horizon_index(horizon_s: float, frequency: float) -> int:
     return int(horizon_s * frequency) - 1
 
 
+BRAKE_HORIZON_S = 2.0   # braking is read off the speed 2 s ahead
+BRAKE_DROP = 2.0        # m/s: the expert brakes when its speed then is this much below now
+ONSET_PAST_DROP = 0.3   # m/s over the last second: less than this and braking has not begun
+
+
+def segment_speeds(traj, frequency: float) -> np.ndarray:
+    """[M, T] speed along each waypoint segment (from base_link's origin), m/s."""
+    traj = np.asarray(traj, dtype=np.float64)
+    points = np.concatenate([np.zeros((len(traj), 1, 2)), traj], axis=1)
+    return np.linalg.norm(np.diff(points, axis=1), axis=-1) * frequency
+
+
+def brake_groups(future, init_speed, past_speed, frequency: float) -> dict:
+    """Frames split by the logged future and past (boolean [M] masks): ``onset`` (the expert's
+    speed ``BRAKE_HORIZON_S`` ahead is >= ``BRAKE_DROP`` below now and it has slowed less than
+    ``ONSET_PAST_DROP`` over the last second: only the scene can tell), ``braking`` (it will and
+    already is: the ego history tells) and ``no_brake``. ``past_speed`` [M, P], the last column
+    now. The evaluation's braking table and the training's onset weight share this definition."""
+    k = horizon_index(BRAKE_HORIZON_S, frequency)
+    v0 = np.asarray(init_speed, dtype=np.float64).reshape(-1)
+    expert = segment_speeds(future, frequency)[:, k] - v0
+    past = np.asarray(past_speed, dtype=np.float64)
+    slowed = past[:, -1] - past[:, -1 - int(round(frequency))]
+    will = expert <= -BRAKE_DROP
+    return {'onset': will & (slowed > -ONSET_PAST_DROP),
+            'braking': will & (slowed <= -ONSET_PAST_DROP), 'no_brake': ~will}
+
+
 def heading_directions(trajs: np.ndarray) -> np.ndarray:
     """Return unit longitudinal directions of trajectories [..., T, 2] -> [..., T, 2].
 

@@ -4,7 +4,8 @@ already shows it, on trajectories whose speeds are known."""
 import numpy as np
 import pytest
 
-from rsd_drive.train.evaluate import braking, format_report, segment_speeds
+from rsd_drive.metrics import segment_speeds
+from rsd_drive.train.evaluate import braking, format_report
 
 HZ = 4.0
 

@@ -15,7 +15,8 @@ import sys
 
 from rsd_drive.train.config import add_override_arguments, apply_overrides
 
-OVERRIDES = ('index', 'val_index', 'out', 'cache_dir', 'max_steps', 'epochs', 'seed', 'device')
+OVERRIDES = ('index', 'val_index', 'out', 'cache_dir', 'max_steps', 'epochs', 'seed', 'device',
+             'risk_weight', 'history_dropout', 'onset_weight')
 
 
 def add_arguments(parser) -> None:

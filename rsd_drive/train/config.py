@@ -31,6 +31,11 @@ class TrainConfig:
         notes); risk_weight: lambda in L = L_plan + lambda * L_risk (default 0.2).
     route_dropout: the fraction of training frames whose route mask is switched off (models with
         the route input), so one checkpoint plans with and without a route.
+    history_dropout: the fraction of training frames whose past ego states are replaced by a
+        steady history at the current speed (ChauffeurNet's past motion dropout), so braking
+        must come from the scene, not from an ego that is already slowing (0 disables).
+    onset_weight: the plan-loss weight of braking-onset frames (the expert's speed 2 s ahead
+        >= 2 m/s below now, not yet slowing: ``rsd_drive.metrics.brake_groups``); 1 disables.
     seed: initialisation of the trainable parts and the data order.
     encoder_seed: initialisation of a randomly initialised encoder (``encoder.source: config``),
         kept apart from ``seed`` so the runs of an ablation share one frozen encoder and one
@@ -59,6 +64,8 @@ class TrainConfig:
     risk_loss: str = 'kl_scale'
     risk_weight: float = 0.2
     route_dropout: float = 0.25
+    history_dropout: float = 0.0
+    onset_weight: float = 1.0
     seed: int = 0
     encoder_seed: int = 0
     checkpoint_every: int = 500
@@ -84,6 +91,11 @@ class TrainConfig:
             raise ValueError(f'train.device must be one of {DEVICES}, got {self.device!r}')
         if not 0.0 <= self.route_dropout < 1.0:
             raise ValueError(f'train.route_dropout must be in [0, 1), got {self.route_dropout}')
+        if not 0.0 <= self.history_dropout < 1.0:
+            raise ValueError(f'train.history_dropout must be in [0, 1), got '
+                             f'{self.history_dropout}')
+        if self.onset_weight <= 0:
+            raise ValueError(f'train.onset_weight must be positive, got {self.onset_weight}')
         for name in ('lr', 'batch_size'):
             if getattr(self, name) <= 0:
                 raise ValueError(f'train.{name} must be positive, got {getattr(self, name)}')
@@ -146,6 +158,9 @@ OVERRIDE_FLAGS = {
     'seed': dict(type=int, help='override train.seed'),
     'batch_size': dict(type=int, help='override train.batch_size'),
     'device': dict(help='override train.device (auto | cpu | cuda)'),
+    'risk_weight': dict(type=float, help='override train.risk_weight (lambda)'),
+    'history_dropout': dict(type=float, help='override train.history_dropout'),
+    'onset_weight': dict(type=float, help='override train.onset_weight'),
 }
 
 

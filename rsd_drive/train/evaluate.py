@@ -143,34 +143,19 @@ def summarise(pred: dict, frequency: float) -> dict:
     return report
 
 
-BRAKE_HORIZON_S = 2.0   # braking is read off the speed 2 s ahead
-BRAKE_DROP = 2.0        # m/s: the expert brakes when its speed then is this much below now
-ONSET_PAST_DROP = 0.3   # m/s over the last second: less than this and braking has not begun
 PLANNED_BRAKE = 1.0     # m/s: a plan "brakes" when its speed at the horizon drops this much
 
 
-def segment_speeds(traj, frequency: float) -> np.ndarray:
-    """[M, T] speed along each waypoint segment (from base_link's origin), m/s."""
-    traj = np.asarray(traj, dtype=np.float64)
-    points = np.concatenate([np.zeros((len(traj), 1, 2)), traj], axis=1)
-    return np.linalg.norm(np.diff(points, axis=1), axis=-1) * frequency
-
-
 def braking(pred: dict, frequency: float) -> dict:
-    """Does the plan brake where the expert does, and does it start to? Frames split by the
-    logged future and past: ``onset`` (the expert's speed 2 s ahead is >= 2 m/s below now, and
-    it has slowed < 0.3 m/s over the last second: only the scene can tell), ``braking`` (it will
-    and it already is: the ego history tells), ``no_brake``. Per group: frames, the expert's
+    """Does the plan brake where the expert does, and does it start to? Frames split by
+    :func:`rsd_drive.metrics.brake_groups` (``onset``: only the scene can tell; ``braking``: the
+    ego history tells; ``no_brake``). Per group: frames, the expert's
     and the plan's mean speed change at 2 s, and the share of plans that drop >= 1 m/s."""
-    k = metrics.horizon_index(BRAKE_HORIZON_S, frequency)
+    k = metrics.horizon_index(metrics.BRAKE_HORIZON_S, frequency)
     v0 = np.asarray(pred['init_speed'], dtype=np.float64).reshape(-1)
-    expert = segment_speeds(pred['future'], frequency)[:, k] - v0
-    planned = segment_speeds(pred['waypoints'], frequency)[:, k] - v0
-    past = np.asarray(pred['past_speed'], dtype=np.float64)
-    slowed = past[:, -1] - past[:, -1 - int(round(frequency))]
-    will = expert <= -BRAKE_DROP
-    groups = {'onset': will & (slowed > -ONSET_PAST_DROP),
-              'braking': will & (slowed <= -ONSET_PAST_DROP), 'no_brake': ~will}
+    expert = metrics.segment_speeds(pred['future'], frequency)[:, k] - v0
+    planned = metrics.segment_speeds(pred['waypoints'], frequency)[:, k] - v0
+    groups = metrics.brake_groups(pred['future'], v0, pred['past_speed'], frequency)
     out = {}
     for name, mask in groups.items():
         n = int(mask.sum())
@@ -486,7 +471,8 @@ def format_report(report: dict) -> str:
                       f'precision {thr["precision"]:.2f}, recall {thr["recall"]:.2f}, '
                       f'F1 {thr["f1"]:.2f}']
     if report.get('braking'):
-        lines += ['', f'| braking (speed change at {BRAKE_HORIZON_S:g} s) | frames | expert m/s '
+        horizon = metrics.BRAKE_HORIZON_S
+        lines += ['', f'| braking (speed change at {horizon:g} s) | frames | expert m/s '
                       f'| plan m/s | plans dropping >= {PLANNED_BRAKE:g} m/s |',
                   '|---|---|---|---|---|']
         for name, g in report['braking'].items():

@@ -44,6 +44,7 @@ from rsd_drive.losses import (loss_components, rfs_surrogate_loss, risk_distilla
                               total_loss)
 from rsd_drive.model.config import ModelConfig
 from rsd_drive.model.planner import RiskPlanner
+from rsd_drive.train import augment
 from rsd_drive.train.cache import FeatureCache, encoder_fingerprint, training_encoder
 from rsd_drive.train.config import TrainConfig, save_config
 from rsd_drive.train.dataset import FrameDataset, check_index_fits
@@ -176,12 +177,16 @@ class PlanStep(nn.Module):
         return model_outputs(self.model, batch, device, self.autocast_dtype)
 
 
-def batch_losses(waypoints, risk, batch, cfg: TrainConfig, frequency: float):
-    """(total, plan, risk) scalars for a batch (computed in fp32 whatever the autocast)."""
+def batch_losses(waypoints, risk, batch, cfg: TrainConfig, frequency: float, weights=None):
+    """(total, plan, risk) scalars for a batch (computed in fp32 whatever the autocast).
+    ``weights`` [B]: per-frame plan-loss weights (a weighted mean), None for a plain mean."""
     device = waypoints.device
     future = batch['future'].to(device)
     plan = rfs_surrogate_loss(waypoints.float(), future, batch['init_speed'].to(device),
-                              frequency)
+                              frequency, reduction='none' if weights is not None else 'mean')
+    if weights is not None:
+        weights = weights.to(device)
+        plan = (plan * weights).sum() / weights.sum()
     risk_loss = risk_distillation_loss(risk.float(), batch['risk'].to(device), cfg.risk_loss)
     return total_loss(plan, risk_loss, cfg.risk_weight), plan, risk_loss
 
@@ -507,13 +512,12 @@ class Trainer:
 
     def _train_step(self, batch) -> dict:
         self.step_module.train()
-        if 'route_valid' in batch and self.cfg.route_dropout > 0:
-            # route dropout: the same checkpoint learns to plan from the intent alone
-            keep = torch.rand(batch['route_valid'].shape) >= self.cfg.route_dropout
-            batch = {**batch, 'route_valid': batch['route_valid'] * keep.float()}
+        hz = self.model_cfg.frequency_hz
+        weights = augment.onset_weights(batch, self.cfg.onset_weight, hz)  # the true history
+        batch = augment.drop_route(batch, self.cfg.route_dropout)
+        batch = augment.drop_history(batch, self.cfg.history_dropout, hz)
         waypoints, risk = self.step_module(batch)
-        loss, plan, risk_loss = batch_losses(waypoints, risk, batch, self.cfg,
-                                             self.model_cfg.frequency_hz)
+        loss, plan, risk_loss = batch_losses(waypoints, risk, batch, self.cfg, hz, weights)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
