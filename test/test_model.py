@@ -146,3 +146,14 @@ def test_truncated_weights_file_gives_a_clear_error(tmp_path):
     weights.write_bytes(weights.read_bytes()[:-100])
     with pytest.raises(ValueError, match='model.safetensors'):
         RiskPlanner.from_pretrained(tmp_path / 'ckpt')
+
+
+def test_training_attention_is_the_inference_attention(batch):
+    """Training runs the fused scaled_dot_product_attention, inference and export the plain
+    matmuls: one function, so the same weights give the same plan in both modes."""
+    model = new_model()
+    with torch.no_grad():
+        train_wp, train_risk = model.train()(**batch[0])
+        eval_wp, eval_risk = model.eval()(**batch[0])
+    assert torch.allclose(train_wp, eval_wp, atol=1e-5)
+    assert torch.allclose(train_risk, eval_risk, atol=1e-6)
