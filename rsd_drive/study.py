@@ -221,7 +221,8 @@ def train_arms(out: Path, study: dict, model_cfg, train_cfg, encoder_cfg,
                           risk_weights=(weight,) if collector_only else (0.0, weight),
                           kinds=(train_cfg.risk_loss,),
                           seeds=study['seeds'][:1] if collector_only else study['seeds'],
-                          arms=[] if collector_only else arms, arm_weight=weight)
+                          arms=[] if collector_only else arms, arm_weight=weight,
+                          jobs=int(study.get('train_jobs', 1)))
     print(result['table'])
     print(result['paired_table'])
     by_arm = {}

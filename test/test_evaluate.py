@@ -1,6 +1,7 @@
 """Evaluation and ablation: reported numbers match an independent computation, the PNGs are
 written, per-intent groups add up, and the ablation table is the mean/spread of its runs."""
 import json
+from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
@@ -185,6 +186,30 @@ def test_ablation_table_is_the_mean_and_spread_of_its_runs(trained, tmp_path):
                          arms=('ego-status',))
     assert again['summary'] == result['summary']
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_ablation_runs_in_parallel_processes_like_one_after_the_other(trained, tmp_path):
+    """jobs=2: the runs train in two spawned processes (one torch thread each) and score as
+    the same runs trained here with one thread, up to float summation order."""
+    import torch
+
+    cfg = TrainConfig(lr=2e-3, warmup_steps=5, max_steps=8, batch_size=16, eval_every=0,
+                      checkpoint_every=0, index=str(trained['train']),
+                      val_index=str(trained['val']))
+    kwargs = dict(risk_weights=(0.0, 1.0), kinds=('kl',), seeds=(0,), progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        serial = run_ablation(tiny_model_config(), cfg, tmp_path / 'serial', **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+    parallel = run_ablation(tiny_model_config(), cfg, tmp_path / 'parallel', jobs=2, **kwargs)
+    assert [r['variant'] for r in parallel['runs']] == [r['variant'] for r in serial['runs']]
+    for a, b in zip(parallel['runs'], serial['runs']):
+        assert Path(a['checkpoint']).is_relative_to(tmp_path / 'parallel')
+        for key in ('rfs', 'ade_5s', 'risk_pearson'):
+            assert a['metrics'][key] == pytest.approx(b['metrics'][key], rel=1e-4, abs=1e-5)
+    assert len(list((tmp_path / 'parallel' / 'runs').glob('*/result.json'))) == 2
 
 
 def test_train_benchmark_measures_both_modes(trained, tmp_path):

@@ -223,10 +223,54 @@ def paired_table(paired: dict) -> str:
     return '\n'.join(lines)
 
 
+def _run_in_worker(threads: int, *args) -> dict:
+    """One (variant, seed) in a pool process with ``threads`` torch threads; its result.json is
+    written here, so a run that finished is kept whatever happens to the others."""
+    import torch
+
+    torch.set_num_threads(threads)
+    result = _train_and_score(*args)
+    write_text_atomic(Path(args[4]) / 'result.json', json.dumps(result, indent=1))
+    return result
+
+
+def _run_pending(pending: list, model_cfg, train_cfg, progress: bool, encoder_in_loop: bool,
+                 jobs: int) -> dict:
+    """Train and score the (variant, seed, run_dir) of ``pending``: in this process one after
+    the other (jobs 1), or ``jobs`` at a time in spawned processes, each with its share of the
+    cores (small models train faster as two 1-thread runs than as one 2-thread run)."""
+    done = {}
+    if jobs <= 1:
+        for variant, seed, run_dir in pending:
+            result = _train_and_score(model_cfg, train_cfg, variant, seed, run_dir, progress,
+                                      encoder_in_loop)
+            write_text_atomic(run_dir / 'result.json', json.dumps(result, indent=1))
+            done[str(run_dir)] = result
+        return done
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm import tqdm
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context('spawn')) as pool:
+        futures = {pool.submit(_run_in_worker, threads, model_cfg, train_cfg, variant, seed,
+                               run_dir, False, encoder_in_loop): run_dir
+                   for variant, seed, run_dir in pending}
+        bar = tqdm(total=len(futures), desc=f'ablation runs ({jobs} at a time)', unit='run',
+                   disable=not progress)
+        for future in as_completed(futures):
+            done[str(futures[future])] = future.result()
+            bar.update()
+        bar.close()
+    return done
+
+
 def run_ablation(model_cfg, train_cfg, out, risk_weights=(0.0, 1.0), kinds=('l1',),
                  seeds=(0, 1, 2), progress: bool = True, encoder_in_loop: bool = False,
-                 arms=(), arm_weight: float | None = None) -> dict:
+                 arms=(), arm_weight: float | None = None, jobs: int = 1) -> dict:
     """Train and score every (variant, seed); ``train_cfg`` must name index and val_index.
+    ``jobs``: runs trained at the same time (each in its own process).
 
     Returns {'runs': [...], 'summary': {variant: {metric: {mean, std, min, max, n, values}}},
     'baseline': constant-velocity numbers, 'paired': paired tests, 'table': markdown}.
@@ -237,19 +281,14 @@ def run_ablation(model_cfg, train_cfg, out, risk_weights=(0.0, 1.0), kinds=('l1'
         raise ValueError('the ablation needs at least one seed and one risk loss kind')
     out = Path(out)
     (out / 'runs').mkdir(parents=True, exist_ok=True)
-    runs, baseline = [], None
-    for variant in variants(risk_weights, kinds, arms, arm_weight, model_cfg.encoder):
-        for seed in seeds:
-            run_dir = out / 'runs' / f'{_slug(variant["name"])}_seed{seed}'
-            result_file = run_dir / 'result.json'
-            if result_file.is_file():
-                result = json.loads(result_file.read_text())
-            else:
-                result = _train_and_score(model_cfg, train_cfg, variant, seed, run_dir,
-                                          progress, encoder_in_loop)
-                write_text_atomic(result_file, json.dumps(result, indent=1))
-            runs.append(result)
-            baseline = result['baseline_cv']
+    planned = [(variant, seed, out / 'runs' / f'{_slug(variant["name"])}_seed{seed}')
+               for variant in variants(risk_weights, kinds, arms, arm_weight, model_cfg.encoder)
+               for seed in seeds]
+    pending = [p for p in planned if not (p[2] / 'result.json').is_file()]
+    trained = _run_pending(pending, model_cfg, train_cfg, progress, encoder_in_loop, jobs)
+    runs = [trained.get(str(run_dir)) or json.loads((run_dir / 'result.json').read_text())
+            for _, _, run_dir in planned]
+    baseline = runs[-1]['baseline_cv'] if runs else None
     summary = {}
     for name in dict.fromkeys(r['variant'] for r in runs):
         mine = [r for r in runs if r['variant'] == name]
@@ -288,6 +327,9 @@ def add_arguments(parser) -> None:
     parser.add_argument('--arm-weight', type=float,
                         help='lambda of the extra arms (default: the largest --risk-weights)')
     add_override_arguments(parser, ('max_steps', 'epochs', 'device'))  # of every run
+    parser.add_argument('--jobs', type=int, default=1,
+                        help='runs trained at the same time, each in its own process with its '
+                             'share of the cores (default: %(default)s)')
     parser.add_argument('--encoder-in-loop', action='store_true')
     parser.add_argument('--no-progress', action='store_true')
 
@@ -300,7 +342,7 @@ def run(args) -> int:
         train_cfg = apply_overrides(train_cfg, args, OVERRIDES)
         result = run_ablation(model_cfg, train_cfg, args.out, args.risk_weights, args.kinds,
                               args.seeds, not args.no_progress, args.encoder_in_loop,
-                              args.arms, args.arm_weight)
+                              args.arms, args.arm_weight, args.jobs)
     except (OSError, ValueError) as e:
         print(f'rsd-drive ablate: {e}', file=sys.stderr)
         return 2
