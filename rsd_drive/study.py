@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -51,7 +52,8 @@ CLAIMS = (('lambda>0', 'lambda=0', 'RSD: risk distillation (lambda > 0 vs lambda
           ('lambda>0', 'ego-status-only', 'cameras vs ego status only (both with the route)'))
 CAMERA_FAMILIES = ('ped_crossing', 'ped_occluded', 'stopped_vehicle')
 SEED_BLOCK = 100     # each family's seeds: seed0 + SEED_BLOCK * (its index in study.families) + i
-DAGGER_OFFSET = 10   # round r's DAgger drives: train_seed + SEED_BLOCK * k + DAGGER_OFFSET * r + i
+# round r's DAgger drives: train_seed + SEED_BLOCK * k + offset * r + i, offset = dagger.seed_offset
+DAGGER_OFFSET = 10   # the default offset (and the most training drives per family with it)
 
 
 def merge(base: dict, over: dict) -> dict:
@@ -83,18 +85,25 @@ def study_scenario(study: dict):
                    image_hz=float(study['image_hz']), noise=NoiseConfig())
 
 
+def dagger_offset(study: dict) -> int:
+    """Seeds between DAgger rounds in a family's block (and the most training drives)."""
+    return int((study.get('dagger') or {}).get('seed_offset', DAGGER_OFFSET))
+
+
 def check_seed_blocks(study: dict) -> None:
     """Training drives and every DAgger round's drives must fit in a family's seed block
     without overlapping (their bags would share names and seeds)."""
     dagger = study.get('dagger') or {}
     rounds, drives = int(dagger.get('rounds', 0)), int(dagger.get('drives', 0))
+    offset = dagger_offset(study)
     problems = []
-    if int(study['train_drives']) > DAGGER_OFFSET:
-        problems.append(f"train_drives {study['train_drives']} > {DAGGER_OFFSET}")
-    if rounds and drives > DAGGER_OFFSET:
-        problems.append(f'dagger.drives {drives} > {DAGGER_OFFSET}')
-    if DAGGER_OFFSET * (rounds + 1) > SEED_BLOCK:
-        problems.append(f'dagger.rounds {rounds}: at most {SEED_BLOCK // DAGGER_OFFSET - 1}')
+    if int(study['train_drives']) > offset:
+        problems.append(f"train_drives {study['train_drives']} > dagger.seed_offset {offset}")
+    if rounds and drives > offset:
+        problems.append(f'dagger.drives {drives} > dagger.seed_offset {offset}')
+    if offset * (rounds + 1) > SEED_BLOCK:
+        problems.append(f'dagger.rounds {rounds} with dagger.seed_offset {offset}: at most '
+                        f'{SEED_BLOCK // offset - 1}')
     if rounds and not 0.0 <= float(dagger.get('beta', 0.3)) <= 1.0:
         problems.append(f"dagger.beta {dagger['beta']} is not in [0, 1]")
     if problems:
@@ -103,7 +112,7 @@ def check_seed_blocks(study: dict) -> None:
 
 def dagger_seeds(study: dict, k: int, round_: int) -> list:
     """The training seeds of family k's DAgger drives in round ``round_`` (>= 1)."""
-    first = int(study['train_seed']) + SEED_BLOCK * k + DAGGER_OFFSET * round_
+    first = int(study['train_seed']) + SEED_BLOCK * k + dagger_offset(study) * round_
     return list(range(first, first + int(study['dagger']['drives'])))
 
 
@@ -285,9 +294,30 @@ def closed_loop_policies(arms: dict, intent_only: bool) -> list:
     return out
 
 
+def _closed_loop_worker(threads: int, spec, families, seeds, out, name, scen, cfg) -> str:
+    """One policy's routes in a pool process with ``threads`` torch (and encoder) threads."""
+    import torch
+
+    from rsd_drive.closedloop import run_closed_loop
+
+    torch.set_num_threads(threads)
+    run_closed_loop(spec, families, seeds, out, backend='torch', name=name, progress=False,
+                    scenario_cfg=scen, cfg=cfg, write=False)
+    return name
+
+
 def run_study_closed_loop(out: Path, study: dict, arms: dict) -> dict:
+    """Every policy on every held-out route (resumable per route). ``closed_loop.jobs`` > 1
+    drives that many policies side by side in spawned processes, each with its share of the
+    cores; the report is written once, from every route record, at the end."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm import tqdm
+
     from rsd_drive.closedloop import run_closed_loop
     from rsd_drive.closedloop.config import ClosedLoopConfig
+    from rsd_drive.closedloop.run import write_outputs
     from rsd_drive.scenario.config import ScenarioConfig, default_config_path
 
     cl = study['closed_loop']
@@ -295,10 +325,25 @@ def run_study_closed_loop(out: Path, study: dict, arms: dict) -> dict:
     scen = replace(scen, duration_s=float(cl['duration_s']))
     base = ClosedLoopConfig.from_yaml()
     policies = closed_loop_policies(arms, bool(cl.get('intent_only', True)))
-    for name, spec, _, mode in policies:
-        cfg = replace(base, route=False) if mode == 'intent' else base
-        run_closed_loop(spec, cl['families'], cl['seeds'], out / 'closedloop', backend='torch',
-                        name=name, progress=True, scenario_cfg=scen, cfg=cfg)
+    runs = [(spec, name, replace(base, route=False) if mode == 'intent' else base)
+            for name, spec, _, mode in policies]
+    jobs = int(cl.get('jobs', 1))
+    if jobs <= 1:
+        for spec, name, cfg in runs:
+            run_closed_loop(spec, cl['families'], cl['seeds'], out / 'closedloop',
+                            backend='torch', name=name, progress=True, scenario_cfg=scen,
+                            cfg=cfg, write=False)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context('spawn')) as pool:
+            futures = [pool.submit(_closed_loop_worker, threads, spec, cl['families'],
+                                   cl['seeds'], out / 'closedloop', name, scen, cfg)
+                       for spec, name, cfg in runs]
+            bar = tqdm(as_completed(futures), total=len(futures), unit='policy',
+                       desc=f'closed loop ({jobs} policies at a time)')
+            for future in bar:
+                bar.set_postfix_str(f'{future.result()} done')
+    write_outputs(out / 'closedloop', base)
     return {'policies': [[n, a, m] for n, _, a, m in policies],
             'checkpoints': {n: spec for n, spec, _, _ in policies}}
 

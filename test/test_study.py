@@ -42,6 +42,13 @@ def test_dagger_seeds_are_new_training_seeds_of_each_family():
         check_seed_blocks(dict(study, dagger={'rounds': 1, 'drives': 11}))
     with pytest.raises(ValueError, match='train_drives'):
         check_seed_blocks(dict(study, train_drives=12))
+    # a wider block per round: more training drives, DAgger seeds moved past them
+    wide = dict(study, train_drives=30, dagger={'rounds': 2, 'drives': 4, 'seed_offset': 30})
+    check_seed_blocks(wide)
+    assert dagger_seeds(wide, 1, 1) == [study['train_seed'] + 130 + i for i in range(4)]
+    assert dagger_seeds(wide, 1, 2)[0] == study['train_seed'] + 160
+    with pytest.raises(ValueError, match='dagger.rounds 3'):
+        check_seed_blocks(dict(wide, dagger={'rounds': 3, 'drives': 4, 'seed_offset': 30}))
 
 
 def test_study_quick_runs_end_to_end_and_resumes(tmp_path, capsys):

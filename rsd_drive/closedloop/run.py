@@ -117,10 +117,12 @@ def write_outputs(out: Path, cfg: ClosedLoopConfig) -> dict:
 def run_closed_loop(policy, families, seeds, out, backend: str = 'onnxruntime',
                     ros: bool = False, cfg: ClosedLoopConfig | None = None,
                     scenario_cfg=None, name: str | None = None, device: str = 'cpu',
-                    progress: bool = True, on_frame=None) -> dict:
+                    progress: bool = True, on_frame=None, write: bool = True) -> dict | None:
     """Evaluate ``policy`` ('expert', 'constant-velocity', a checkpoint dir or model.onnx, or a
     Policy object) closed loop on every (family, seed); returns the summary of every route in
-    ``out`` ({policy: {family: aggregate, 'all': aggregate}}, see ``metrics.aggregate``)."""
+    ``out`` ({policy: {family: aggregate, 'all': aggregate}}, see ``metrics.aggregate``).
+    ``write=False``: only the route records (for policies run side by side into one ``out``;
+    the caller runs :func:`write_outputs` once at the end) and None."""
     from tqdm import tqdm
 
     from rsd_drive.scenario.config import ScenarioConfig, default_config_path
@@ -156,4 +158,4 @@ def run_closed_loop(policy, families, seeds, out, backend: str = 'onnxruntime',
                                 + (' FAILED' if record.get('failure') else ''))
     finally:
         pol.close()
-    return write_outputs(out, cfg)
+    return write_outputs(out, cfg) if write else None

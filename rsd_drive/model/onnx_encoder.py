@@ -227,6 +227,9 @@ class OnnxFrozenEncoder(FrozenTower):
         self._std = np.asarray(cfg.image_std, dtype=np.float32).reshape(1, 3, 1, 1)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # the cut graph's symbolic shapes make ORT chatty
+        # torch's intra-op thread count (set_num_threads / OMP_NUM_THREADS), so a process given
+        # one core (a pool worker, a pinned job) runs its frozen tower on one thread too
+        options.intra_op_num_threads = torch.get_num_threads()
         self.session = ort.InferenceSession(str(self.graph_path), options,
                                             providers=_providers(providers))
         probe_hw = self.native_hw or (self.patch_size * 16, self.patch_size * 16)
