@@ -9,8 +9,8 @@ import pytest
 from rsd_drive.cli import main as cli_main
 from rsd_drive.data.index import FrameIndex
 from rsd_drive.model import RiskPlanner
-from rsd_drive.study import (CLAIMS, check_seed_blocks, dagger_seeds, deployed_policy,
-                             load_study_config)
+from rsd_drive.study import (CLAIMS, check_seed_blocks, dagger_offset, dagger_seeds,
+                             deployed_policy, load_study_config)
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -41,7 +41,7 @@ def test_dagger_seeds_are_new_training_seeds_of_each_family():
     with pytest.raises(ValueError, match='dagger.drives'):
         check_seed_blocks(dict(study, dagger={'rounds': 1, 'drives': 11}))
     with pytest.raises(ValueError, match='train_drives'):
-        check_seed_blocks(dict(study, train_drives=12))
+        check_seed_blocks(dict(study, train_drives=dagger_offset(study) + 1))
     # a wider block per round: more training drives, DAgger seeds moved past them
     wide = dict(study, train_drives=30, dagger={'rounds': 2, 'drives': 4, 'seed_offset': 30})
     check_seed_blocks(wide)
@@ -64,7 +64,9 @@ def test_study_quick_runs_end_to_end_and_resumes(tmp_path, capsys):
     # new seeds; its frames joined the training index, and round 1's arms trained on them
     dagger = done['dagger_r1']
     assert dagger['checkpoint'] == done['train']['arms']['lambda>0']['0']
-    assert [Path(b).name for b in dagger['bags']] == ['drive_0010', 'drive_0110']
+    first = dagger_offset(load_study_config(quick=True))  # round 1 starts one offset in
+    assert [Path(b).name for b in dagger['bags']] == [f'drive_{first:04d}',
+                                                      f'drive_{100 + first:04d}']
     added = done['dagger_labels_r1']
     assert added['frames_added'] > 0
     assert added['frames'] == labels['frames']['train'] + added['frames_added'] == \
