@@ -157,3 +157,11 @@ def test_training_attention_is_the_inference_attention(batch):
         eval_wp, eval_risk = model.eval()(**batch[0])
     assert torch.allclose(train_wp, eval_wp, atol=1e-5)
     assert torch.allclose(train_risk, eval_risk, atol=1e-6)
+
+
+def test_from_pretrained_returns_the_inference_mode(tmp_path):
+    """As transformers' from_pretrained: a loaded checkpoint plans in inference mode (the plain
+    attention export uses) until someone calls .train()."""
+    new_model().save_pretrained(tmp_path / 'ckpt')
+    loaded = RiskPlanner.from_pretrained(tmp_path / 'ckpt')
+    assert not loaded.training and not any(m.training for m in loaded.modules())

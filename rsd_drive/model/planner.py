@@ -358,7 +358,7 @@ class RiskPlanner(nn.Module):
             raise FileNotFoundError(f'{path}: not a RiskPlanner checkpoint (no {CONFIG_NAME})')
         model = cls(ModelConfig.from_yaml(path / CONFIG_NAME), base_dir=path)
         model.load_trainable(path / WEIGHTS_NAME, map_location)
-        return model
+        return model.eval()  # as transformers' from_pretrained: inference mode until .train()
 
     def load_trainable(self, weights_file, map_location='cpu') -> None:
         """Load trainable weights from safetensors; any mismatch is an error naming the tensor."""
