@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -44,6 +43,7 @@ import yaml
 from rsd_drive import config_file
 from rsd_drive.cli import main as cli_main
 from rsd_drive.demo import Stages, _check, generate_family_drives, write_train_config
+from rsd_drive.side_by_side import run_side_by_side
 
 LAMBDA_ARM = 'lambda>0'
 # (arm a, arm b, what the comparison tests) for the papers' claims, closed loop
@@ -294,14 +294,11 @@ def closed_loop_policies(arms: dict, intent_only: bool) -> list:
     return out
 
 
-def _closed_loop_worker(threads: int, spec, families, seeds, out, name, scen, cfg) -> str:
-    """One policy's routes in a pool process with ``threads`` torch (and encoder) threads."""
-    import torch
-
+def _drive_policy(spec, families, seeds, out, name, scen, cfg, progress) -> str:
+    """One policy's routes, route records only (the report is written once, after all)."""
     from rsd_drive.closedloop import run_closed_loop
 
-    torch.set_num_threads(threads)
-    run_closed_loop(spec, families, seeds, out, backend='torch', name=name, progress=False,
+    run_closed_loop(spec, families, seeds, out, backend='torch', name=name, progress=progress,
                     scenario_cfg=scen, cfg=cfg, write=False)
     return name
 
@@ -310,12 +307,6 @@ def run_study_closed_loop(out: Path, study: dict, arms: dict) -> dict:
     """Every policy on every held-out route (resumable per route). ``closed_loop.jobs`` > 1
     drives that many policies side by side in spawned processes, each with its share of the
     cores; the report is written once, from every route record, at the end."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    from tqdm import tqdm
-
-    from rsd_drive.closedloop import run_closed_loop
     from rsd_drive.closedloop.config import ClosedLoopConfig
     from rsd_drive.closedloop.run import write_outputs
     from rsd_drive.scenario.config import ScenarioConfig, default_config_path
@@ -328,21 +319,9 @@ def run_study_closed_loop(out: Path, study: dict, arms: dict) -> dict:
     runs = [(spec, name, replace(base, route=False) if mode == 'intent' else base)
             for name, spec, _, mode in policies]
     jobs = int(cl.get('jobs', 1))
-    if jobs <= 1:
-        for spec, name, cfg in runs:
-            run_closed_loop(spec, cl['families'], cl['seeds'], out / 'closedloop',
-                            backend='torch', name=name, progress=True, scenario_cfg=scen,
-                            cfg=cfg, write=False)
-    else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context('spawn')) as pool:
-            futures = [pool.submit(_closed_loop_worker, threads, spec, cl['families'],
-                                   cl['seeds'], out / 'closedloop', name, scen, cfg)
-                       for spec, name, cfg in runs]
-            bar = tqdm(as_completed(futures), total=len(futures), unit='policy',
-                       desc=f'closed loop ({jobs} policies at a time)')
-            for future in bar:
-                bar.set_postfix_str(f'{future.result()} done')
+    run_side_by_side(_drive_policy, [(spec, cl['families'], cl['seeds'], out / 'closedloop',
+                                      name, scen, cfg, jobs <= 1) for spec, name, cfg in runs],
+                     jobs, 'closed-loop policies')
     write_outputs(out / 'closedloop', base)
     return {'policies': [[n, a, m] for n, _, a, m in policies],
             'checkpoints': {n: spec for n, spec, _, _ in policies}}

@@ -30,6 +30,7 @@ import numpy as np
 from rsd_drive.atomic import write_text_atomic
 from rsd_drive.losses import RISK_LOSS_KINDS
 from rsd_drive.metrics import paired_t_test
+from rsd_drive.side_by_side import run_side_by_side
 
 # (key in the evaluation report, column title, higher is better)
 METRICS = (('rfs', 'RFS', True), ('ade_3s', 'ADE@3s (m)', False), ('ade_5s', 'ADE@5s (m)', False),
@@ -223,47 +224,14 @@ def paired_table(paired: dict) -> str:
     return '\n'.join(lines)
 
 
-def _run_in_worker(threads: int, *args) -> dict:
-    """One (variant, seed) in a pool process with ``threads`` torch threads; its result.json is
-    written here, so a run that finished is kept whatever happens to the others."""
-    import torch
-
-    torch.set_num_threads(threads)
-    result = _train_and_score(*args)
-    write_text_atomic(Path(args[4]) / 'result.json', json.dumps(result, indent=1))
+def _train_score_and_save(model_cfg, train_cfg, variant: dict, seed: int, run_dir: Path,
+                          progress: bool, encoder_in_loop: bool) -> dict:
+    """One (variant, seed): trained, scored and its result.json written, so a run that finished
+    is kept whatever happens to the others."""
+    result = _train_and_score(model_cfg, train_cfg, variant, seed, run_dir, progress,
+                              encoder_in_loop)
+    write_text_atomic(run_dir / 'result.json', json.dumps(result, indent=1))
     return result
-
-
-def _run_pending(pending: list, model_cfg, train_cfg, progress: bool, encoder_in_loop: bool,
-                 jobs: int) -> dict:
-    """Train and score the (variant, seed, run_dir) of ``pending``: in this process one after
-    the other (jobs 1), or ``jobs`` at a time in spawned processes, each with its share of the
-    cores (small models train faster as two 1-thread runs than as one 2-thread run)."""
-    done = {}
-    if jobs <= 1:
-        for variant, seed, run_dir in pending:
-            result = _train_and_score(model_cfg, train_cfg, variant, seed, run_dir, progress,
-                                      encoder_in_loop)
-            write_text_atomic(run_dir / 'result.json', json.dumps(result, indent=1))
-            done[str(run_dir)] = result
-        return done
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    from tqdm import tqdm
-
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context('spawn')) as pool:
-        futures = {pool.submit(_run_in_worker, threads, model_cfg, train_cfg, variant, seed,
-                               run_dir, False, encoder_in_loop): run_dir
-                   for variant, seed, run_dir in pending}
-        bar = tqdm(total=len(futures), desc=f'ablation runs ({jobs} at a time)', unit='run',
-                   disable=not progress)
-        for future in as_completed(futures):
-            done[str(futures[future])] = future.result()
-            bar.update()
-        bar.close()
-    return done
 
 
 def run_ablation(model_cfg, train_cfg, out, risk_weights=(0.0, 1.0), kinds=('l1',),
@@ -285,7 +253,11 @@ def run_ablation(model_cfg, train_cfg, out, risk_weights=(0.0, 1.0), kinds=('l1'
                for variant in variants(risk_weights, kinds, arms, arm_weight, model_cfg.encoder)
                for seed in seeds]
     pending = [p for p in planned if not (p[2] / 'result.json').is_file()]
-    trained = _run_pending(pending, model_cfg, train_cfg, progress, encoder_in_loop, jobs)
+    results = run_side_by_side(
+        _train_score_and_save,
+        [(model_cfg, train_cfg, variant, seed, run_dir, progress and jobs <= 1, encoder_in_loop)
+         for variant, seed, run_dir in pending], jobs, 'ablation runs', progress)
+    trained = {str(run_dir): r for (_, _, run_dir), r in zip(pending, results)}
     runs = [trained.get(str(run_dir)) or json.loads((run_dir / 'result.json').read_text())
             for _, _, run_dir in planned]
     baseline = runs[-1]['baseline_cv'] if runs else None
